@@ -1,0 +1,167 @@
+//! The commit step shared by both fault paths: which granules a fault
+//! commits (its own, plus commit-ahead), locking them, and the one
+//! `mprotect` (plus optional populate) that makes them accessible.
+//!
+//! Commit-ahead works like readahead: a fault on the granule right after the
+//! last one a fault in this region committed is *sequential*, and doubles
+//! the window (up to the region's limit); any other fault starts again at
+//! one granule. The window is a hint kept in racy atomics: a wrong guess
+//! costs memory or a fault, never correctness, because every granule is
+//! locked before it is committed and the lock run stops at the first granule
+//! that is not `Uncommitted` (DESIGN: commit-ahead locks every granule it
+//! commits, all in one region, before the one `mprotect`).
+//!
+//! Invariant K1: a `LockedRun` owns the granule locks of `[head, head +
+//! count × granule)`; dropping it without `publish` returns them to
+//! `Uncommitted`, so no early return can leak a lock.
+
+use crate::descriptor::{RegionDesc, Snapshot};
+use crate::granule::{GranuleState, GranuleTable};
+use crate::stats::{self, Counter};
+use crate::sys::{self, Errno, Prot, PAGE_SIZE};
+use core::sync::atomic::Ordering::Relaxed;
+
+/// What one fault intends to commit.
+#[derive(Clone, Copy, Debug)]
+pub struct CommitPlan {
+    pub head: usize,
+    pub granule: usize,
+    pub count: usize,
+    pub populate: bool,
+    pub prot: Prot,
+}
+
+impl CommitPlan {
+    /// The plan for a fault at `addr` in the region `snap` describes.
+    pub fn for_fault(snap: &Snapshot, desc: &RegionDesc, addr: usize) -> CommitPlan {
+        let granule = snap.granule();
+        let head = snap.head_of(addr);
+        let mut count = 1;
+        if snap.ahead_max > 1 {
+            let index = (head - snap.start) / granule;
+            let window = if desc.ahead_next.load(Relaxed) == index {
+                (desc.ahead_window.load(Relaxed) as usize * 2).min(snap.ahead_max)
+            } else {
+                1
+            };
+            count = window.min((snap.end - head) / granule);
+        }
+        CommitPlan {
+            head,
+            granule,
+            count,
+            populate: snap.flags.populate(),
+            prot: snap.flags.prot(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.count * self.granule
+    }
+
+    /// Bytes committed or populated beyond what the faulting access needs:
+    /// what the per-CPU cap bounds.
+    pub fn charge(&self) -> u64 {
+        let beyond = if self.populate {
+            self.len() - PAGE_SIZE
+        } else {
+            self.len() - self.granule
+        };
+        beyond as u64
+    }
+
+    /// Only the faulting granule, nothing populated: the plan under the cap.
+    pub fn shrink(&mut self) {
+        self.count = 1;
+        self.populate = false;
+    }
+
+    /// Locks the plan's granules for a fault: the first must be
+    /// `Uncommitted` (else its state is returned); the run stops at the first
+    /// later granule that is not.
+    pub fn lock<'t>(&mut self, table: &'t GranuleTable) -> Result<LockedRun<'t>, GranuleState> {
+        table.try_lock_uncommitted(self.head)?;
+        let mut locked = 1;
+        while locked < self.count
+            && table
+                .try_lock_uncommitted(self.head + locked * self.granule)
+                .is_ok()
+        {
+            locked += 1;
+        }
+        self.count = locked;
+        Ok(LockedRun {
+            table,
+            plan: *self,
+            published: false,
+        })
+    }
+}
+
+/// The granule locks of one plan (K1).
+pub struct LockedRun<'t> {
+    table: &'t GranuleTable,
+    pub plan: CommitPlan,
+    published: bool,
+}
+
+impl LockedRun<'_> {
+    /// Makes the run accessible: one `mprotect`, then populate if asked
+    /// (a populate failure, e.g. before Linux 5.14, only costs the faults
+    /// it would have saved).
+    pub fn apply(&self) -> Result<(), Errno> {
+        let p = &self.plan;
+        stats::count(Counter::Mprotect);
+        sys::protect(p.head, p.len(), p.prot)?;
+        if p.populate {
+            let _ = sys::populate(p.head, p.len(), p.prot == Prot::ReadWrite);
+        }
+        Ok(())
+    }
+
+    /// Takes back an `apply` whose validation failed.
+    pub fn undo(&self) {
+        let p = &self.plan;
+        if p.populate {
+            let _ = sys::discard(p.head, p.len());
+        }
+        stats::count(Counter::Mprotect);
+        let _ = sys::protect(p.head, p.len(), Prot::None);
+    }
+
+    /// Publishes the run as committed and accounts it (D2).
+    pub fn publish(mut self, desc: &RegionDesc) {
+        let p = self.plan;
+        for i in 0..p.count {
+            self.table
+                .unlock(p.head + i * p.granule, GranuleState::Committed);
+        }
+        self.published = true;
+        desc.committed.fetch_add(p.len(), Relaxed);
+        stats::add_committed(p.len() as i64);
+        if p.count > 1 {
+            stats::count(Counter::CommitAhead);
+        }
+    }
+
+    /// Remembers where a sequential run would fault next.
+    pub fn update_hints(&self, desc: &RegionDesc, region_start: usize) {
+        let p = &self.plan;
+        let next = (p.head - region_start) / p.granule + p.count;
+        desc.ahead_next.store(next, Relaxed);
+        desc.ahead_window.store(p.count as u32, Relaxed);
+    }
+}
+
+impl Drop for LockedRun<'_> {
+    fn drop(&mut self) {
+        if !self.published {
+            for i in 0..self.plan.count {
+                self.table.unlock(
+                    self.plan.head + i * self.plan.granule,
+                    GranuleState::Uncommitted,
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! `Error`: what can go wrong when reserving or changing a region, with
+//! messages that say what to do about it.
+
+use crate::sys::Errno;
+use core::fmt;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Error {
+    /// The address-space reservation has no free range of this size.
+    ReservationExhausted {
+        requested: usize,
+        free: usize,
+        reserved: usize,
+    },
+    /// Every region descriptor is in use.
+    TooManyRegions { limit: usize },
+    /// A region length of zero, or one too large to represent.
+    BadSize { len: usize },
+    /// A granule that is not a power of two from 4 KiB to 2 MiB.
+    BadGranule { granule: usize },
+    /// A sub-range that is out of bounds or not granule aligned.
+    BadRange {
+        offset: usize,
+        len: usize,
+        region_len: usize,
+        granule: usize,
+    },
+    /// The address space after the region is taken.
+    CannotGrowInPlace { len: usize, new_len: usize },
+    /// A system call failed.
+    System { call: &'static str, errno: Errno },
+    /// This machine cannot run spf.
+    Unsupported { reason: &'static str },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Error::ReservationExhausted {
+                requested,
+                free,
+                reserved,
+            } => write!(
+                f,
+                "spf: no free range of {requested} bytes in the {reserved}-byte reservation \
+                 ({free} bytes free, possibly fragmented); destroy regions or start with a \
+                 larger SPF_RESERVE"
+            ),
+            Error::TooManyRegions { limit } => write!(
+                f,
+                "spf: all {limit} region descriptors are in use; destroy regions or raise \
+                 SPF_MAX_REGIONS"
+            ),
+            Error::BadSize { len } => write!(
+                f,
+                "spf: a region of {len} bytes is not possible; the length must be at least 1 \
+                 and fit the reservation"
+            ),
+            Error::BadGranule { granule } => write!(
+                f,
+                "spf: granule {granule} is not valid; use a power of two from 4096 (4 KiB) to \
+                 2097152 (2 MiB)"
+            ),
+            Error::BadRange {
+                offset,
+                len,
+                region_len,
+                granule,
+            } => write!(
+                f,
+                "spf: range at offset {offset}, length {len} does not fit a region of \
+                 {region_len} bytes, or is not aligned to its {granule}-byte granule"
+            ),
+            Error::CannotGrowInPlace { len, new_len } => write!(
+                f,
+                "spf: cannot grow a region from {len} to {new_len} bytes in place: the address \
+                 space after it is in use; reserve a new region and copy"
+            ),
+            Error::System { call, errno } => {
+                write!(f, "spf: {call} failed with {errno}")?;
+                if errno.0 == libc::ENOMEM && call == "mprotect" {
+                    write!(
+                        f,
+                        "; the kernel's vm.max_map_count may be exhausted by scattered \
+                         commits: use larger granules or commit-ahead"
+                    )?;
+                }
+                Ok(())
+            }
+            Error::Unsupported { reason } => write!(f, "spf: unsupported: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}

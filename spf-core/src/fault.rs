@@ -1,0 +1,284 @@
+//! The fault path: from a faulting address to a committed granule, or to a
+//! verdict that the fault is not ours or is fatal.
+//!
+//! [`handle`] reads top-down as the steps of DESIGN.md:
+//!
+//! 1. classify: outside the reservation → [`Outcome::NotOurs`];
+//! 2. find the region in the map (no lock, no allocation);
+//! 3. snapshot its sequence count and fields (odd or torn → `spf_vma_changed`);
+//! 4. check the snapshot: address inside, region live, access allowed
+//!    (`spf_vma_access`), speculation allowed (`spf_vma_notsup`);
+//! 5. take an in-flight slot on this CPU and charge commit-ahead/populate
+//!    against the cap (over it → `spf_cap`: shrink the plan, or go classic);
+//! 6. lock the granules (`Committed` → someone else won, retry the access;
+//!    `Committing` → `spf_pte_lock`, wait for it to settle, retry), then
+//!    re-check the sequence count (S3);
+//! 7. `mprotect` the run (plus populate);
+//! 8. re-check the sequence count: unchanged → publish `Committed` and
+//!    account; changed → undo, `spf_vma_changed`, go classic;
+//! 9. release the slot (on drop); the access restarts.
+//!
+//! Any step that gives up releases everything it holds and falls back to
+//! the classic path, which repeats the work under the space lock and is the
+//! only one that declares a fault fatal.
+//!
+//! # Async-signal-safety
+//!
+//! Everything reachable from [`handle`] is async-signal-safe:
+//! - it reads only memory that is never unmapped (A1, G3, M-tables,
+//!   type-stable descriptors D3) and validates what it read with sequence
+//!   counts, so a stale read is detected, never acted on;
+//! - it never allocates and never pins an epoch: no `Box`, no `Vec`, no
+//!   formatting that allocates, no `crossbeam_epoch::pin()` (which may
+//!   register a thread, allocate bags and run deferred functions, and is not
+//!   reentrant). A debug-build guard (`handler_guard`) aborts if anything
+//!   allocates while a handler runs;
+//! - the only lock it takes is the space lock, on the classic path. The
+//!   interrupted code cannot hold it, because nothing touches lazy memory
+//!   while holding it (checked: a handler that finds its own thread holding
+//!   the lock reports the bug instead of deadlocking);
+//! - its thread-local state is `const`-initialised and has no destructor, so
+//!   touching it never runs lazy initialisation;
+//! - its system calls (`mprotect`, `madvise`, `futex`, `sched_yield`,
+//!   `sched_getcpu`, `gettid`, `write`) are async-signal-safe.
+
+use crate::cap::InflightSlot;
+use crate::commit::{CommitPlan, LockedRun};
+use crate::descriptor::Snapshot;
+use crate::granule::GranuleState;
+use crate::options::{self, CapPolicy, Mode};
+use crate::space::Space;
+use crate::stats::{self, Counter};
+use crate::sys::{self, Errno};
+use core::cell::Cell;
+use likely_stable::{likely, unlikely};
+
+/// What the faulting access was, where the architecture tells.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccessKind {
+    Read,
+    Write,
+    Unknown,
+}
+
+/// The verdict on one fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Not in our reservation: the previous handler's business.
+    NotOurs,
+    /// Committed (by us or by a racing fault): return and retry the access.
+    Handled,
+    /// A real fault in our space: report it and let the process die.
+    Fatal(FatalFault),
+}
+
+/// Why a fault in our space cannot be served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FatalFault {
+    /// No live region holds the address (freed, or never handed out).
+    NoRegion,
+    /// A write to a read-only region.
+    WriteToReadOnly { start: usize, end: usize },
+    /// `mprotect` failed even under the lock.
+    CommitFailed {
+        start: usize,
+        end: usize,
+        errno: Errno,
+    },
+    /// The faulting thread holds the space lock: a bug in spf.
+    LockHeldBySelf,
+    /// The same address keeps faulting although it is committed.
+    Stuck { start: usize, end: usize },
+}
+
+/// Why the speculative path handed a fault to the classic one.
+enum Fallback {
+    /// The map had no region: the classic path confirms (and reports).
+    NoRegion,
+    Changed,
+    NotSupported,
+    Access,
+    Cap,
+    Frozen,
+    CommitFailed,
+}
+
+thread_local! {
+    /// The last faulting address on this thread and how often in a row it
+    /// faulted: a fault that never stops is reported, not retried forever.
+    static REPEAT: Cell<(usize, u32)> = const { Cell::new((0, 0)) };
+}
+const REPEAT_LIMIT: u32 = 10_000;
+
+/// Serves one fault at `addr`. Async-signal-safe (see the module docs).
+pub fn handle(space: &Space, addr: usize, access: AccessKind) -> Outcome {
+    // Step 1: classify.
+    if !space.contains(addr) {
+        return Outcome::NotOurs;
+    }
+    let cpu = sys::current_cpu();
+    stats::count_on(cpu, Counter::Faults);
+    if likely(options::mode() == Mode::Speculative) {
+        match speculative(space, addr, access, cpu) {
+            Ok(()) => {
+                stats::count_on(cpu, Counter::Spf);
+                return Outcome::Handled;
+            }
+            Err(reason) => stats::count_on(cpu, fallback_counter(reason)),
+        }
+    }
+    let outcome = classic(space, addr, access);
+    let counter = match outcome {
+        Outcome::Fatal(_) => Counter::Fatal,
+        _ => Counter::Classic,
+    };
+    stats::count_on(cpu, counter);
+    outcome
+}
+
+fn fallback_counter(reason: Fallback) -> Counter {
+    match reason {
+        Fallback::NoRegion | Fallback::Changed | Fallback::Frozen | Fallback::CommitFailed => {
+            Counter::VmaChanged
+        }
+        Fallback::NotSupported => Counter::VmaNotsup,
+        Fallback::Access => Counter::VmaAccess,
+        Fallback::Cap => Counter::Cap,
+    }
+}
+
+/// Steps 2–9, without the space lock.
+fn speculative(space: &Space, addr: usize, access: AccessKind, cpu: usize) -> Result<(), Fallback> {
+    // Step 2: find.
+    let idx = space.map.lookup(addr).ok_or(Fallback::NoRegion)?;
+    let desc = space.descs.get(idx);
+    // Step 3: snapshot.
+    let snap = desc.snapshot().ok_or(Fallback::Changed)?;
+    // Step 4: check.
+    check(&snap, addr, access)?;
+    // Step 5: slot and budget.
+    let mut slot = InflightSlot::take(cpu).map_err(|_| Fallback::Frozen)?;
+    let mut plan = CommitPlan::for_fault(&snap, desc, addr);
+    if unlikely(!slot.try_charge(plan.charge(), options::cap() as u64)) {
+        stats::count_on(cpu, Counter::Cap);
+        match options::cap_policy() {
+            CapPolicy::Shrink => plan.shrink(),
+            CapPolicy::Classic => return Err(Fallback::Cap),
+        }
+    }
+    // Step 6: lock the granules, then the S3 re-check.
+    let run = match plan.lock(&space.granules) {
+        Ok(run) => run,
+        Err(state) => return settle(space, plan.head, state, cpu),
+    };
+    if unlikely(!desc.seq.unchanged_since(snap.seq)) {
+        return Err(Fallback::Changed); // `run` unlocks on drop (K1)
+    }
+    // Step 7: commit.
+    run.apply().map_err(|_| Fallback::CommitFailed)?;
+    // Step 8: revalidate.
+    if unlikely(!desc.seq.unchanged_since(snap.seq)) {
+        run.undo();
+        return Err(Fallback::Changed);
+    }
+    run.update_hints(desc, snap.start);
+    run.publish(desc);
+    // Step 9: `slot` is released here.
+    drop(slot);
+    Ok(())
+}
+
+/// Step 4.
+fn check(snap: &Snapshot, addr: usize, access: AccessKind) -> Result<(), Fallback> {
+    if unlikely(!snap.flags.live() || !snap.contains(addr)) {
+        return Err(Fallback::Changed);
+    }
+    if unlikely(access == AccessKind::Write && snap.flags.read_only()) {
+        return Err(Fallback::Access);
+    }
+    if unlikely(!snap.flags.speculative()) {
+        return Err(Fallback::NotSupported);
+    }
+    Ok(())
+}
+
+/// Step 6 when the faulting granule was not `Uncommitted`.
+fn settle(space: &Space, head: usize, state: GranuleState, cpu: usize) -> Result<(), Fallback> {
+    if state == GranuleState::Committing {
+        stats::count_on(cpu, Counter::PteLock);
+        space.granules.wait_settled(head);
+    }
+    // Committed by someone else (or undone, and the retry faults again).
+    // A committed granule that keeps faulting is a write to a read-only
+    // region on architectures that do not report the access: let the
+    // classic path judge repeats.
+    if repeats(head) {
+        return Err(Fallback::Changed);
+    }
+    Ok(())
+}
+
+/// Counts consecutive faults on one granule by this thread.
+fn repeats(head: usize) -> bool {
+    REPEAT.with(|r| {
+        let (last, n) = r.get();
+        let n = if last == head { n + 1 } else { 1 };
+        r.set((head, n));
+        n > 2
+    })
+}
+
+/// The classic path: the same steps under the space lock, where nothing can
+/// change the region and the verdict is final.
+fn classic(space: &Space, addr: usize, access: AccessKind) -> Outcome {
+    let tid = sys::thread_id();
+    if unlikely(space.lock.held_by(tid)) {
+        return Outcome::Fatal(FatalFault::LockHeldBySelf);
+    }
+    let _held = space.lock.lock(tid);
+    let Some(idx) = space.map.lookup(addr) else {
+        return Outcome::Fatal(FatalFault::NoRegion);
+    };
+    let Some((mut plan, snap)) = space.plan_locked(idx, addr) else {
+        return Outcome::Fatal(FatalFault::NoRegion);
+    };
+    if !snap.flags.live() {
+        return Outcome::Fatal(FatalFault::NoRegion);
+    }
+    let (start, end) = (snap.start, snap.end);
+    if access == AccessKind::Write && snap.flags.read_only() {
+        return Outcome::Fatal(FatalFault::WriteToReadOnly { start, end });
+    }
+    let desc = space.descs.get(idx);
+    loop {
+        let run: LockedRun<'_> = match plan.lock(&space.granules) {
+            Ok(run) => run,
+            Err(GranuleState::Committing) => {
+                // A speculative fault owns it; it needs no lock to finish.
+                space.granules.wait_settled(plan.head);
+                continue;
+            }
+            Err(_) => {
+                let n = REPEAT.with(|r| {
+                    let (last, n) = r.get();
+                    let n = if last == plan.head { n + 1 } else { 1 };
+                    r.set((plan.head, n));
+                    n
+                });
+                if snap.flags.read_only() && n > 2 {
+                    return Outcome::Fatal(FatalFault::WriteToReadOnly { start, end });
+                }
+                if n > REPEAT_LIMIT {
+                    return Outcome::Fatal(FatalFault::Stuck { start, end });
+                }
+                return Outcome::Handled;
+            }
+        };
+        if let Err(errno) = run.apply() {
+            return Outcome::Fatal(FatalFault::CommitFailed { start, end, errno });
+        }
+        run.update_hints(desc, start);
+        run.publish(desc);
+        return Outcome::Handled;
+    }
+}

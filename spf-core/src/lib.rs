@@ -1,0 +1,74 @@
+//! spf-core: regions of lazily committed memory, the epoch-protected region
+//! map, and the speculative `SIGSEGV` commit path — a user-space port of the
+//! Linux speculative page fault series.
+//!
+//! A process has one *space*: a large `PROT_NONE` reservation from which
+//! [`Region`]s are carved. A region's granules are committed on first touch
+//! by spf's `SIGSEGV` handler, which finds the region without a lock,
+//! validates it with a per-region sequence count and commits with
+//! `mprotect`, falling back to a classic path under the space lock when it
+//! sees a concurrent change. See `docs/ARCHITECTURE.md` for the map of the
+//! modules and the path of one fault.
+//!
+//! ```
+//! use spf_core::{stats, Region, RegionOptions};
+//! let before = stats();
+//! let r = Region::reserve(4 << 20, RegionOptions::default().granule(64 << 10)).unwrap();
+//! // SAFETY: inside the live region.
+//! unsafe { r.as_ptr().add(100_000).write(1) };
+//! let after = stats().since(&before);
+//! assert!(after.faults >= 1);
+//! ```
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+
+mod cap;
+mod commit;
+mod descriptor;
+mod epoch;
+mod error;
+mod extent;
+mod fault;
+mod granule;
+mod handler_guard;
+mod lock;
+mod map;
+mod options;
+mod region;
+mod report;
+mod seq;
+mod signal;
+mod space;
+mod stats;
+mod sys;
+
+pub use error::Error;
+pub use handler_guard::{in_fault_handler, HandlerAllocGuard};
+pub use options::{
+    cap, cap_policy, mode, parse_size, set_cap, set_cap_policy, set_mode, CapPolicy, Mode,
+};
+pub use region::{region_at, Granule, Protection, Region, RegionInfo, RegionOptions};
+pub use stats::{reset_peaks, stats, Stats};
+pub use sys::{Errno, PAGE_SIZE};
+
+/// Starts the space now (reads `SPF_*`, reserves address space, installs
+/// the handler) instead of on the first `Region::reserve`.
+pub fn init() -> Result<(), Error> {
+    space::Space::get().map(|_| ())
+}
+
+/// Checks every structure against the others (map, descriptors, granule
+/// states, free ranges, committed bytes, page protections). For tests and
+/// debugging; call it with no fault in flight.
+pub fn check_invariants() -> Result<(), String> {
+    space::Space::get()
+        .map_err(|e| e.to_string())?
+        .check_invariants()
+}
+
+/// Hooks for spf's own tests. Not part of the stable API.
+#[doc(hidden)]
+pub mod testing {
+    #[cfg(debug_assertions)]
+    pub use crate::handler_guard::set_allocate_in_handler;
+    pub use crate::sys::probe_readable;
+}

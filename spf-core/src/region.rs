@@ -1,0 +1,316 @@
+//! `Region`: the safe public handle to a lazily committed block of address
+//! space, and the options it is created with.
+//!
+//! A `Region` owns its range: dropping it destroys the region. Its memory is
+//! reached through the raw pointer [`Region::as_ptr`]; what is written there
+//! is the user's business, as with any allocation.
+//!
+//! # The `EFAULT` rule
+//!
+//! A lazy region's untouched granules are inaccessible until the fault
+//! handler commits them on first touch. The kernel does not raise `SIGSEGV`
+//! when a *system call* touches such a page: `read(fd, ptr, n)` into an
+//! untouched granule fails with `EFAULT`. Before handing lazy memory to the
+//! kernel, commit it with [`Region::commit`] (the prefault), or touch it.
+//!
+//! ```
+//! use spf_core::{Region, RegionOptions};
+//! let region = Region::reserve(1 << 20, RegionOptions::default()).unwrap();
+//! let p = region.as_ptr();
+//! // SAFETY: p points into the region, which is alive; the first touch
+//! // commits the granule.
+//! unsafe { p.add(4096).write(7) };
+//! assert_eq!(unsafe { p.add(4096).read() }, 7);
+//! assert_eq!(region.committed(), 64 << 10); // one 64 KiB granule
+//! ```
+
+use crate::error::Error;
+use crate::granule::GranuleState;
+use crate::map::RegionIdx;
+use crate::space::Space;
+use core::ops::Range;
+use core::sync::atomic::Ordering;
+
+/// A commit granule: a power of two from 4 KiB to 2 MiB. Regions with
+/// 2 MiB granules ask for transparent huge pages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Granule(usize);
+
+impl Granule {
+    pub const PAGE: Granule = Granule(4 << 10);
+    pub const KIB_64: Granule = Granule(64 << 10);
+    pub const HUGE: Granule = Granule(2 << 20);
+
+    /// `None` unless `bytes` is a power of two from 4 KiB to 2 MiB.
+    pub const fn new(bytes: usize) -> Option<Granule> {
+        if bytes.is_power_of_two() && bytes >= 4 << 10 && bytes <= 2 << 20 {
+            Some(Granule(bytes))
+        } else {
+            None
+        }
+    }
+
+    pub const fn bytes(self) -> usize {
+        self.0
+    }
+}
+
+/// What a region's memory allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protection {
+    ReadWrite,
+    /// Reads commit zero pages; a write is a fatal fault.
+    ReadOnly,
+}
+
+/// How a region is created. `RegionOptions::default()` is lazy, read/write,
+/// speculative, with the `SPF_GRANULE` granule (64 KiB unless set), no
+/// commit-ahead and no populate.
+#[derive(Clone, Copy, Debug)]
+pub struct RegionOptions {
+    pub(crate) granule: usize,
+    pub(crate) eager: bool,
+    pub(crate) commit_ahead: usize,
+    pub(crate) populate: bool,
+    pub(crate) speculative: bool,
+    pub(crate) read_only: bool,
+}
+
+impl Default for RegionOptions {
+    fn default() -> Self {
+        RegionOptions {
+            granule: crate::options::default_granule(),
+            eager: false,
+            commit_ahead: 0,
+            populate: false,
+            speculative: true,
+            read_only: false,
+        }
+    }
+}
+
+impl RegionOptions {
+    /// The commit granule in bytes (checked by `reserve`).
+    pub fn granule(mut self, bytes: usize) -> Self {
+        self.granule = bytes;
+        self
+    }
+
+    /// Commit the whole region when it is created.
+    pub fn eager(mut self) -> Self {
+        self.eager = true;
+        self
+    }
+
+    /// Let a fault that continues a sequential run commit up to `max_bytes`
+    /// at once, doubling from one granule like readahead.
+    pub fn commit_ahead(mut self, max_bytes: usize) -> Self {
+        self.commit_ahead = max_bytes;
+        self
+    }
+
+    /// Pre-fault what a fault commits (`MADV_POPULATE_WRITE`), so the
+    /// accesses that follow take no kernel page fault.
+    pub fn populate(mut self, populate: bool) -> Self {
+        self.populate = populate;
+        self
+    }
+
+    /// Whether faults may be handled speculatively (`false`: every fault in
+    /// this region takes the classic path, counted as `spf_vma_notsup`).
+    pub fn speculative(mut self, speculative: bool) -> Self {
+        self.speculative = speculative;
+        self
+    }
+
+    pub fn protection(mut self, protection: Protection) -> Self {
+        self.read_only = protection == Protection::ReadOnly;
+        self
+    }
+
+    pub(crate) fn granule_bytes(&self) -> Result<usize, Error> {
+        Granule::new(self.granule)
+            .map(Granule::bytes)
+            .ok_or(Error::BadGranule {
+                granule: self.granule,
+            })
+    }
+}
+
+/// A region of lazily committed memory. Dropping it destroys the region.
+#[derive(Debug)]
+pub struct Region {
+    idx: RegionIdx,
+    start: usize,
+    len: usize,
+    granule: usize,
+    eager: bool,
+}
+
+// SAFETY: a Region is an owned address range; every operation on it goes
+// through the space, which synchronises with the space lock.
+unsafe impl Send for Region {}
+// SAFETY: `&Region` methods only read the handle's immutable fields or call
+// space operations that take the space lock.
+unsafe impl Sync for Region {}
+
+impl Region {
+    /// Reserves `len` bytes (rounded up to the granule) of address space,
+    /// committed on first touch unless the options say `eager`.
+    pub fn reserve(len: usize, options: RegionOptions) -> Result<Region, Error> {
+        let space = Space::get()?;
+        let (idx, start, len) = space.create(len, &options)?;
+        Ok(Region {
+            idx,
+            start,
+            len,
+            granule: options.granule,
+            eager: options.eager,
+        })
+    }
+
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.start as *mut u8
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn granule(&self) -> usize {
+        self.granule
+    }
+
+    fn space(&self) -> &'static Space {
+        Space::ready().expect("a Region exists only once the space has started")
+    }
+
+    /// `range` widened to whole granules, checked against the region.
+    fn granules_of(&self, range: &Range<usize>) -> Result<(usize, usize), Error> {
+        let bad = Error::BadRange {
+            offset: range.start,
+            len: range.end.wrapping_sub(range.start),
+            region_len: self.len,
+            granule: self.granule,
+        };
+        if range.start > range.end || range.end > self.len {
+            return Err(bad);
+        }
+        let from = range.start & !(self.granule - 1);
+        let to = range.end.next_multiple_of(self.granule);
+        Ok((self.start + from, self.start + to))
+    }
+
+    /// Commits the granules that cover `range` (byte offsets) now: the
+    /// prefault for memory about to be handed to a system call (see the
+    /// `EFAULT` rule in the module docs).
+    pub fn commit(&self, range: Range<usize>) -> Result<(), Error> {
+        let (from, to) = self.granules_of(&range)?;
+        self.space().commit(self.idx, from, to)
+    }
+
+    /// Drops the pages of `range` and makes it inaccessible again; the next
+    /// touch commits fresh zeroed memory. `range` must be granule aligned.
+    pub fn decommit(&self, range: Range<usize>) -> Result<(), Error> {
+        let (from, to) = self.granules_of(&range)?;
+        if from != self.start + range.start || to != self.start + range.end {
+            return Err(Error::BadRange {
+                offset: range.start,
+                len: range.end - range.start,
+                region_len: self.len,
+                granule: self.granule,
+            });
+        }
+        self.space().decommit(self.idx, from, to);
+        Ok(())
+    }
+
+    /// Changes what the region allows; committed memory changes with it.
+    pub fn protect(&self, protection: Protection) -> Result<(), Error> {
+        self.space()
+            .protect(self.idx, protection == Protection::ReadOnly)
+    }
+
+    /// Grows the region in place to `new_len` bytes, if the address space
+    /// after it is free; otherwise `Error::CannotGrowInPlace`.
+    pub fn grow(&mut self, new_len: usize) -> Result<(), Error> {
+        self.len = self.space().grow(self.idx, new_len, self.eager)?;
+        Ok(())
+    }
+
+    /// Shrinks the region in place to `new_len` bytes (at least one
+    /// granule); the tail's pages are dropped.
+    pub fn shrink(&mut self, new_len: usize) {
+        self.len = self.space().shrink(self.idx, new_len);
+    }
+
+    /// Bytes of this region committed now.
+    pub fn committed(&self) -> usize {
+        self.space()
+            .descs
+            .get(self.idx)
+            .committed
+            .load(Ordering::Relaxed)
+    }
+
+    /// Whether the granule holding byte `offset` is committed.
+    pub fn is_committed(&self, offset: usize) -> bool {
+        assert!(
+            offset < self.len,
+            "offset {offset} outside a {}-byte region",
+            self.len
+        );
+        let head = self.start + (offset & !(self.granule - 1));
+        self.space().granules.state(head) == GranuleState::Committed
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        self.space().destroy(self.idx);
+    }
+}
+
+/// What a normal-path reader learns about the region holding an address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RegionInfo {
+    pub start: usize,
+    pub len: usize,
+    pub granule: usize,
+    pub committed: usize,
+    pub read_only: bool,
+}
+
+/// The region that holds `addr`, if any: a lock-free lookup, pinned in
+/// spf-core's epoch so the region found is not recycled while it is read.
+pub fn region_at(addr: *const u8) -> Option<RegionInfo> {
+    let space = Space::ready()?;
+    let addr = addr as usize;
+    if !space.contains(addr) {
+        return None;
+    }
+    let _pin = crate::epoch::pin();
+    loop {
+        let idx = space.map.lookup(addr)?;
+        let desc = space.descs.get(idx);
+        let Some(snap) = desc.snapshot() else {
+            core::hint::spin_loop();
+            continue;
+        };
+        let committed = desc.committed.load(Ordering::Relaxed);
+        if !desc.seq.read_validate(snap.seq) {
+            continue;
+        }
+        return (snap.flags.live() && snap.contains(addr)).then_some(RegionInfo {
+            start: snap.start,
+            len: snap.end - snap.start,
+            granule: snap.granule(),
+            committed,
+            read_only: snap.flags.read_only(),
+        });
+    }
+}

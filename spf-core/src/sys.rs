@@ -1,0 +1,419 @@
+//! The operating-system contract: the only module that calls `mmap`,
+//! `mprotect`, `madvise`, `sigaction`, `futex` and friends.
+//!
+//! Everything above this module speaks in addresses, lengths and [`Prot`];
+//! this module speaks libc. Each function says whether it is
+//! async-signal-safe, because the fault handler may only call those that are.
+//!
+//! Invariants:
+//! - I1: every function taking `(addr, len)` expects `addr` and `len` to be
+//!   multiples of [`PAGE_SIZE`]; callers guarantee it (debug-asserted here).
+//! - I2: nothing here allocates from the global allocator.
+
+use core::ffi::CStr;
+use core::fmt;
+use core::ptr;
+
+/// The base page size spf is built for. Checked against the kernel at start.
+pub const PAGE_SIZE: usize = 4096;
+
+/// `MADV_POPULATE_READ` / `MADV_POPULATE_WRITE` (Linux 5.14); not in every
+/// libc release, so spelled here.
+const MADV_POPULATE_READ: libc::c_int = 22;
+const MADV_POPULATE_WRITE: libc::c_int = 23;
+
+/// An `errno` value, printed with the system's description.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Errno(pub i32);
+
+impl Errno {
+    fn last() -> Errno {
+        // SAFETY: `__errno_location` returns this thread's errno slot, always valid.
+        Errno(unsafe { *libc::__errno_location() })
+    }
+
+    /// The symbolic name for the values spf's callers act on.
+    pub fn name(self) -> &'static str {
+        match self.0 {
+            libc::ENOMEM => "ENOMEM",
+            libc::EAGAIN => "EAGAIN",
+            libc::EINVAL => "EINVAL",
+            libc::EFAULT => "EFAULT",
+            libc::EPERM => "EPERM",
+            libc::EACCES => "EACCES",
+            _ => "errno",
+        }
+    }
+}
+
+impl fmt::Display for Errno {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.name(), self.0)
+    }
+}
+
+/// Page protection as spf uses it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Prot {
+    None,
+    Read,
+    ReadWrite,
+}
+
+impl Prot {
+    fn bits(self) -> libc::c_int {
+        match self {
+            Prot::None => libc::PROT_NONE,
+            Prot::Read => libc::PROT_READ,
+            Prot::ReadWrite => libc::PROT_READ | libc::PROT_WRITE,
+        }
+    }
+}
+
+fn check_range(addr: usize, len: usize) {
+    debug_assert!(addr % PAGE_SIZE == 0 && len % PAGE_SIZE == 0, "I1");
+}
+
+/// The kernel's page size. Not signal-safe (only used at start).
+pub fn kernel_page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_PAGESIZE) as usize }
+}
+
+/// Reserves `len` bytes of inaccessible address space aligned to `align`
+/// (a power of two). The mapping is `MAP_NORESERVE`, so it costs no commit
+/// charge until pages are made accessible and touched.
+pub fn reserve(len: usize, align: usize) -> Result<usize, Errno> {
+    let total = len.checked_add(align).ok_or(Errno(libc::ENOMEM))?;
+    // SAFETY: an anonymous private mapping at an address of the kernel's
+    // choosing cannot alias any existing memory.
+    let p = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            total,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(Errno::last());
+    }
+    let raw = p as usize;
+    let start = (raw + align - 1) & !(align - 1);
+    // Give back the unaligned head and the tail; we own both pieces.
+    // SAFETY: both ranges lie inside the mapping just created, which nobody
+    // else knows about yet.
+    unsafe {
+        if start > raw {
+            libc::munmap(raw as *mut _, start - raw);
+        }
+        let end = start + len;
+        if raw + total > end {
+            libc::munmap(end as *mut _, raw + total - end);
+        }
+    }
+    Ok(start)
+}
+
+/// Maps `len` bytes of zeroed read/write memory for spf's own tables. The
+/// kernel's demand paging makes it resident as it is touched; spf never
+/// unmaps it, so a signal handler may read it at any time.
+pub fn map_table(len: usize) -> Result<usize, Errno> {
+    let len = len.next_multiple_of(PAGE_SIZE);
+    // SAFETY: as in `reserve`, a fresh anonymous mapping aliases nothing.
+    let p = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        Err(Errno::last())
+    } else {
+        Ok(p as usize)
+    }
+}
+
+/// Changes the protection of `[addr, addr + len)`. Async-signal-safe.
+pub fn protect(addr: usize, len: usize, prot: Prot) -> Result<(), Errno> {
+    check_range(addr, len);
+    // SAFETY: callers only pass ranges inside spf's reservation, which spf
+    // owns; changing their protection affects no memory Rust code borrows
+    // (lazy memory is reached only through raw pointers).
+    let rc = unsafe { libc::mprotect(addr as *mut _, len, prot.bits()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(Errno::last())
+    }
+}
+
+/// Drops the pages of `[addr, addr + len)` (they read as zero afterwards).
+/// Async-signal-safe.
+pub fn discard(addr: usize, len: usize) -> Result<(), Errno> {
+    check_range(addr, len);
+    // SAFETY: as in `protect`; the caller has made sure no live data is there.
+    let rc = unsafe { libc::madvise(addr as *mut _, len, libc::MADV_DONTNEED) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(Errno::last())
+    }
+}
+
+/// Pre-faults `[addr, addr + len)` so that the accesses that follow take no
+/// kernel page fault. Async-signal-safe. Fails with `EINVAL` before Linux 5.14.
+pub fn populate(addr: usize, len: usize, write: bool) -> Result<(), Errno> {
+    check_range(addr, len);
+    let advice = if write {
+        MADV_POPULATE_WRITE
+    } else {
+        MADV_POPULATE_READ
+    };
+    // SAFETY: as in `protect`; populating changes no contents.
+    let rc = unsafe { libc::madvise(addr as *mut _, len, advice) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(Errno::last())
+    }
+}
+
+/// Asks for transparent huge pages on `[addr, addr + len)`.
+pub fn advise_huge(addr: usize, len: usize) -> Result<(), Errno> {
+    check_range(addr, len);
+    // SAFETY: as in `protect`; the advice changes no contents.
+    let rc = unsafe { libc::madvise(addr as *mut _, len, libc::MADV_HUGEPAGE) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(Errno::last())
+    }
+}
+
+/// The CPU this thread runs on (a vDSO call; async-signal-safe). Returns 0
+/// where the kernel cannot tell.
+#[inline]
+pub fn current_cpu() -> usize {
+    // SAFETY: sched_getcpu has no preconditions.
+    let cpu = unsafe { libc::sched_getcpu() };
+    if cpu < 0 {
+        0
+    } else {
+        cpu as usize
+    }
+}
+
+/// The kernel's id for this thread. Async-signal-safe.
+#[inline]
+pub fn thread_id() -> u32 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::syscall(libc::SYS_gettid) as u32 }
+}
+
+/// Gives the CPU to another thread. Async-signal-safe.
+#[inline]
+pub fn yield_now() {
+    // SAFETY: sched_yield has no preconditions.
+    unsafe { libc::sched_yield() };
+}
+
+/// Sleeps while `*word == expected` (a private futex). Async-signal-safe.
+pub fn futex_wait(word: &core::sync::atomic::AtomicU32, expected: u32) {
+    // SAFETY: `word` is a valid, aligned u32 for the duration of the call.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            expected,
+            ptr::null::<libc::timespec>(),
+        );
+    }
+}
+
+/// Wakes one thread sleeping on `word`. Async-signal-safe.
+pub fn futex_wake_one(word: &core::sync::atomic::AtomicU32) {
+    // SAFETY: `word` is a valid, aligned u32.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            1,
+        );
+    }
+}
+
+/// Writes all of `bytes` to standard error, ignoring failures.
+/// Async-signal-safe.
+pub fn write_stderr(bytes: &[u8]) {
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        // SAFETY: `rest` is a valid readable buffer of the given length.
+        let n = unsafe { libc::write(2, rest.as_ptr().cast(), rest.len()) };
+        if n <= 0 {
+            if n < 0 && Errno::last().0 == libc::EINTR {
+                continue;
+            }
+            return;
+        }
+        rest = &rest[n as usize..];
+    }
+}
+
+/// Reads an environment variable without allocating. Not signal-safe (used
+/// once at start).
+pub fn env(name: &CStr) -> Option<&'static [u8]> {
+    // SAFETY: `name` is NUL-terminated. The returned string lives in the
+    // environment block, which spf treats as read-only; it stays valid as
+    // long as nobody calls setenv on that name, which spf documents.
+    unsafe {
+        let p = libc::getenv(name.as_ptr());
+        if p.is_null() {
+            None
+        } else {
+            Some(CStr::from_ptr(p).to_bytes())
+        }
+    }
+}
+
+/// Registers `f` to run at normal process exit.
+pub fn at_exit(f: extern "C" fn()) {
+    // SAFETY: `f` is a plain function with the signature atexit wants.
+    unsafe { libc::atexit(f) };
+}
+
+/// Registers fork handlers (see `Space::fork_*`).
+pub fn at_fork(prepare: extern "C" fn(), parent: extern "C" fn(), child: extern "C" fn()) {
+    // SAFETY: the three are plain functions with the signature pthread_atfork wants.
+    unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
+}
+
+/// Whether `addr` can be read right now, found without touching it: `write(2)`
+/// of one byte from it into a pipe fails with `EFAULT` if the page is not
+/// readable. Used by tests and invariant checks, never by the handler.
+pub fn probe_readable(addr: usize) -> bool {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return false;
+    }
+    // SAFETY: the kernel checks `addr` itself; a bad address gives EFAULT.
+    let n = unsafe { libc::write(fds[1], addr as *const _, 1) };
+    // SAFETY: both descriptors were just opened here.
+    unsafe {
+        libc::close(fds[0]);
+        libc::close(fds[1]);
+    }
+    n == 1
+}
+
+/// The saved disposition of a signal.
+pub type SigAction = libc::sigaction;
+
+/// The signature of an `SA_SIGINFO` handler.
+pub type SigInfoHandler = extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void);
+
+/// Installs `handler` for `SIGSEGV` and returns the action it replaced.
+///
+/// Flags:
+/// - `SA_SIGINFO`: the handler needs `si_addr` and the register context.
+/// - `SA_ONSTACK`: a fault caused by stack overflow can only be handled on the
+///   alternate stack that std installs; the handler is small enough for it.
+/// - `SA_NODEFER`: a fault raised while the handler runs (inside a chained
+///   handler, say) must be delivered rather than blocked: a blocked
+///   synchronous `SIGSEGV` makes the kernel kill the process silently.
+pub fn install_segv_handler(handler: SigInfoHandler) -> Result<SigAction, Errno> {
+    // SAFETY: a zeroed sigaction is a valid value to fill in; sigemptyset and
+    // sigaction are given valid pointers.
+    unsafe {
+        let mut new: libc::sigaction = core::mem::zeroed();
+        new.sa_sigaction = handler as usize;
+        new.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_NODEFER;
+        libc::sigemptyset(&mut new.sa_mask);
+        let mut old: libc::sigaction = core::mem::zeroed();
+        if libc::sigaction(libc::SIGSEGV, &new, &mut old) != 0 {
+            return Err(Errno::last());
+        }
+        Ok(old)
+    }
+}
+
+/// Restores `action` for `SIGSEGV`. Async-signal-safe.
+pub fn restore_segv_handler(action: &SigAction) {
+    // SAFETY: `action` is a disposition previously returned by sigaction.
+    unsafe { libc::sigaction(libc::SIGSEGV, action, ptr::null_mut()) };
+}
+
+/// Resets `SIGSEGV` to the default disposition. Async-signal-safe.
+pub fn default_segv() {
+    // SAFETY: a zeroed sigaction with SIG_DFL is a valid disposition.
+    unsafe {
+        let mut dfl: libc::sigaction = core::mem::zeroed();
+        dfl.sa_sigaction = libc::SIG_DFL;
+        libc::sigaction(libc::SIGSEGV, &dfl, ptr::null_mut());
+    }
+}
+
+/// What the previous `SIGSEGV` disposition was, for chaining.
+pub enum PreviousHandler {
+    /// `SIG_DFL` or `SIG_IGN`: restore it and return; the access re-executes
+    /// and the kernel applies it (an ignored synchronous fault kills anyway).
+    Default,
+    Info(SigInfoHandler),
+    Plain(extern "C" fn(libc::c_int)),
+}
+
+/// Classifies a saved disposition. Async-signal-safe.
+pub fn classify_previous(action: &SigAction) -> PreviousHandler {
+    let h = action.sa_sigaction;
+    if h == libc::SIG_DFL || h == libc::SIG_IGN {
+        PreviousHandler::Default
+    } else if action.sa_flags & libc::SA_SIGINFO != 0 {
+        // SAFETY: with SA_SIGINFO set, sa_sigaction holds a three-argument handler.
+        PreviousHandler::Info(unsafe { core::mem::transmute::<usize, SigInfoHandler>(h) })
+    } else {
+        // SAFETY: without SA_SIGINFO, the field holds a one-argument handler.
+        PreviousHandler::Plain(unsafe {
+            core::mem::transmute::<usize, extern "C" fn(libc::c_int)>(h)
+        })
+    }
+}
+
+/// The faulting address of a `SIGSEGV`. Async-signal-safe.
+///
+/// # Safety
+/// `info` must be the `siginfo_t` the kernel passed to the handler.
+pub unsafe fn fault_address(info: *const libc::siginfo_t) -> usize {
+    // SAFETY: the caller passes the kernel's siginfo for a SIGSEGV, whose
+    // si_addr field is valid.
+    unsafe { (*info).si_addr() as usize }
+}
+
+/// Whether the faulting access was a write, where the architecture says so.
+/// Async-signal-safe.
+///
+/// # Safety
+/// `context` must be the `ucontext_t` the kernel passed to the handler.
+pub unsafe fn fault_is_write(context: *const libc::c_void) -> Option<bool> {
+    #[cfg(all(target_arch = "x86_64", target_env = "gnu"))]
+    {
+        // Bit 1 of the page-fault error code is set for write accesses.
+        let uc = context as *const libc::ucontext_t;
+        // SAFETY: the caller passes the kernel's ucontext; REG_ERR is inside gregs.
+        let err = unsafe { (*uc).uc_mcontext.gregs[libc::REG_ERR as usize] };
+        Some(err & 2 != 0)
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_env = "gnu")))]
+    {
+        let _ = context;
+        None
+    }
+}

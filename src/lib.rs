@@ -1,0 +1,1 @@
+pub use spf_core::*;
