@@ -160,10 +160,12 @@ fn speculative(space: &Space, addr: usize, access: AccessKind, cpu: usize) -> Re
     let mut slot = InflightSlot::take(cpu).map_err(|_| Fallback::Frozen)?;
     let mut plan = CommitPlan::for_fault(&snap, desc, addr);
     if unlikely(!slot.try_charge(plan.charge(), options::cap() as u64)) {
-        stats::count_on(cpu, Counter::Cap);
         match options::cap_policy() {
-            CapPolicy::Shrink => plan.shrink(),
-            CapPolicy::Classic => return Err(Fallback::Cap),
+            CapPolicy::Shrink => {
+                stats::count_on(cpu, Counter::Cap);
+                plan.shrink();
+            }
+            CapPolicy::Classic => return Err(Fallback::Cap), // counted by `handle`
         }
     }
     // Step 6: lock the granules, then the S3 re-check.

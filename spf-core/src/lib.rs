@@ -44,7 +44,8 @@ mod sys;
 pub use error::Error;
 pub use handler_guard::{in_fault_handler, HandlerAllocGuard};
 pub use options::{
-    cap, cap_policy, mode, parse_size, set_cap, set_cap_policy, set_mode, CapPolicy, Mode,
+    cap, cap_default, cap_policy, mode, parse_size, set_cap, set_cap_policy, set_mode, CapPolicy,
+    Mode,
 };
 pub use region::{region_at, Granule, Protection, Region, RegionInfo, RegionOptions};
 pub use stats::{reset_peaks, stats, Stats};

@@ -52,6 +52,7 @@ pub const DEFAULT_MAX_REGIONS: usize = 1 << 20;
 
 static MODE: AtomicU8 = AtomicU8::new(0);
 static CAP: AtomicUsize = AtomicUsize::new(DEFAULT_CAP);
+static CAP_AT_START: AtomicUsize = AtomicUsize::new(DEFAULT_CAP);
 static CAP_POLICY: AtomicU8 = AtomicU8::new(0);
 static GRANULE: AtomicUsize = AtomicUsize::new(DEFAULT_GRANULE);
 static STATS_AT_EXIT: AtomicBool = AtomicBool::new(false);
@@ -77,6 +78,11 @@ pub fn set_mode(mode: Mode) {
 #[inline]
 pub fn cap() -> usize {
     CAP.load(Relaxed)
+}
+
+/// The cap `SPF_CAP` chose at start (or [`DEFAULT_CAP`]).
+pub fn cap_default() -> usize {
+    CAP_AT_START.load(Relaxed)
 }
 
 /// Sets the per-CPU budget; `0` allows no speculative allocation ahead.
@@ -150,7 +156,10 @@ pub(crate) fn load_from_env() {
     }
     if let Some(v) = sys::env(c"SPF_CAP") {
         match parse_size(v) {
-            Some(n) => set_cap(n),
+            Some(n) => {
+                set_cap(n);
+                CAP_AT_START.store(n, Relaxed);
+            }
             None => bad_value("SPF_CAP", v, "a byte count such as 8m or 65536", "8m"),
         }
     }

@@ -314,3 +314,137 @@ pub fn region_at(addr: *const u8) -> Option<RegionInfo> {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Error;
+
+    fn read_into(ptr: *mut u8, len: usize) -> Result<usize, i32> {
+        let mut fds = [0; 2];
+        // SAFETY: fds has room for two descriptors.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        let data = vec![0xabu8; len];
+        // SAFETY: data is a valid buffer; the pipe holds 64 KiB.
+        assert_eq!(
+            unsafe { libc::write(fds[1], data.as_ptr().cast(), len) },
+            len as isize
+        );
+        // SAFETY: the kernel checks ptr itself.
+        let n = unsafe { libc::read(fds[0], ptr.cast(), len) };
+        let errno = std::io::Error::last_os_error().raw_os_error().unwrap();
+        // SAFETY: both opened above.
+        unsafe {
+            libc::close(fds[0]);
+            libc::close(fds[1]);
+        }
+        if n < 0 {
+            Err(errno)
+        } else {
+            Ok(n as usize)
+        }
+    }
+
+    #[test]
+    fn system_calls_into_untouched_lazy_memory_fail_until_committed() {
+        let r = Region::reserve(1 << 20, RegionOptions::default()).unwrap();
+        assert_eq!(read_into(r.as_ptr(), 4096), Err(libc::EFAULT));
+        r.commit(0..4096).unwrap();
+        assert!(r.is_committed(0));
+        assert_eq!(read_into(r.as_ptr(), 4096), Ok(4096));
+        // SAFETY: committed above.
+        assert_eq!(unsafe { r.as_ptr().add(4095).read() }, 0xab);
+    }
+
+    #[test]
+    fn eager_regions_are_committed_at_creation() {
+        let r = Region::reserve(256 << 10, RegionOptions::default().eager()).unwrap();
+        assert_eq!(r.committed(), r.len());
+        assert_eq!(read_into(r.as_ptr(), 8192), Ok(8192));
+    }
+
+    #[test]
+    fn bad_options_and_ranges_are_errors() {
+        let bad = Region::reserve(4096, RegionOptions::default().granule(3000)).unwrap_err();
+        assert_eq!(bad, Error::BadGranule { granule: 3000 });
+        assert!(bad.to_string().contains("power of two"));
+        assert_eq!(
+            Region::reserve(0, RegionOptions::default()).unwrap_err(),
+            Error::BadSize { len: 0 }
+        );
+        let r = Region::reserve(1 << 20, RegionOptions::default()).unwrap();
+        assert!(matches!(r.decommit(0..100), Err(Error::BadRange { .. })));
+        assert!(matches!(
+            r.commit(0..(2 << 20)),
+            Err(Error::BadRange { .. })
+        ));
+    }
+
+    #[test]
+    fn an_exhausted_reservation_says_so() {
+        let space = Space::get().unwrap().len;
+        let big =
+            Region::reserve(space / 4 * 3, RegionOptions::default().granule(2 << 20)).unwrap();
+        let err = Region::reserve(space / 2, RegionOptions::default()).unwrap_err();
+        assert!(matches!(err, Error::ReservationExhausted { .. }), "{err}");
+        assert!(err.to_string().contains("SPF_RESERVE"));
+        drop(big);
+    }
+
+    #[test]
+    fn decommit_grow_shrink_and_protect() {
+        let mut r = Region::reserve(256 << 10, RegionOptions::default().granule(64 << 10)).unwrap();
+        let p = r.as_ptr();
+        // SAFETY: inside the live region throughout.
+        unsafe {
+            p.write(1);
+            p.add(200_000).write(2);
+        }
+        assert_eq!(r.committed(), 128 << 10);
+        r.decommit(0..(64 << 10)).unwrap();
+        assert_eq!(r.committed(), 64 << 10);
+        // SAFETY: as above; decommitted memory comes back zeroed.
+        assert_eq!(unsafe { p.read() }, 0);
+        // SAFETY: as above.
+        assert_eq!(unsafe { p.add(200_000).read() }, 2);
+
+        let info = region_at(p.wrapping_add(1000)).unwrap();
+        assert_eq!(
+            (info.start, info.len, info.granule),
+            (p as usize, 256 << 10, 64 << 10)
+        );
+
+        // Grow in place when the next range is free, else say why.
+        match r.grow(512 << 10) {
+            Ok(()) => {
+                assert_eq!(r.len(), 512 << 10);
+                // SAFETY: the grown part.
+                unsafe { p.add(400_000).write(3) };
+            }
+            Err(e) => assert!(matches!(e, Error::CannotGrowInPlace { .. })),
+        }
+        r.shrink(100_000);
+        assert_eq!(r.len(), 128 << 10);
+        assert!(region_at(p.wrapping_add(300_000)).is_none());
+
+        r.protect(Protection::ReadOnly).unwrap();
+        assert!(region_at(p).unwrap().read_only);
+        // SAFETY: reads stay allowed.
+        assert_eq!(unsafe { p.read() }, 0);
+        r.protect(Protection::ReadWrite).unwrap();
+        // SAFETY: writable again.
+        unsafe { p.add(70_000).write(9) };
+        drop(r);
+        assert!(region_at(p).is_none());
+    }
+
+    #[test]
+    fn huge_granule_regions_are_aligned() {
+        let r = Region::reserve(5 << 20, RegionOptions::default().granule(2 << 20)).unwrap();
+        assert_eq!(r.as_ptr() as usize % (2 << 20), 0);
+        assert_eq!(r.len(), 6 << 20);
+        // SAFETY: inside the region.
+        unsafe { r.as_ptr().add(3 << 20).write(1) };
+        assert_eq!(r.committed(), 2 << 20);
+    }
+}

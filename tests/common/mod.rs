@@ -1,0 +1,84 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::process::{Command, Output};
+use std::sync::{Mutex, MutexGuard};
+
+/// Counters and the fault mode are process-wide: tests that read them or
+/// change the mode take this lock so they do not see each other's faults.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The environment variable that tells a re-executed test binary which
+/// scenario to play.
+pub const CHILD_VAR: &str = "SPF_TEST_CHILD";
+
+/// Re-runs this test binary as a child process that executes only the test
+/// named `entry`, with `SPF_TEST_CHILD=scenario`.
+pub fn run_child(entry: &str, scenario: &str) -> Output {
+    Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            entry,
+            "--include-ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_VAR, scenario)
+        .output()
+        .unwrap()
+}
+
+/// The scenario this process should play, if it is a child.
+pub fn child_scenario() -> Option<String> {
+    std::env::var(CHILD_VAR).ok()
+}
+
+/// A byte that depends on where it is and who wrote it.
+pub fn pattern(offset: usize, seed: usize) -> u8 {
+    (offset.wrapping_mul(31) ^ seed.wrapping_mul(131) ^ (offset >> 12)) as u8
+}
+
+/// Writes the pattern into `[ptr, ptr + len)` one word per `stride` bytes
+/// and the whole of every `check_every`-th page.
+///
+/// # Safety
+/// The range must be writable memory owned by the caller.
+pub unsafe fn fill(ptr: *mut u8, len: usize, seed: usize) {
+    for off in 0..len {
+        // SAFETY: inside the caller's range.
+        unsafe { ptr.add(off).write(pattern(off, seed)) };
+    }
+}
+
+/// Checks the pattern `fill` wrote; returns the first bad offset.
+///
+/// # Safety
+/// The range must be readable memory owned by the caller.
+pub unsafe fn verify(ptr: *const u8, len: usize, seed: usize) -> Option<usize> {
+    // SAFETY: inside the caller's range.
+    (0..len).find(|&off| unsafe { ptr.add(off).read() } != pattern(off, seed))
+}
+
+/// Raw pointers that tests hand to threads.
+#[derive(Clone, Copy)]
+pub struct SendPtr(pub *mut u8);
+// SAFETY: the tests that use it give each thread a disjoint range or only
+// read shared data after it is written and joined.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// The pointer (a method, so closures capture the whole `SendPtr`).
+    pub fn get(self) -> *mut u8 {
+        self.0
+    }
+}
+
+/// The signal that ended a child, if any.
+pub fn signal_of(out: &Output) -> Option<i32> {
+    use std::os::unix::process::ExitStatusExt;
+    out.status.signal()
+}

@@ -1,0 +1,140 @@
+//! Faults that are not ours reach the previous handler exactly as if spf
+//! were not there, and real faults inside our space end the process with a
+//! message naming the address and what is there. Each scenario runs in a
+//! child process.
+
+mod common;
+
+use common::{child_scenario, run_child, signal_of};
+use spf::{HandlerAllocGuard, Protection, Region, RegionOptions};
+use std::alloc::System;
+use std::process::Output;
+
+#[global_allocator]
+static GLOBAL: HandlerAllocGuard<System> = HandlerAllocGuard(System);
+
+#[inline(never)]
+fn recurse(depth: u64) -> u64 {
+    let buf = std::hint::black_box([depth; 64]);
+    if depth == u64::MAX {
+        return 0;
+    }
+    recurse(depth + 1) + buf[depth as usize % 64]
+}
+
+/// The child side of every scenario.
+#[test]
+#[ignore = "child-process entry point, run by the other tests of this file"]
+fn child_entry() {
+    let Some(scenario) = child_scenario() else {
+        return;
+    };
+    // Our handler goes in first, after std's stack-overflow handler.
+    spf::init().unwrap();
+    match scenario.as_str() {
+        "null" => {
+            let p = std::hint::black_box(core::ptr::null_mut::<u8>());
+            // SAFETY: none — the null dereference is the point.
+            unsafe { p.write_volatile(1) };
+        }
+        "read_only_write" => {
+            let r = Region::reserve(1 << 20, RegionOptions::default()).unwrap();
+            // SAFETY: a live region.
+            unsafe { r.as_ptr().write(1) };
+            r.protect(Protection::ReadOnly).unwrap();
+            eprintln!("region at {:#x}", r.as_ptr() as usize);
+            // SAFETY: none — the forbidden write is the point.
+            unsafe { r.as_ptr().add(70_000).write_volatile(2) };
+        }
+        "destroyed" => {
+            let r = Region::reserve(1 << 20, RegionOptions::default()).unwrap();
+            let p = r.as_ptr();
+            // SAFETY: a live region.
+            unsafe { p.write(1) };
+            drop(r);
+            eprintln!("region at {:#x}", p as usize);
+            // SAFETY: none — touching freed memory is the point.
+            unsafe { p.add(4096).write_volatile(2) };
+        }
+        "stack_overflow" => {
+            std::thread::Builder::new()
+                .name("deep".into())
+                .spawn(|| println!("{}", recurse(0)))
+                .unwrap()
+                .join()
+                .unwrap();
+        }
+        other => panic!("unknown scenario {other}"),
+    }
+    println!("survived");
+}
+
+fn child(scenario: &str) -> (Output, String) {
+    let out = run_child("child_entry", scenario);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("survived"),
+        "{scenario}: survived"
+    );
+    (out, stderr)
+}
+
+#[test]
+fn a_null_dereference_dies_by_sigsegv_without_an_spf_message() {
+    let (out, stderr) = child("null");
+    assert_eq!(signal_of(&out), Some(libc::SIGSEGV), "{stderr}");
+    assert!(!stderr.contains("spf:"), "{stderr}");
+}
+
+#[test]
+fn a_write_to_a_read_only_region_names_the_region() {
+    let (out, stderr) = child("read_only_write");
+    assert_eq!(signal_of(&out), Some(libc::SIGSEGV), "{stderr}");
+    let start = stderr
+        .split("region at ")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .to_owned();
+    let addr = usize::from_str_radix(start.trim_start_matches("0x"), 16).unwrap() + 70_000;
+    assert!(
+        stderr.contains(&format!(
+            "spf: fatal write at {addr:#x}: write to the read-only region [{start}, "
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn touching_a_destroyed_region_is_reported() {
+    let (out, stderr) = child("destroyed");
+    assert_eq!(signal_of(&out), Some(libc::SIGSEGV), "{stderr}");
+    let start = stderr
+        .split("region at ")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap();
+    let addr = usize::from_str_radix(start.trim_start_matches("0x"), 16).unwrap() + 4096;
+    assert!(
+        stderr.contains(&format!("spf: fatal write at {addr:#x}: the address is in spf's reservation but in no live region")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_stack_overflow_still_gets_rusts_message() {
+    let (out, stderr) = child("stack_overflow");
+    // Newer std prints the thread id too: "thread 'deep' (1234) has overflowed its stack".
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("has overflowed its stack"));
+    assert!(
+        line.is_some_and(|l| l.starts_with("thread 'deep'")),
+        "{stderr}"
+    );
+    assert_eq!(signal_of(&out), Some(libc::SIGABRT), "{stderr}");
+}
