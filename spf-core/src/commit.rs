@@ -2,14 +2,17 @@
 //! commits (its own, plus commit-ahead), locking them, and the one
 //! `mprotect` (plus optional populate) that makes them accessible.
 //!
-//! Commit-ahead works like readahead: a fault on the granule right after the
-//! last one a fault in this region committed is *sequential*, and doubles
-//! the window (up to the region's limit); any other fault starts again at
-//! one granule. The window is a hint kept in racy atomics: a wrong guess
-//! costs memory or a fault, never correctness, because every granule is
-//! locked before it is committed and the lock run stops at the first granule
-//! that is not `Uncommitted` (DESIGN: commit-ahead locks every granule it
-//! commits, all in one region, before the one `mprotect`).
+//! Commit-ahead works like readahead, but without per-stream state: a fault
+//! whose granule directly follows `k` committed granules is continuing a
+//! sequential run and commits `max(1, k)` granules (capped by the region's
+//! limit), so a run grows 1, 1, 2, 4, 8, … granules per fault. Looking at
+//! the granule states behind the fault, rather than at a "where did the
+//! last fault end" hint, keeps several threads streaming through one region
+//! from resetting each other's windows. A wrong guess costs memory or a
+//! fault, never correctness: every granule is locked before it is committed
+//! and the lock run stops at the first granule that is not `Uncommitted`
+//! (DESIGN: commit-ahead locks every granule it commits, all in one region,
+//! before the one `mprotect`).
 //!
 //! Invariant K1: a `LockedRun` owns the granule locks of `[head, head +
 //! count × granule)`; dropping it without `publish` returns them to
@@ -33,18 +36,22 @@ pub struct CommitPlan {
 
 impl CommitPlan {
     /// The plan for a fault at `addr` in the region `snap` describes.
-    pub fn for_fault(snap: &Snapshot, desc: &RegionDesc, addr: usize) -> CommitPlan {
+    pub fn for_fault(snap: &Snapshot, table: &GranuleTable, addr: usize) -> CommitPlan {
         let granule = snap.granule();
         let head = snap.head_of(addr);
         let mut count = 1;
         if snap.ahead_max > 1 {
-            let index = (head - snap.start) / granule;
-            let window = if desc.ahead_next.load(Relaxed) == index {
-                (desc.ahead_window.load(Relaxed) as usize * 2).min(snap.ahead_max)
-            } else {
-                1
-            };
-            count = window.min((snap.end - head) / granule);
+            let before = (head - snap.start) / granule;
+            let mut behind = 0;
+            while behind < snap.ahead_max
+                && behind < before
+                && table.state(head - (behind + 1) * granule) == GranuleState::Committed
+            {
+                behind += 1;
+            }
+            count = behind
+                .clamp(1, snap.ahead_max)
+                .min((snap.end - head) / granule);
         }
         CommitPlan {
             head,
@@ -142,14 +149,6 @@ impl LockedRun<'_> {
         if p.count > 1 {
             stats::count(Counter::CommitAhead);
         }
-    }
-
-    /// Remembers where a sequential run would fault next.
-    pub fn update_hints(&self, desc: &RegionDesc, region_start: usize) {
-        let p = &self.plan;
-        let next = (p.head - region_start) / p.granule + p.count;
-        desc.ahead_next.store(next, Relaxed);
-        desc.ahead_window.store(p.count as u32, Relaxed);
     }
 }
 

@@ -9,7 +9,7 @@
 //! VMAs play the same trick.
 //!
 //! Invariants:
-//! - D1: fields other than the hints are written only under the space lock,
+//! - D1: fields other than `committed` are written only under the space lock,
 //!   between `seq.write_begin()` and `seq.write_end()`.
 //! - D2: `committed` is the bytes of this region whose granule state is
 //!   `Committed`; it is changed by the owner of those granule locks.
@@ -96,11 +96,6 @@ pub struct RegionDesc {
     flags: AtomicU32,
     /// Commit-ahead limit in granules (0: none).
     ahead_max: AtomicU32,
-    /// Commit-ahead hints: the granule a sequential run would fault next,
-    /// and the window it would commit. Racy by design; they only steer how
-    /// much a fault commits, and every granule is still locked before use.
-    pub ahead_next: AtomicUsize,
-    pub ahead_window: AtomicU32,
     /// Bytes committed in this region (D2).
     pub committed: AtomicUsize,
     pub generation: AtomicU32,
@@ -157,8 +152,6 @@ impl RegionDesc {
         self.len.store(len, Relaxed);
         self.flags.store(flags.0, Relaxed);
         self.ahead_max.store(ahead_max, Relaxed);
-        self.ahead_next.store(usize::MAX, Relaxed);
-        self.ahead_window.store(1, Relaxed);
         self.committed.store(0, Relaxed);
     }
 

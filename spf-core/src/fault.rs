@@ -158,7 +158,7 @@ fn speculative(space: &Space, addr: usize, access: AccessKind, cpu: usize) -> Re
     check(&snap, addr, access)?;
     // Step 5: slot and budget.
     let mut slot = InflightSlot::take(cpu).map_err(|_| Fallback::Frozen)?;
-    let mut plan = CommitPlan::for_fault(&snap, desc, addr);
+    let mut plan = CommitPlan::for_fault(&snap, &space.granules, addr);
     if unlikely(!slot.try_charge(plan.charge(), options::cap() as u64)) {
         match options::cap_policy() {
             CapPolicy::Shrink => {
@@ -183,8 +183,8 @@ fn speculative(space: &Space, addr: usize, access: AccessKind, cpu: usize) -> Re
         run.undo();
         return Err(Fallback::Changed);
     }
-    run.update_hints(desc, snap.start);
     run.publish(desc);
+    forget_repeats();
     // Step 9: `slot` is released here.
     drop(slot);
     Ok(())
@@ -208,6 +208,10 @@ fn check(snap: &Snapshot, addr: usize, access: AccessKind) -> Result<(), Fallbac
 fn settle(space: &Space, head: usize, state: GranuleState, cpu: usize) -> Result<(), Fallback> {
     if state == GranuleState::Committing {
         stats::count_on(cpu, Counter::PteLock);
+        if unlikely(space.lock.held_by(sys::thread_id())) {
+            // Our own thread may own that word: the classic path reports it.
+            return Err(Fallback::Changed);
+        }
         space.granules.wait_settled(head);
     }
     // Committed by someone else (or undone, and the retry faults again).
@@ -220,14 +224,24 @@ fn settle(space: &Space, head: usize, state: GranuleState, cpu: usize) -> Result
     Ok(())
 }
 
-/// Counts consecutive faults on one granule by this thread.
-fn repeats(head: usize) -> bool {
+/// Counts consecutive faults by this thread that found the granule at
+/// `head` already committed; returns the count.
+fn count_repeat(head: usize) -> u32 {
     REPEAT.with(|r| {
         let (last, n) = r.get();
         let n = if last == head { n + 1 } else { 1 };
         r.set((head, n));
-        n > 2
+        n
     })
+}
+
+/// This thread committed something: its earlier faults were not stuck.
+fn forget_repeats() {
+    REPEAT.with(|r| r.set((0, 0)));
+}
+
+fn repeats(head: usize) -> bool {
+    count_repeat(head) > 2
 }
 
 /// The classic path: the same steps under the space lock, where nothing can
@@ -261,13 +275,8 @@ fn classic(space: &Space, addr: usize, access: AccessKind) -> Outcome {
                 continue;
             }
             Err(_) => {
-                let n = REPEAT.with(|r| {
-                    let (last, n) = r.get();
-                    let n = if last == plan.head { n + 1 } else { 1 };
-                    r.set((plan.head, n));
-                    n
-                });
-                if snap.flags.read_only() && n > 2 {
+                let n = count_repeat(plan.head);
+                if access == AccessKind::Unknown && snap.flags.read_only() && n > 2 {
                     return Outcome::Fatal(FatalFault::WriteToReadOnly { start, end });
                 }
                 if n > REPEAT_LIMIT {
@@ -279,8 +288,8 @@ fn classic(space: &Space, addr: usize, access: AccessKind) -> Outcome {
         if let Err(errno) = run.apply() {
             return Outcome::Fatal(FatalFault::CommitFailed { start, end, errno });
         }
-        run.update_hints(desc, start);
         run.publish(desc);
+        forget_repeats();
         return Outcome::Handled;
     }
 }

@@ -72,4 +72,20 @@ pub mod testing {
     #[cfg(debug_assertions)]
     pub use crate::handler_guard::set_allocate_in_handler;
     pub use crate::sys::probe_readable;
+
+    /// Steps 2–3 of the fault path alone (map lookup, descriptor snapshot,
+    /// bounds check), for measuring what a lookup costs.
+    #[inline]
+    pub fn lookup(addr: *const u8) -> bool {
+        let Some(space) = crate::space::Space::ready() else {
+            return false;
+        };
+        let addr = addr as usize;
+        space.contains(addr)
+            && space
+                .map
+                .lookup(addr)
+                .and_then(|idx| space.descs.get(idx).snapshot())
+                .is_some_and(|snap| snap.contains(addr))
+    }
 }

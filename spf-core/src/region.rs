@@ -326,10 +326,8 @@ mod tests {
         assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
         let data = vec![0xabu8; len];
         // SAFETY: data is a valid buffer; the pipe holds 64 KiB.
-        assert_eq!(
-            unsafe { libc::write(fds[1], data.as_ptr().cast(), len) },
-            len as isize
-        );
+        let written = unsafe { libc::write(fds[1], data.as_ptr().cast(), len) };
+        assert_eq!(written, len as isize);
         // SAFETY: the kernel checks ptr itself.
         let n = unsafe { libc::read(fds[0], ptr.cast(), len) };
         let errno = std::io::Error::last_os_error().raw_os_error().unwrap();

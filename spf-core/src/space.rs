@@ -107,9 +107,16 @@ impl Space {
                 // SAFETY: we won STARTING, so nobody else writes STORAGE, and
                 // nobody reads it before SPACE is published below.
                 let p = unsafe { (*STORAGE.0.get()).write(space) as *mut Space };
+                // The handler goes in before the space is published: until
+                // then it finds no space and chains every fault onwards.
+                if let Err(e) = crate::signal::install() {
+                    // SAFETY: as above, only the STARTING winner writes it.
+                    unsafe { (*START_ERROR.0.get()).write(e) };
+                    STATE.store(FAILED, Ordering::Release);
+                    return Err(e);
+                }
                 SPACE.store(p, Ordering::Release);
                 STATE.store(READY, Ordering::Release);
-                crate::signal::install()?;
                 sys::at_fork(fork_prepare, fork_parent, fork_child);
                 if options::stats_at_exit() {
                     sys::at_exit(stats::print_at_exit);
@@ -498,7 +505,7 @@ impl Space {
         let desc = self.descs.get(idx);
         let snap = desc.snapshot()?;
         snap.contains(addr)
-            .then(|| (CommitPlan::for_fault(&snap, desc, addr), snap))
+            .then(|| (CommitPlan::for_fault(&snap, &self.granules, addr), snap))
     }
 
     /// Checks the invariants of every structure against each other. Takes
