@@ -22,6 +22,13 @@ fn recurse(depth: u64) -> u64 {
     recurse(depth + 1) + buf[depth as usize % 64]
 }
 
+fn max_map_count() -> usize {
+    std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(65_530)
+}
+
 /// The child side of every scenario.
 #[test]
 #[ignore = "child-process entry point, run by the other tests of this file"]
@@ -55,6 +62,16 @@ fn child_entry() {
             eprintln!("region at {:#x}", p as usize);
             // SAFETY: none — touching freed memory is the point.
             unsafe { p.add(4096).write_volatile(2) };
+        }
+        "max_map_count" => {
+            // Commit every other page: each commit splits a kernel VMA until
+            // the kernel's map count runs out and mprotect says ENOMEM.
+            let pages = 2 * (max_map_count() + 1_000);
+            let r = Region::reserve(pages * 4096, RegionOptions::default().granule(4096)).unwrap();
+            for p in (0..pages).step_by(2) {
+                // SAFETY: inside the live region.
+                unsafe { r.as_ptr().add(p * 4096).write_volatile(1) };
+            }
         }
         "stack_overflow" => {
             std::thread::Builder::new()
@@ -137,4 +154,19 @@ fn a_stack_overflow_still_gets_rusts_message() {
         "{stderr}"
     );
     assert_eq!(signal_of(&out), Some(libc::SIGABRT), "{stderr}");
+}
+
+#[test]
+fn running_out_of_kernel_mappings_ends_with_a_clear_message() {
+    if max_map_count() > 1 << 20 {
+        eprintln!(
+            "skipped: vm.max_map_count is {} here, too many faults to exhaust",
+            max_map_count()
+        );
+        return;
+    }
+    let (out, stderr) = child("max_map_count");
+    assert_eq!(signal_of(&out), Some(libc::SIGSEGV), "{stderr}");
+    assert!(stderr.contains("mprotect failed with ENOMEM"), "{stderr}");
+    assert!(stderr.contains("vm.max_map_count"), "{stderr}");
 }

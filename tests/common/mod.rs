@@ -18,6 +18,11 @@ pub const CHILD_VAR: &str = "SPF_TEST_CHILD";
 /// Re-runs this test binary as a child process that executes only the test
 /// named `entry`, with `SPF_TEST_CHILD=scenario`.
 pub fn run_child(entry: &str, scenario: &str) -> Output {
+    run_child_with_env(entry, scenario, &[])
+}
+
+/// `run_child` with extra environment variables.
+pub fn run_child_with_env(entry: &str, scenario: &str, env: &[(&str, &str)]) -> Output {
     Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -27,6 +32,7 @@ pub fn run_child(entry: &str, scenario: &str) -> Output {
             "--test-threads=1",
         ])
         .env(CHILD_VAR, scenario)
+        .envs(env.iter().copied())
         .output()
         .unwrap()
 }
