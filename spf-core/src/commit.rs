@@ -115,40 +115,51 @@ pub struct LockedRun<'t> {
 impl LockedRun<'_> {
     /// Makes the run accessible: one `mprotect`, then populate if asked
     /// (a populate failure, e.g. before Linux 5.14, only costs the faults
-    /// it would have saved).
+    /// it would have saved). On failure the run is made inaccessible again,
+    /// since a failed `mprotect` may have changed part of it, and the
+    /// granules go back to `Uncommitted` when the run is dropped.
     pub fn apply(&self) -> Result<(), Errno> {
         let p = &self.plan;
         stats::count(Counter::Mprotect);
-        sys::protect(p.head, p.len(), p.prot)?;
+        if let Err(errno) = sys::protect(p.head, p.len(), p.prot) {
+            revert_protection(p.head, p.len());
+            return Err(errno);
+        }
         if p.populate {
             let _ = sys::populate(p.head, p.len(), p.prot == Prot::ReadWrite);
         }
         Ok(())
     }
 
-    /// Takes back an `apply` whose validation failed.
-    pub fn undo(&self) {
-        let p = &self.plan;
-        if p.populate {
-            let _ = sys::discard(p.head, p.len());
-        }
-        stats::count(Counter::Mprotect);
-        let _ = sys::protect(p.head, p.len(), Prot::None);
-    }
-
     /// Publishes the run as committed and accounts it (D2).
     pub fn publish(mut self, desc: &RegionDesc) {
         let p = self.plan;
-        for i in 0..p.count {
-            self.table
-                .unlock(p.head + i * p.granule, GranuleState::Committed);
-        }
-        self.published = true;
+        // Account first: once unlocked, a decommit may subtract these bytes.
         desc.committed.fetch_add(p.len(), Relaxed);
         stats::add_committed(p.len() as i64);
         if p.count > 1 {
             stats::count(Counter::CommitAhead);
         }
+        for i in 0..p.count {
+            self.table
+                .unlock(p.head + i * p.granule, GranuleState::Committed);
+        }
+        self.published = true;
+    }
+}
+
+/// Makes `[addr, addr + len)` inaccessible after a failed commit. If even
+/// that fails, granule states could no longer describe the pages, so the
+/// process ends with a message (async-signal-safe: `write` and `abort`).
+pub fn revert_protection(addr: usize, len: usize) {
+    stats::count(Counter::Mprotect);
+    if let Err(errno) = sys::protect(addr, len, Prot::None) {
+        crate::report::report!(
+            "spf: fatal: cannot make [{addr:#x}, {:#x}) inaccessible after a failed commit: \
+             mprotect failed with {errno}; the kernel's vm.max_map_count may be exhausted\n",
+            addr + len
+        );
+        sys::abort();
     }
 }
 

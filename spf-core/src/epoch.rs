@@ -12,24 +12,83 @@
 //! dedicated collector keeps other users of crossbeam-epoch from running
 //! our deferred functions at a moment we do not control.
 
+//!
+//! After `fork()` the child gets a fresh collector ([`renew_after_fork`]):
+//! threads that were pinned in the parent do not exist in the child and
+//! would hold the old collector's epoch back forever. What the old one still
+//! had to reclaim (regions destroyed just before the fork) stays out of use
+//! in the child: a bounded leak of address space and descriptors.
+
 use crossbeam_epoch::{Collector, Guard, LocalHandle};
-use std::sync::OnceLock;
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicPtr, Ordering};
+
+/// The current collector; replaced (and the old one leaked) after a fork.
+static COLLECTOR: AtomicPtr<Collector> = AtomicPtr::new(core::ptr::null_mut());
 
 fn collector() -> &'static Collector {
-    static COLLECTOR: OnceLock<Collector> = OnceLock::new();
-    COLLECTOR.get_or_init(Collector::new)
+    let p = COLLECTOR.load(Ordering::Acquire);
+    // SAFETY: a non-null pointer comes from Box::into_raw and is never freed.
+    if let Some(c) = unsafe { p.as_ref() } {
+        return c;
+    }
+    let fresh = Box::into_raw(Box::new(Collector::new()));
+    match COLLECTOR.compare_exchange(
+        core::ptr::null_mut(),
+        fresh,
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    ) {
+        // SAFETY: just published; never freed.
+        Ok(_) => unsafe { &*fresh },
+        Err(won) => {
+            // SAFETY: `fresh` was never shared, so we may free it; `won` is
+            // never freed.
+            unsafe {
+                drop(Box::from_raw(fresh));
+                &*won
+            }
+        }
+    }
 }
 
 thread_local! {
-    static HANDLE: LocalHandle = collector().register();
+    /// This thread's handle, and the collector it belongs to.
+    static HANDLE: RefCell<Option<(*const Collector, LocalHandle)>> = const { RefCell::new(None) };
 }
 
 /// Pins the current thread in spf-core's collector (P1: never under the
 /// space lock).
+///
+/// The thread-local is never borrowed across a call that may allocate
+/// (`register`), so an allocator built on spf-core may pin again from
+/// inside that allocation; a pin that finds the slot busy uses a temporary
+/// handle.
 pub fn pin() -> Guard {
-    // During thread teardown the thread-local handle may be gone: register
-    // a temporary one, as crossbeam's own default collector does.
-    HANDLE
-        .try_with(LocalHandle::pin)
-        .unwrap_or_else(|_| collector().register().pin())
+    let c = collector();
+    let pinned = HANDLE.try_with(|h| {
+        let current =
+            matches!(h.try_borrow().as_deref(), Ok(Some((owner, _))) if core::ptr::eq(*owner, c));
+        if !current {
+            let fresh = c.register();
+            if let Ok(mut slot) = h.try_borrow_mut() {
+                *slot = Some((c, fresh));
+            }
+        }
+        h.try_borrow().ok().and_then(|slot| match &*slot {
+            Some((owner, handle)) if core::ptr::eq(*owner, c) => Some(handle.pin()),
+            _ => None,
+        })
+    });
+    // During thread teardown the thread-local may be gone: register a
+    // temporary handle, as crossbeam's own default collector does.
+    pinned.ok().flatten().unwrap_or_else(|| c.register().pin())
+}
+
+/// Starts a fresh collector in a fork child (see the module docs). Called
+/// from the `pthread_atfork` child handler, where allocating is allowed:
+/// the child's allocator was made consistent by its own fork handlers.
+pub fn renew_after_fork() {
+    let fresh = Box::into_raw(Box::new(Collector::new()));
+    COLLECTOR.store(fresh, Ordering::Release);
 }

@@ -14,9 +14,18 @@
 //!    `Committing` → `spf_pte_lock`, wait for it to settle, retry), then
 //!    re-check the sequence count (S3);
 //! 7. `mprotect` the run (plus populate);
-//! 8. re-check the sequence count: unchanged → publish `Committed` and
-//!    account; changed → undo, `spf_vma_changed`, go classic;
+//! 8. publish `Committed` and account the bytes;
 //! 9. release the slot (on drop); the access restarts.
+//!
+//! Step 8 differs from DESIGN.md's first reading, which re-checked the
+//! sequence count after the `mprotect` and undid the commit on a change.
+//! That undo loses data: once the granule is accessible another thread can
+//! write to it without faulting, and the undo (`MADV_DONTNEED`, or
+//! `PROT_NONE` over a granule then marked `Uncommitted`) would discard or
+//! hide that write. It is also unnecessary: after the S3 check the fault
+//! owns the granule words, and every writer waits for them (`lock_settled`)
+//! and then treats the granules as `Committed`, as the kernel's writers wait
+//! on the PTE lock of a speculative fault that validated its VMA.
 //!
 //! Any step that gives up releases everything it holds and falls back to
 //! the classic path, which repeats the work under the space lock and is the
@@ -46,6 +55,7 @@ use crate::cap::InflightSlot;
 use crate::commit::{CommitPlan, LockedRun};
 use crate::descriptor::Snapshot;
 use crate::granule::GranuleState;
+use crate::handler_guard;
 use crate::options::{self, CapPolicy, Mode};
 use crate::space::Space;
 use crate::stats::{self, Counter};
@@ -89,6 +99,9 @@ pub enum FatalFault {
     LockHeldBySelf,
     /// The same address keeps faulting although it is committed.
     Stuck { start: usize, end: usize },
+    /// A signal handler that interrupted spf's fault handler touched a
+    /// granule that the interrupted fault is committing.
+    Nested,
 }
 
 /// Why the speculative path handed a fault to the classic one.
@@ -178,11 +191,7 @@ fn speculative(space: &Space, addr: usize, access: AccessKind, cpu: usize) -> Re
     }
     // Step 7: commit.
     run.apply().map_err(|_| Fallback::CommitFailed)?;
-    // Step 8: revalidate.
-    if unlikely(!desc.seq.unchanged_since(snap.seq)) {
-        run.undo();
-        return Err(Fallback::Changed);
-    }
+    // Step 8: publish (see the module docs for why there is no undo).
     run.publish(desc);
     forget_repeats();
     // Step 9: `slot` is released here.
@@ -208,7 +217,7 @@ fn check(snap: &Snapshot, addr: usize, access: AccessKind) -> Result<(), Fallbac
 fn settle(space: &Space, head: usize, state: GranuleState, cpu: usize) -> Result<(), Fallback> {
     if state == GranuleState::Committing {
         stats::count_on(cpu, Counter::PteLock);
-        if unlikely(space.lock.held_by(sys::thread_id())) {
+        if unlikely(handler_guard::nested() || space.lock.held_by(sys::thread_id())) {
             // Our own thread may own that word: the classic path reports it.
             return Err(Fallback::Changed);
         }
@@ -270,6 +279,11 @@ fn classic(space: &Space, addr: usize, access: AccessKind) -> Outcome {
         let run: LockedRun<'_> = match plan.lock(&space.granules) {
             Ok(run) => run,
             Err(GranuleState::Committing) => {
+                if handler_guard::nested() {
+                    // The owner may be the fault this signal interrupted, on
+                    // this very thread: it cannot finish while we wait.
+                    return Outcome::Fatal(FatalFault::Nested);
+                }
                 // A speculative fault owns it; it needs no lock to finish.
                 space.granules.wait_settled(plan.head);
                 continue;

@@ -37,6 +37,13 @@ impl Drop for HandlerScope {
     }
 }
 
+/// Whether this handler runs on top of another run of it on the same
+/// thread (a signal handler that interrupted a fault touched lazy memory).
+#[inline]
+pub(crate) fn nested() -> bool {
+    DEPTH.with(|d| d.get() > 1)
+}
+
 /// Whether this thread is inside spf's fault handler now.
 #[inline]
 pub fn in_fault_handler() -> bool {

@@ -236,9 +236,15 @@ impl Region {
     }
 
     /// Grows the region in place to `new_len` bytes, if the address space
-    /// after it is free; otherwise `Error::CannotGrowInPlace`.
+    /// after it is free; otherwise `Error::CannotGrowInPlace`. An eager
+    /// region commits the new part too; if that commit fails, the region
+    /// has grown (see [`Region::len`]) but the new part stays lazy.
     pub fn grow(&mut self, new_len: usize) -> Result<(), Error> {
-        self.len = self.space().grow(self.idx, new_len, self.eager)?;
+        let old_len = self.len;
+        self.len = self.space().grow(self.idx, new_len)?;
+        if self.eager && self.len > old_len {
+            self.commit(old_len..self.len)?;
+        }
         Ok(())
     }
 

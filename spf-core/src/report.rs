@@ -61,13 +61,24 @@ impl<const N: usize> fmt::Write for StackWriter<N> {
     }
 }
 
+/// Writes one formatted message to standard error. Never inlined, so that
+/// only one buffer is ever on the stack however many `report!` calls a
+/// function has: the fault handler may run on std's alternate signal stack
+/// (8 KiB, of which the kernel's signal frame takes 3 KiB or more), and a
+/// debug build keeps a separate slot for every inlined buffer.
+#[cold]
+#[inline(never)]
+pub fn emit(args: fmt::Arguments<'_>) {
+    let mut w = StackWriter::<512>::new();
+    let _ = fmt::Write::write_fmt(&mut w, args);
+    w.flush_to_stderr();
+}
+
 /// Formats a message and writes it to standard error, without allocating.
 macro_rules! report {
-    ($($arg:tt)*) => {{
-        let mut w = $crate::report::StackWriter::<512>::new();
-        let _ = core::fmt::Write::write_fmt(&mut w, format_args!($($arg)*));
-        w.flush_to_stderr();
-    }};
+    ($($arg:tt)*) => {
+        $crate::report::emit(format_args!($($arg)*))
+    };
 }
 pub(crate) use report;
 

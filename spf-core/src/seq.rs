@@ -55,10 +55,15 @@ impl SeqCount {
     /// Makes the count odd. Caller holds the space lock.
     #[inline]
     pub fn write_begin(&self) {
-        // SeqCst: the first half of S3. As an RMW it is also an acquire, so
-        // the writer's field stores that follow cannot move above it.
+        // SeqCst: the first half of S3.
         let before = self.0.fetch_add(1, Ordering::SeqCst);
         debug_assert!(before & 1 == 0, "nested region writers");
+        // The writer's field stores that follow must not become visible
+        // before the odd count: this fence pairs with the Acquire fence in
+        // `read_validate` (a reader that saw a new field value then sees
+        // the count changed). The kernel's write_seqcount_begin has the
+        // same smp_wmb().
+        fence(Ordering::Release);
     }
 
     /// Makes the count even again, publishing the writer's changes.

@@ -43,6 +43,9 @@ pub(crate) fn install() -> Result<(), Error> {
 }
 
 extern "C" fn on_segv(sig: libc::c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
+    // The interrupted code may be between a failing call and its read of
+    // errno; our own calls (futex, madvise, mprotect) must not change it.
+    let _errno = sys::ErrnoGuard::save();
     let _scope = HandlerScope::enter();
     // SAFETY: the kernel passes a valid siginfo and ucontext to a SA_SIGINFO handler.
     let (addr, write) = unsafe { (sys::fault_address(info), sys::fault_is_write(context)) };
@@ -104,6 +107,10 @@ fn report_fatal(addr: usize, access: AccessKind, why: FatalFault) {
         FatalFault::LockHeldBySelf => report!(
             "spf: fatal {what} at {addr:#x}: lazy memory touched while this thread holds the \
              space lock (a bug in spf)\n"
+        ),
+        FatalFault::Nested => report!(
+            "spf: fatal {what} at {addr:#x}: a signal handler touched lazy memory that the \
+             fault it interrupted is committing; commit that memory before the signal can come\n"
         ),
         FatalFault::Stuck { start, end } => report!(
             "spf: fatal {what} at {addr:#x}: the committed granule of region [{start:#x}, \

@@ -35,7 +35,7 @@ use crate::map::{RegionIdx, RegionMap, CHUNK};
 use crate::options;
 use crate::region::RegionOptions;
 use crate::stats::{self, Counter};
-use crate::sys::{self, Prot, PAGE_SIZE};
+use crate::sys::{self, PAGE_SIZE};
 use core::cell::UnsafeCell;
 use core::mem::MaybeUninit;
 use core::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
@@ -326,6 +326,7 @@ impl Space {
                     true
                 }
                 Err(errno) => {
+                    crate::commit::revert_protection(run_start, run_end - run_start);
                     *result = Err(Error::System {
                         call: "mprotect",
                         errno,
@@ -382,11 +383,12 @@ impl Space {
             h += granule;
         }
         if committed > 0 {
-            // Failures here could only come from a range we do not own,
-            // which I1/A1 exclude; the pages are ours to drop.
+            // The range is ours (A1), so discarding cannot fail for a reason
+            // we could act on; making it inaccessible can (ENOMEM when the
+            // kernel cannot split a mapping), and then granule states could
+            // no longer describe the pages: end with a message.
             let _ = sys::discard(from, to - from);
-            stats::count(Counter::Mprotect);
-            let _ = sys::protect(from, to - from, Prot::None);
+            crate::commit::revert_protection(from, to - from);
         }
         let mut h = from;
         while h < to {
@@ -437,8 +439,9 @@ impl Space {
         result
     }
 
-    /// Grows a region in place to `new_len` (rounded up to the granule).
-    pub fn grow(&self, idx: RegionIdx, new_len: usize, eager: bool) -> Result<usize, Error> {
+    /// Grows a region in place to `new_len` (rounded up to the granule);
+    /// the new part is lazy.
+    pub fn grow(&self, idx: RegionIdx, new_len: usize) -> Result<usize, Error> {
         let held = self.lock();
         let desc = self.descs.get(idx);
         let granule = desc.flags().granule();
@@ -455,13 +458,8 @@ impl Space {
         desc.seq.write_begin();
         desc.set_len(new_len);
         self.map.insert(end, start + new_len, idx);
-        let committed = if eager {
-            self.commit_locked(idx, end, start + new_len)
-        } else {
-            Ok(())
-        };
         desc.seq.write_end();
-        committed.map(|()| new_len)
+        Ok(new_len)
     }
 
     /// Shrinks a region in place to `new_len` (rounded up to the granule,
@@ -580,23 +578,30 @@ impl Space {
 }
 
 /// `fork()` must not copy a half-done commit or a held lock into the child:
-/// stop speculation, wait for faults in flight, and hold the lock across
-/// the fork.
+/// hold the space lock across the fork, then stop speculation and wait for
+/// the faults in flight. Lock first: a second forking thread then waits for
+/// the first fork to finish entirely before it freezes, so one fork's thaw
+/// never releases speculation under another's (C2). Faults in flight can
+/// always finish under the held lock: no writer or classic fault owns a
+/// granule word while we hold it.
 extern "C" fn fork_prepare() {
-    crate::cap::freeze();
     if let Some(space) = Space::ready() {
         core::mem::forget(space.lock());
     }
+    crate::cap::freeze();
 }
 
 extern "C" fn fork_parent() {
+    crate::cap::thaw();
     if let Some(space) = Space::ready() {
         // SAFETY: fork_prepare took the lock and forgot the guard.
         unsafe { space.lock.force_unlock() };
     }
-    crate::cap::thaw();
 }
 
 extern "C" fn fork_child() {
+    // Threads pinned in the parent's collector do not exist here and would
+    // hold its epoch back forever: the child starts a collector of its own.
+    epoch::renew_after_fork();
     fork_parent();
 }

@@ -52,6 +52,22 @@ impl fmt::Display for Errno {
     }
 }
 
+/// Restores this thread's `errno` when dropped. Async-signal-safe.
+pub struct ErrnoGuard(i32);
+
+impl ErrnoGuard {
+    pub fn save() -> ErrnoGuard {
+        ErrnoGuard(Errno::last().0)
+    }
+}
+
+impl Drop for ErrnoGuard {
+    fn drop(&mut self) {
+        // SAFETY: `__errno_location` returns this thread's errno slot.
+        unsafe { *libc::__errno_location() = self.0 };
+    }
+}
+
 /// Page protection as spf uses it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Prot {
@@ -266,6 +282,12 @@ pub fn write_stderr(bytes: &[u8]) {
         }
         rest = &rest[n as usize..];
     }
+}
+
+/// Ends the process at once (`SIGABRT`). Async-signal-safe.
+pub fn abort() -> ! {
+    // SAFETY: abort has no preconditions.
+    unsafe { libc::abort() }
 }
 
 /// Reads an environment variable without allocating. Not signal-safe (used
