@@ -190,8 +190,9 @@ pub(crate) fn load_from_env() {
     }
     if let Some(v) = sys::env(c"SPF_RESERVE") {
         match parse_size(v) {
-            Some(n) if (1 << 30..=64 << 40).contains(&n) => RESERVE.store(n, Relaxed),
-            _ => bad_value("SPF_RESERVE", v, "a size from 1g to 64t", "256g"),
+            // Page numbers are 32-bit in the extent allocator: at most 16 TiB.
+            Some(n) if (1 << 30..=8 << 40).contains(&n) => RESERVE.store(n, Relaxed),
+            _ => bad_value("SPF_RESERVE", v, "a size from 1g to 8t", "256g"),
         }
     }
     if let Some(v) = sys::env(c"SPF_MAX_REGIONS") {
