@@ -223,7 +223,8 @@ fn settle(space: &Space, head: usize, state: GranuleState, cpu: usize) -> Result
         }
         space.granules.wait_settled(head);
     }
-    // Committed by someone else (or undone, and the retry faults again).
+    // Committed by someone else (or given back by its owner, and the retry
+    // faults again).
     // A committed granule that keeps faulting is a write to a read-only
     // region on architectures that do not report the access: let the
     // classic path judge repeats.

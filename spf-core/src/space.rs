@@ -285,6 +285,11 @@ impl Space {
         let desc = self.descs.get(idx);
         let pages = (desc.len() / PAGE_SIZE) as u32;
         self.extents(&held).free(self.page_of(desc.start()), pages);
+        // A dead descriptor with a length is still in its grace period;
+        // zero marks it retired (for `check_invariants`).
+        desc.seq.write_begin();
+        desc.set_len(0);
+        desc.seq.write_end();
         self.descs.free(idx);
     }
 
@@ -516,6 +521,19 @@ impl Space {
             let desc = self.descs.get(idx);
             let flags = desc.flags();
             if !flags.live() {
+                // Destroyed, and if it still has a length, in its grace
+                // period: nothing may have committed any of it since.
+                let (start, len, granule) = (desc.start(), desc.len(), flags.granule());
+                let mut h = start;
+                while h < start + len {
+                    if self.granules.state(h) != GranuleState::Uncommitted || sys::probe_readable(h)
+                    {
+                        return Err(format!(
+                            "destroyed region {idx}: granule {h:#x} is committed"
+                        ));
+                    }
+                    h += granule;
+                }
                 continue;
             }
             let (start, end, granule) = (desc.start(), desc.start() + desc.len(), flags.granule());
