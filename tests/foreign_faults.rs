@@ -103,43 +103,38 @@ fn a_null_dereference_dies_by_sigsegv_without_an_spf_message() {
     assert!(!stderr.contains("spf:"), "{stderr}");
 }
 
+/// The region start the child printed before faulting, as text and number.
+fn printed_region_start(stderr: &str) -> (String, usize) {
+    let text = stderr
+        .split("region at ")
+        .nth(1)
+        .and_then(|rest| rest.lines().next())
+        .unwrap_or_else(|| panic!("the child printed no region: {stderr}"))
+        .to_owned();
+    let addr = usize::from_str_radix(text.trim_start_matches("0x"), 16).unwrap();
+    (text, addr)
+}
+
 #[test]
 fn a_write_to_a_read_only_region_names_the_region() {
     let (out, stderr) = child("read_only_write");
     assert_eq!(signal_of(&out), Some(libc::SIGSEGV), "{stderr}");
-    let start = stderr
-        .split("region at ")
-        .nth(1)
-        .unwrap()
-        .lines()
-        .next()
-        .unwrap()
-        .to_owned();
-    let addr = usize::from_str_radix(start.trim_start_matches("0x"), 16).unwrap() + 70_000;
-    assert!(
-        stderr.contains(&format!(
-            "spf: fatal write at {addr:#x}: write to the read-only region [{start}, "
-        )),
-        "{stderr}"
-    );
+    let (start, base) = printed_region_start(&stderr);
+    let addr = base + 70_000;
+    let expected =
+        format!("spf: fatal write at {addr:#x}: write to the read-only region [{start}, ");
+    assert!(stderr.contains(&expected), "{stderr}");
 }
 
 #[test]
 fn touching_a_destroyed_region_is_reported() {
     let (out, stderr) = child("destroyed");
     assert_eq!(signal_of(&out), Some(libc::SIGSEGV), "{stderr}");
-    let start = stderr
-        .split("region at ")
-        .nth(1)
-        .unwrap()
-        .lines()
-        .next()
-        .unwrap();
-    let addr = usize::from_str_radix(start.trim_start_matches("0x"), 16).unwrap() + 4096;
-    assert!(
-        stderr.contains(&format!("spf: fatal write at {addr:#x}: the address is in spf's reservation but in no live region")),
-        "{stderr}"
+    let addr = printed_region_start(&stderr).1 + 4096;
+    let expected = format!(
+        "spf: fatal write at {addr:#x}: the address is in spf's reservation but in no live region"
     );
+    assert!(stderr.contains(&expected), "{stderr}");
 }
 
 #[test]

@@ -170,29 +170,11 @@ pub fn protect(addr: usize, len: usize, prot: Prot) -> Result<(), Errno> {
     }
 }
 
-/// Drops the pages of `[addr, addr + len)` (they read as zero afterwards).
-/// Async-signal-safe.
-pub fn discard(addr: usize, len: usize) -> Result<(), Errno> {
+/// `madvise` over a range spf owns. Async-signal-safe.
+fn advise(addr: usize, len: usize, advice: libc::c_int) -> Result<(), Errno> {
     check_range(addr, len);
-    // SAFETY: as in `protect`; the caller has made sure no live data is there.
-    let rc = unsafe { libc::madvise(addr as *mut _, len, libc::MADV_DONTNEED) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(Errno::last())
-    }
-}
-
-/// Pre-faults `[addr, addr + len)` so that the accesses that follow take no
-/// kernel page fault. Async-signal-safe. Fails with `EINVAL` before Linux 5.14.
-pub fn populate(addr: usize, len: usize, write: bool) -> Result<(), Errno> {
-    check_range(addr, len);
-    let advice = if write {
-        MADV_POPULATE_WRITE
-    } else {
-        MADV_POPULATE_READ
-    };
-    // SAFETY: as in `protect`; populating changes no contents.
+    // SAFETY: callers only pass ranges inside spf's reservation (I1), and
+    // only advice that the caller has decided is safe for its contents.
     let rc = unsafe { libc::madvise(addr as *mut _, len, advice) };
     if rc == 0 {
         Ok(())
@@ -201,16 +183,26 @@ pub fn populate(addr: usize, len: usize, write: bool) -> Result<(), Errno> {
     }
 }
 
+/// Drops the pages of `[addr, addr + len)` (they read as zero afterwards);
+/// the caller has made sure no live data is there. Async-signal-safe.
+pub fn discard(addr: usize, len: usize) -> Result<(), Errno> {
+    advise(addr, len, libc::MADV_DONTNEED)
+}
+
+/// Pre-faults `[addr, addr + len)` so that the accesses that follow take no
+/// kernel page fault. Async-signal-safe. Fails with `EINVAL` before Linux 5.14.
+pub fn populate(addr: usize, len: usize, write: bool) -> Result<(), Errno> {
+    let advice = if write {
+        MADV_POPULATE_WRITE
+    } else {
+        MADV_POPULATE_READ
+    };
+    advise(addr, len, advice)
+}
+
 /// Asks for transparent huge pages on `[addr, addr + len)`.
 pub fn advise_huge(addr: usize, len: usize) -> Result<(), Errno> {
-    check_range(addr, len);
-    // SAFETY: as in `protect`; the advice changes no contents.
-    let rc = unsafe { libc::madvise(addr as *mut _, len, libc::MADV_HUGEPAGE) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(Errno::last())
-    }
+    advise(addr, len, libc::MADV_HUGEPAGE)
 }
 
 /// The CPU this thread runs on (a vDSO call; async-signal-safe). Returns 0
