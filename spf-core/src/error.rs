@@ -18,6 +18,9 @@ pub enum Error {
     BadSize { len: usize },
     /// A granule that is not a power of two from 4 KiB to 2 MiB.
     BadGranule { granule: usize },
+    /// An alignment that is not a power of two, or larger than the
+    /// reservation.
+    BadAlignment { align: usize },
     /// A sub-range that is out of bounds or not granule aligned.
     BadRange {
         offset: usize,
@@ -60,6 +63,11 @@ impl fmt::Display for Error {
                 f,
                 "spf: granule {granule} is not valid; use a power of two from 4096 (4 KiB) to \
                  2097152 (2 MiB)"
+            ),
+            Error::BadAlignment { align } => write!(
+                f,
+                "spf: alignment {align} is not possible; use a power of two no larger than the \
+                 reservation (SPF_RESERVE)"
             ),
             Error::BadRange {
                 offset,

@@ -28,6 +28,8 @@ struct Node {
 }
 
 pub struct ExtentAllocator {
+    /// The absolute page number of page 0, so alignment is of addresses.
+    base_page: u64,
     total: u32,
     nodes: &'static mut [Node],
     boundary: &'static mut [u32],
@@ -42,9 +44,13 @@ fn bin_of(pages: u32) -> usize {
 }
 
 impl ExtentAllocator {
-    /// An allocator for `total` pages, all free, able to track `max_extents`
-    /// free extents at once.
-    pub fn new(total: u32, max_extents: usize) -> Result<ExtentAllocator, sys::Errno> {
+    /// An allocator for `total` pages starting at absolute page `base_page`,
+    /// all free, able to track `max_extents` free extents at once.
+    pub fn new(
+        base_page: u64,
+        total: u32,
+        max_extents: usize,
+    ) -> Result<ExtentAllocator, sys::Errno> {
         let n = max_extents + 1;
         let nodes = sys::map_table(n * core::mem::size_of::<Node>())?;
         let boundary = sys::map_table(total as usize * 4)?;
@@ -58,6 +64,7 @@ impl ExtentAllocator {
             )
         };
         let mut a = ExtentAllocator {
+            base_page,
             total,
             nodes,
             boundary,
@@ -83,10 +90,11 @@ impl ExtentAllocator {
     /// of two, in pages). `None` if no free extent fits.
     pub fn alloc(&mut self, pages: u32, align: u32) -> Option<u32> {
         debug_assert!(pages > 0 && align.is_power_of_two());
-        let fits = |n: &Node| {
-            let s = n.start.next_multiple_of(align);
-            s as u64 + pages as u64 <= n.start as u64 + n.pages as u64
+        let base = self.base_page;
+        let aligned = move |start: u32| -> u64 {
+            (base + start as u64).next_multiple_of(align as u64) - base
         };
+        let fits = |n: &Node| aligned(n.start) + pages as u64 <= n.start as u64 + n.pages as u64;
         let mut found = NIL;
         let first = bin_of(pages);
         'bins: for bin in first..BINS {
@@ -109,7 +117,7 @@ impl ExtentAllocator {
         }
         let n = self.nodes[found as usize];
         self.remove_node(found);
-        let start = n.start.next_multiple_of(align);
+        let start = aligned(n.start) as u32;
         if start > n.start {
             self.insert_free(n.start, start - n.start);
         }
@@ -233,7 +241,7 @@ mod tests {
     #[test]
     fn random_alloc_free_matches_a_model() {
         const TOTAL: u32 = 4096;
-        let mut a = ExtentAllocator::new(TOTAL, 4096).unwrap();
+        let mut a = ExtentAllocator::new(3, TOTAL, 4096).unwrap();
         let mut used = vec![false; TOTAL as usize];
         let mut live: Vec<(u32, u32)> = Vec::new();
         let mut rng = 0x9E37_79B9_7F4A_7C15u64;
@@ -248,7 +256,7 @@ mod tests {
                 let pages = (next() % 64 + 1) as u32;
                 let align = 1u32 << (next() % 5);
                 if let Some(s) = a.alloc(pages, align) {
-                    assert_eq!(s % align, 0);
+                    assert_eq!((3 + s) % align, 0, "aligned as an address");
                     for p in s..s + pages {
                         assert!(!used[p as usize], "page {p} handed out twice");
                         used[p as usize] = true;
@@ -284,7 +292,7 @@ mod tests {
 
     #[test]
     fn take_at_grows_in_place() {
-        let mut a = ExtentAllocator::new(100, 16).unwrap();
+        let mut a = ExtentAllocator::new(0, 100, 16).unwrap();
         let s = a.alloc(10, 1).unwrap();
         assert!(a.take_at(s + 10, 5));
         assert!(!a.take_at(s + 10, 5), "taken twice");

@@ -49,7 +49,7 @@ pub use options::{
 };
 pub use region::{region_at, Granule, Protection, Region, RegionInfo, RegionOptions};
 pub use stats::{reset_peaks, stats, Stats};
-pub use sys::{Errno, PAGE_SIZE};
+pub use sys::{monotonic_ns, resident_bytes, Errno, PAGE_SIZE};
 
 /// Starts the space now (reads `SPF_*`, reserves address space, installs
 /// the handler) instead of on the first `Region::reserve`.

@@ -71,6 +71,7 @@ pub struct RegionOptions {
     pub(crate) granule: usize,
     pub(crate) eager: bool,
     pub(crate) commit_ahead: usize,
+    pub(crate) align: usize,
     pub(crate) populate: bool,
     pub(crate) speculative: bool,
     pub(crate) read_only: bool,
@@ -82,6 +83,7 @@ impl Default for RegionOptions {
             granule: crate::options::default_granule(),
             eager: false,
             commit_ahead: 0,
+            align: 0,
             populate: false,
             speculative: true,
             read_only: false,
@@ -109,6 +111,13 @@ impl RegionOptions {
         self
     }
 
+    /// Align the region's start to `bytes` (a power of two; the granule is
+    /// the minimum, and the default).
+    pub fn align(mut self, bytes: usize) -> Self {
+        self.align = bytes;
+        self
+    }
+
     /// Pre-fault what a fault commits (`MADV_POPULATE_WRITE`), so the
     /// accesses that follow take no kernel page fault.
     pub fn populate(mut self, populate: bool) -> Self {
@@ -126,6 +135,14 @@ impl RegionOptions {
     pub fn protection(mut self, protection: Protection) -> Self {
         self.read_only = protection == Protection::ReadOnly;
         self
+    }
+
+    /// The start alignment in bytes: at least the granule.
+    pub(crate) fn align_bytes(&self, granule: usize) -> Result<usize, Error> {
+        if self.align != 0 && !self.align.is_power_of_two() {
+            return Err(Error::BadAlignment { align: self.align });
+        }
+        Ok(self.align.max(granule))
     }
 
     pub(crate) fn granule_bytes(&self) -> Result<usize, Error> {
@@ -227,6 +244,28 @@ impl Region {
         }
         self.space().decommit(self.idx, from, to);
         Ok(())
+    }
+
+    /// Gives the pages of `range` back to the kernel but keeps them
+    /// committed: they stay accessible and read as zero, and the next touch
+    /// takes an ordinary kernel page fault, not spf's. `range` must be page
+    /// aligned; its contents are lost.
+    pub fn purge(&self, range: Range<usize>) -> Result<(), Error> {
+        let bad = Error::BadRange {
+            offset: range.start,
+            len: range.end.wrapping_sub(range.start),
+            region_len: self.len,
+            granule: crate::PAGE_SIZE,
+        };
+        if range.start > range.end
+            || range.end > self.len
+            || range.start % crate::PAGE_SIZE != 0
+            || range.end % crate::PAGE_SIZE != 0
+        {
+            return Err(bad);
+        }
+        self.space()
+            .purge(self.start + range.start, self.start + range.end)
     }
 
     /// Changes what the region allows; committed memory changes with it.
@@ -440,6 +479,29 @@ mod tests {
         unsafe { p.add(70_000).write(9) };
         drop(r);
         assert!(region_at(p).is_none());
+    }
+
+    #[test]
+    fn alignment_is_honoured_and_checked() {
+        let r =
+            Region::reserve(4096, RegionOptions::default().granule(4096).align(8 << 20)).unwrap();
+        assert_eq!(r.as_ptr() as usize % (8 << 20), 0);
+        let err = Region::reserve(4096, RegionOptions::default().align(3 << 20)).unwrap_err();
+        assert_eq!(err, Error::BadAlignment { align: 3 << 20 });
+    }
+
+    #[test]
+    fn purge_keeps_memory_committed_and_zeroes_it() {
+        let r = Region::reserve(256 << 10, RegionOptions::default().eager()).unwrap();
+        // SAFETY: eager, so committed.
+        unsafe { r.as_ptr().add(5000).write(9) };
+        r.purge(4096..8192).unwrap();
+        assert_eq!(r.committed(), r.len());
+        assert!(r.is_committed(5000));
+        // SAFETY: still committed; purged pages read as zero.
+        assert_eq!(unsafe { r.as_ptr().add(5000).read() }, 0);
+        assert!(matches!(r.purge(1..4096), Err(Error::BadRange { .. })));
+        assert!(crate::resident_bytes().is_some_and(|b| b > 0));
     }
 
     #[test]

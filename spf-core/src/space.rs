@@ -153,8 +153,12 @@ impl Space {
             granules: GranuleTable::new(base, pages).map_err(sys_err("mmap (granule table)"))?,
             descs: DescriptorTable::new(max_regions).map_err(sys_err("mmap (descriptors)"))?,
             extents: UnsafeCell::new(
-                ExtentAllocator::new(pages as u32, 2 * max_regions + 64)
-                    .map_err(sys_err("mmap (extent table)"))?,
+                ExtentAllocator::new(
+                    (base / PAGE_SIZE) as u64,
+                    pages as u32,
+                    2 * max_regions + 64,
+                )
+                .map_err(sys_err("mmap (extent table)"))?,
             ),
         })
     }
@@ -194,7 +198,11 @@ impl Space {
         }
         let len = len.next_multiple_of(granule);
         let pages = (len / PAGE_SIZE) as u32;
-        let align = (granule / PAGE_SIZE) as u32;
+        let align = opts.align_bytes(granule)?;
+        if align > self.len {
+            return Err(Error::BadAlignment { align });
+        }
+        let align = (align / PAGE_SIZE) as u32;
         let flags = RegionFlags::new(
             granule.trailing_zeros(),
             opts.read_only,
@@ -297,6 +305,15 @@ impl Space {
     fn release_range(&self, page: u32, pages: u32) {
         let held = self.lock();
         self.extents(&held).free(page, pages);
+    }
+
+    /// Drops the pages of `[from, to)` without changing what is committed
+    /// (no granule state changes, so no lock: faults are unaffected).
+    pub fn purge(&self, from: usize, to: usize) -> Result<(), Error> {
+        sys::discard(from, to - from).map_err(|errno| Error::System {
+            call: "madvise",
+            errno,
+        })
     }
 
     /// Makes `[from, to)` of region `idx` accessible (granule aligned).

@@ -329,6 +329,45 @@ pub fn probe_readable(addr: usize) -> bool {
     n == 1
 }
 
+/// This process's resident memory in bytes, from `/proc/self/statm`,
+/// read without allocating; `None` where it cannot be read.
+pub fn resident_bytes() -> Option<usize> {
+    let mut buf = [0u8; 128];
+    // SAFETY: a NUL-terminated path; the descriptor is closed below.
+    let fd = unsafe {
+        libc::open(
+            c"/proc/self/statm".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `buf` is writable for its length.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    // SAFETY: opened above.
+    unsafe { libc::close(fd) };
+    if n <= 0 {
+        return None;
+    }
+    // The second field is the resident set, in pages.
+    let text = &buf[..n as usize];
+    let field = text.split(|&b| b == b' ').nth(1)?;
+    let pages = crate::options::parse_size(field)?;
+    Some(pages * kernel_page_size())
+}
+
+/// Nanoseconds of a monotonic clock. Async-signal-safe.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to fill in.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// The saved disposition of a signal.
 pub type SigAction = libc::sigaction;
 
