@@ -32,6 +32,7 @@ impl RegionFlags {
     const POPULATE: u32 = 1 << 10;
     const NO_SPECULATION: u32 = 1 << 11;
     const HUGE: u32 = 1 << 12;
+    const EAGER: u32 = 1 << 13;
 
     pub fn new(granule_shift: u32, read_only: bool, populate: bool, speculative: bool) -> Self {
         let mut bits = granule_shift & Self::SHIFT_MASK | Self::LIVE;
@@ -64,6 +65,16 @@ impl RegionFlags {
     }
     pub fn speculative(self) -> bool {
         self.0 & Self::NO_SPECULATION == 0
+    }
+    pub fn with_eager(self, eager: bool) -> Self {
+        if eager {
+            RegionFlags(self.0 | Self::EAGER)
+        } else {
+            RegionFlags(self.0 & !Self::EAGER)
+        }
+    }
+    pub fn eager(self) -> bool {
+        self.0 & Self::EAGER != 0
     }
     pub fn huge(self) -> bool {
         self.0 & Self::HUGE != 0

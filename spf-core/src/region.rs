@@ -314,6 +314,35 @@ impl Region {
     }
 }
 
+impl Region {
+    /// Gives up the handle without destroying the region, returning its
+    /// start. [`Region::from_raw`] takes it back. For allocators that keep
+    /// only the address of a block.
+    pub fn into_raw(self) -> *mut u8 {
+        let p = self.as_ptr();
+        core::mem::forget(self);
+        p
+    }
+
+    /// Takes back a region given up with [`Region::into_raw`]. Returns
+    /// `None` if no live region starts at `ptr`.
+    ///
+    /// # Safety
+    /// The region must have been given up with `into_raw` and not taken back
+    /// since: two handles to one region would destroy it twice.
+    pub unsafe fn from_raw(ptr: *mut u8) -> Option<Region> {
+        let space = Space::ready()?;
+        let (idx, len, granule, eager) = space.region_starting_at(ptr as usize)?;
+        Some(Region {
+            idx,
+            start: ptr as usize,
+            len,
+            granule,
+            eager,
+        })
+    }
+}
+
 impl Drop for Region {
     fn drop(&mut self) {
         self.space().destroy(self.idx);
@@ -479,6 +508,22 @@ mod tests {
         unsafe { p.add(70_000).write(9) };
         drop(r);
         assert!(region_at(p).is_none());
+    }
+
+    #[test]
+    fn raw_regions_round_trip() {
+        let r = Region::reserve(300 << 10, RegionOptions::default().eager()).unwrap();
+        let (len, granule) = (r.len(), r.granule());
+        let p = r.into_raw();
+        // SAFETY: given up just above.
+        let back = unsafe { Region::from_raw(p) }.unwrap();
+        assert_eq!(
+            (back.as_ptr(), back.len(), back.granule(), back.eager),
+            (p, len, granule, true)
+        );
+        // SAFETY: not the start of a region.
+        assert!(unsafe { Region::from_raw(p.wrapping_add(4096)) }.is_none());
+        drop(back);
     }
 
     #[test]

@@ -208,7 +208,8 @@ impl Space {
             opts.read_only,
             opts.populate,
             opts.speculative,
-        );
+        )
+        .with_eager(opts.eager);
         let ahead = (opts.commit_ahead / granule).min(u32::MAX as usize) as u32;
         for attempt in 0..4 {
             let held = self.lock();
@@ -513,6 +514,21 @@ impl Space {
         guard.defer(move || space.release_range(tail_page, tail_pages));
         guard.flush();
         kept
+    }
+
+    /// The live region that starts exactly at `start`: its index, length,
+    /// granule and whether it is eager. Under the lock, so the answer holds
+    /// until the caller's next writer call.
+    pub fn region_starting_at(&self, start: usize) -> Option<(RegionIdx, usize, usize, bool)> {
+        if !self.contains(start) {
+            return None;
+        }
+        let _held = self.lock();
+        let idx = self.map.lookup(start)?;
+        let desc = self.descs.get(idx);
+        let flags = desc.flags();
+        (flags.live() && desc.start() == start)
+            .then(|| (idx, desc.len(), flags.granule(), flags.eager()))
     }
 
     /// The plan a fault at `addr` would follow, for the classic path which
