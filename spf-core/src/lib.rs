@@ -47,9 +47,10 @@ pub use options::{
     cap, cap_default, cap_policy, mode, parse_size, set_cap, set_cap_policy, set_mode, CapPolicy,
     Mode,
 };
-pub use region::{region_at, Granule, Protection, Region, RegionInfo, RegionOptions};
+pub use region::{purge_pages, region_at, Granule, Protection, Region, RegionInfo, RegionOptions};
+pub use report::emit as report;
 pub use stats::{reset_peaks, stats, Stats};
-pub use sys::{monotonic_ns, resident_bytes, Errno, PAGE_SIZE};
+pub use sys::{env as getenv, monotonic_ns, resident_bytes, Errno, PAGE_SIZE};
 
 /// Starts the space now (reads `SPF_*`, reserves address space, installs
 /// the handler) instead of on the first `Region::reserve`.

@@ -349,6 +349,31 @@ impl Drop for Region {
     }
 }
 
+/// Gives the pages of `[ptr, ptr + len)` back to the kernel without
+/// changing what is committed: the memory stays accessible and reads as
+/// zero. For allocators that keep only addresses (see [`Region::into_raw`]).
+///
+/// # Safety
+/// `[ptr, ptr + len)` must be page aligned, lie inside a live region the
+/// caller owns, and hold nothing anyone will read again.
+pub unsafe fn purge_pages(ptr: *mut u8, len: usize) -> Result<(), Error> {
+    let space = Space::get()?;
+    let (from, to) = (ptr as usize, ptr as usize + len);
+    if from % crate::PAGE_SIZE != 0
+        || len % crate::PAGE_SIZE != 0
+        || !space.contains(from)
+        || !space.contains(to - 1)
+    {
+        return Err(Error::BadRange {
+            offset: from.wrapping_sub(space.base),
+            len,
+            region_len: space.len,
+            granule: crate::PAGE_SIZE,
+        });
+    }
+    space.purge(from, to)
+}
+
 /// What a normal-path reader learns about the region holding an address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RegionInfo {

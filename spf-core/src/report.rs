@@ -61,7 +61,9 @@ impl<const N: usize> fmt::Write for StackWriter<N> {
     }
 }
 
-/// Writes one formatted message to standard error. Never inlined, so that
+/// Writes one formatted message to standard error without allocating
+/// (public as `spf_core::report`, for code that must not allocate, such as
+/// an allocator). Never inlined, so that
 /// only one buffer is ever on the stack however many `report!` calls a
 /// function has: the fault handler may run on std's alternate signal stack
 /// (8 KiB, of which the kernel's signal frame takes 3 KiB or more), and a

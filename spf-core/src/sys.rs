@@ -282,8 +282,8 @@ pub fn abort() -> ! {
     unsafe { libc::abort() }
 }
 
-/// Reads an environment variable without allocating. Not signal-safe (used
-/// once at start).
+/// Reads an environment variable without allocating (public as
+/// `spf_core::getenv`). Not signal-safe; meant for reading settings once.
 pub fn env(name: &CStr) -> Option<&'static [u8]> {
     // SAFETY: `name` is NUL-terminated. The returned string lives in the
     // environment block, which spf treats as read-only; it stays valid as

@@ -1,0 +1,494 @@
+//! Thread heaps: the allocation fast path, local and remote frees, and what
+//! happens when a thread exits.
+//!
+//! Each thread has a [`Heap`] with one queue of pages per size class. The
+//! design follows mimalloc's free-list sharding: each page has three free
+//! lists — `free` (allocate from), `local_free` (the owner's frees) and
+//! `thread_free` (other threads' frees, an atomic stack) — so the owner
+//! allocates and frees with no atomic operation and no lock, and another
+//! thread frees with one CAS.
+//!
+//! Fast path budget: `alloc` is a thread-local load, two loads to reach the
+//! class queue's first page, a pop from its `free` list and two stores; no
+//! atomic RMW, one well-predicted branch per step. Everything else —
+//! collecting frees, carving new blocks, taking a page — is `#[cold]`.
+//!
+//! Cross-thread frees push onto the page's `thread_free` and bump the owning
+//! heap's `remote_frees`; the owner collects them when its current page runs
+//! dry, and sweeps all its pages once the remote frees since the last sweep
+//! outnumber 16 per page it owns, so memory freed by consumers returns to a
+//! producer's pages with amortised O(1) work.
+//!
+//! A thread's exit (a `pthread` key destructor) *abandons* its heap: empty
+//! pages go to the pool, the others to per-class abandoned lists that any
+//! thread allocating that class adopts. After that, the exiting thread's own
+//! allocations (other destructors may still allocate) go to a shared
+//! fallback heap under a lock.
+//!
+//! Rules:
+//! - R1: no allocator lock is held across a call that may allocate or pin
+//!   an epoch (destroying a segment or a large region), since that call may
+//!   re-enter the allocator. Such work is returned to the top level.
+//! - R2: the heap's own state is consistent at every call out of this
+//!   module, so a re-entrant allocation on the same thread finds it whole.
+
+use crate::lock::SpinLock;
+use crate::segment::{self, Block, Page, PageList, Segment, PAGE_SIZE, SEGMENT_SIZE};
+use crate::size_class::{block_size, is_small, CLASSES};
+use crate::thread;
+use core::cell::Cell;
+use core::ptr::null_mut;
+use core::sync::atomic::{AtomicI64, AtomicPtr, AtomicUsize, Ordering};
+
+#[repr(C)]
+pub struct Heap {
+    queues: [Cell<PageList>; CLASSES],
+    /// Bytes of blocks allocated minus freed through this heap (owner
+    /// writes with plain load/store; `stats` reads).
+    pub allocated: AtomicI64,
+    /// Frees by other threads into this heap's pages since the last sweep.
+    remote_frees: AtomicUsize,
+    pages: Cell<usize>,
+    /// Every heap ever made, for statistics (never unlinked).
+    pub next_all: AtomicPtr<Heap>,
+    /// The heap pool's free list.
+    next_free: Cell<*mut Heap>,
+}
+
+/// Every heap ever made.
+pub static ALL_HEAPS: AtomicPtr<Heap> = AtomicPtr::new(null_mut());
+
+struct AbandonedLists([PageList; CLASSES]);
+// SAFETY: the lists are reached only under their lock.
+unsafe impl Send for AbandonedLists {}
+
+static ABANDONED: SpinLock<AbandonedLists> =
+    SpinLock::new(AbandonedLists([PageList::new(); CLASSES]));
+
+/// The heap of threads whose own heap is gone (they are exiting).
+struct Fallback(*mut Heap);
+// SAFETY: reached only under its lock.
+unsafe impl Send for Fallback {}
+static FALLBACK: SpinLock<Fallback> = SpinLock::new(Fallback(null_mut()));
+
+impl Heap {
+    /// A heap with empty queues, in freshly committed zeroed memory.
+    ///
+    /// # Safety
+    /// `mem` points to writable memory for a `Heap`, suitably aligned.
+    pub unsafe fn init(mem: *mut Heap) -> *mut Heap {
+        // SAFETY: zeroed memory is a valid Heap (null lists, zero counters);
+        // the caller gives us exclusive access.
+        unsafe {
+            core::ptr::write_bytes(mem, 0, 1);
+            let mut head = ALL_HEAPS.load(Ordering::Relaxed);
+            loop {
+                (*mem).next_all.store(head, Ordering::Relaxed);
+                match ALL_HEAPS.compare_exchange_weak(
+                    head,
+                    mem,
+                    Ordering::Release,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => break,
+                    Err(h) => head = h,
+                }
+            }
+        }
+        mem
+    }
+
+    #[inline]
+    fn add_allocated(&self, bytes: i64) {
+        // Owner-only writer: a load and a store, no RMW.
+        let v = self.allocated.load(Ordering::Relaxed);
+        self.allocated.store(v + bytes, Ordering::Relaxed);
+    }
+
+    fn queue(&self, class: usize) -> &Cell<PageList> {
+        &self.queues[class]
+    }
+}
+
+/// Allocates a block of `class`. Null when memory is exhausted.
+#[inline]
+pub fn alloc(class: usize) -> *mut u8 {
+    let heap = thread::heap();
+    if thread::is_live(heap) {
+        // SAFETY: a live heap belongs to this thread (R2: consistent).
+        let h = unsafe { &*heap };
+        let page = h.queue(class).get().first;
+        if !page.is_null() {
+            // SAFETY: pages in our queues are ours (S1).
+            let p = unsafe { &*page };
+            let b = p.free.get();
+            if !b.is_null() {
+                // SAFETY: a free block of our page.
+                p.free.set(unsafe { (*b).next });
+                p.used.set(p.used.get() + 1);
+                h.add_allocated(block_size(class) as i64);
+                return b as *mut u8;
+            }
+        }
+        return alloc_slow(h, class);
+    }
+    alloc_without_heap(heap, class)
+}
+
+#[cold]
+#[inline(never)]
+fn alloc_without_heap(heap: *mut Heap, class: usize) -> *mut u8 {
+    if thread::is_unset(heap) {
+        if let Some(h) = thread::heap_init() {
+            // SAFETY: just made for this thread.
+            return alloc_slow(unsafe { &*h }, class);
+        }
+    }
+    // The thread is exiting (or no heap could be made): use the fallback.
+    let mut fb = FALLBACK.lock();
+    if fb.0.is_null() {
+        fb.0 = thread::heap_new();
+        if fb.0.is_null() {
+            return null_mut();
+        }
+    }
+    // SAFETY: the fallback heap is ours while its lock is held.
+    let h = unsafe { &*fb.0 };
+    // Segments freed while we hold the lock are destroyed later (R1):
+    // destroying may allocate, and this thread would come back here.
+    let _deferring = segment::DeferDestroy::enter();
+    let page = h.queue(class).get().first;
+    if !page.is_null() {
+        // SAFETY: as in `alloc`.
+        let p = unsafe { &*page };
+        let b = p.free.get();
+        if !b.is_null() {
+            // SAFETY: a free block of the fallback heap's page.
+            p.free.set(unsafe { (*b).next });
+            p.used.set(p.used.get() + 1);
+            h.add_allocated(block_size(class) as i64);
+            return b as *mut u8;
+        }
+    }
+    // The slow path only takes the pool and abandoned locks, nested inside
+    // this one in the documented order (see `thread`).
+    alloc_slow(h, class)
+}
+
+/// Finds a page with a free block: collect frees on the first pages of the
+/// queue, carve new blocks, sweep when remote frees piled up, adopt an
+/// abandoned page, or take a page from the pool.
+#[cold]
+#[inline(never)]
+fn alloc_slow(h: &Heap, class: usize) -> *mut u8 {
+    if h.remote_frees.load(Ordering::Relaxed) > 16 * h.pages.get().max(64) {
+        sweep(h);
+    }
+    let q = h.queue(class);
+    let mut page = q.get().first;
+    let mut looked = 0;
+    while !page.is_null() && looked < 8 {
+        // SAFETY: pages in our queue are ours (S1).
+        let p = unsafe { &*page };
+        let next = p.next.get();
+        if p.free.get().is_null() {
+            p.collect();
+        }
+        if p.free.get().is_null() && p.capacity.get() < p.reserved.get() {
+            p.extend();
+        }
+        if !p.free.get().is_null() {
+            let mut list = q.get();
+            if list.first != page {
+                // SAFETY: `page` is in this list; move it to the front.
+                unsafe {
+                    list.remove(page);
+                    list.push_front(page);
+                }
+                q.set(list);
+            }
+            return pop(h, p, class);
+        }
+        // Full: move it to the back, out of the way of the next search.
+        if !next.is_null() {
+            let mut list = q.get();
+            // SAFETY: as above.
+            unsafe {
+                list.remove(page);
+                list.push_back(page);
+            }
+            q.set(list);
+        }
+        page = next;
+        looked += 1;
+    }
+    loop {
+        let page = match adopt(h, class) {
+            Some(p) => p,
+            None => {
+                let p = segment::page_alloc(class);
+                if p.is_null() {
+                    return null_mut();
+                }
+                take(h, p);
+                p
+            }
+        };
+        // SAFETY: the page is now ours and in our queue.
+        let p = unsafe { &*page };
+        if p.free.get().is_null() && p.capacity.get() < p.reserved.get() {
+            p.extend();
+        }
+        if !p.free.get().is_null() {
+            return pop(h, p, class);
+        }
+        // An adopted page that is still full stays in our queue; try another.
+    }
+}
+
+fn pop(h: &Heap, p: &Page, class: usize) -> *mut u8 {
+    let b = p.free.get();
+    debug_assert!(!b.is_null());
+    // SAFETY: a free block of our page.
+    p.free.set(unsafe { (*b).next });
+    p.used.set(p.used.get() + 1);
+    h.add_allocated(block_size(class) as i64);
+    b as *mut u8
+}
+
+/// Makes `page` ours and puts it at the front of its class queue.
+fn take(h: &Heap, page: *mut Page) {
+    // SAFETY: the caller owns the page (fresh from the pool or adopted).
+    let p = unsafe { &*page };
+    // Release: our later writes to the page follow the ownership change.
+    p.heap
+        .store(h as *const Heap as *mut Heap, Ordering::Release);
+    let q = h.queue(p.class.get() as usize);
+    let mut list = q.get();
+    // SAFETY: the page is in no list.
+    unsafe { list.push_front(page) };
+    q.set(list);
+    h.pages.set(h.pages.get() + 1);
+}
+
+/// Adopts an abandoned page of `class` that still has live blocks; empty
+/// ones found on the way go back to the pool.
+fn adopt(h: &Heap, class: usize) -> Option<*mut Page> {
+    loop {
+        let page = {
+            let mut lists = ABANDONED.lock();
+            let list = &mut lists.0[class];
+            let p = list.first;
+            if p.is_null() {
+                return None;
+            }
+            // SAFETY: p is in the abandoned list.
+            unsafe { list.remove(p) };
+            p
+        };
+        // SAFETY: taken off the abandoned list, the page is ours (S1).
+        let p = unsafe { &*page };
+        p.collect();
+        if p.used.get() == 0 {
+            if let Some(seg) = segment::page_free(page) {
+                segment::segment_destroy(seg); // no lock held (R1)
+            }
+            continue;
+        }
+        take(h, page);
+        return Some(page);
+    }
+}
+
+/// Collects remote frees on every page of the heap and returns empty pages
+/// (but the first of each queue) to the pool.
+#[cold]
+fn sweep(h: &Heap) {
+    h.remote_frees.store(0, Ordering::Relaxed);
+    let mut doomed: [*mut Segment; 4] = [null_mut(); 4];
+    let mut n = 0;
+    for class in 0..CLASSES {
+        let q = h.queue(class);
+        let mut page = q.get().first;
+        while !page.is_null() {
+            // SAFETY: our page.
+            let p = unsafe { &*page };
+            let next = p.next.get();
+            p.collect();
+            if p.used.get() == 0 && page != q.get().first {
+                let mut list = q.get();
+                // SAFETY: in this list.
+                unsafe { list.remove(page) };
+                q.set(list);
+                h.pages.set(h.pages.get() - 1);
+                if let Some(seg) = segment::page_free(page) {
+                    if n < doomed.len() {
+                        doomed[n] = seg;
+                        n += 1;
+                    } else {
+                        segment::segment_destroy(seg);
+                    }
+                }
+            }
+            page = next;
+        }
+    }
+    for &seg in &doomed[..n] {
+        segment::segment_destroy(seg);
+    }
+}
+
+/// The page holding a block of `class`.
+#[inline]
+pub fn page_of(ptr: *mut u8, class: usize) -> *mut Page {
+    let seg = (ptr as usize & !(SEGMENT_SIZE - 1)) as *mut Segment;
+    let index = if is_small(class) {
+        (ptr as usize & (SEGMENT_SIZE - 1)) / PAGE_SIZE
+    } else {
+        0
+    };
+    // SAFETY: `ptr` came from a page of this segment (the caller's
+    // GlobalAlloc contract), so the header is a live Segment.
+    unsafe { core::ptr::addr_of_mut!((*seg).pages[index]) }
+}
+
+/// Frees a block of `class`.
+#[inline]
+pub fn dealloc(ptr: *mut u8, class: usize) {
+    let page = page_of(ptr, class);
+    // SAFETY: a live page (it holds our block).
+    let p = unsafe { &*page };
+    let heap = thread::heap();
+    let block = ptr as *mut Block;
+    if p.heap.load(Ordering::Relaxed) == heap && thread::is_live(heap) {
+        // SAFETY: our heap, our page.
+        let h = unsafe { &*heap };
+        // SAFETY: the block is being freed: we may link it.
+        unsafe { (*block).next = p.local_free.get() };
+        p.local_free.set(block);
+        let used = p.used.get() - 1;
+        p.used.set(used);
+        h.add_allocated(-(block_size(class) as i64));
+        if used == 0 {
+            page_empty(h, page);
+        }
+    } else {
+        dealloc_remote(p, block, heap, class);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn dealloc_remote(p: &Page, block: *mut Block, heap: *mut Heap, class: usize) {
+    p.push_remote(block);
+    let owner = p.heap.load(Ordering::Relaxed);
+    if !owner.is_null() {
+        // SAFETY: heaps are never freed, only recycled: the pointer is
+        // always a valid Heap, and the counter is only a hint.
+        unsafe { (*owner).remote_frees.fetch_add(1, Ordering::Relaxed) };
+    }
+    if thread::is_live(heap) {
+        // SAFETY: this thread's heap.
+        unsafe { (*heap).add_allocated(-(block_size(class) as i64)) };
+    } else {
+        FALLBACK_FREED.fetch_add(block_size(class) as i64, Ordering::Relaxed);
+    }
+}
+
+/// Bytes freed by threads with no heap (exiting threads).
+pub static FALLBACK_FREED: AtomicI64 = AtomicI64::new(0);
+
+/// A page of ours became empty: keep it if it is the only page of its
+/// class (an alloc/free loop would otherwise trade pages with the pool),
+/// else give it back.
+#[cold]
+fn page_empty(h: &Heap, page: *mut Page) {
+    // SAFETY: our page.
+    let p = unsafe { &*page };
+    let q = h.queue(p.class.get() as usize);
+    let mut list = q.get();
+    if list.first == page && list.last == page {
+        return;
+    }
+    p.collect();
+    // SAFETY: the page is in this queue.
+    unsafe { list.remove(page) };
+    q.set(list);
+    h.pages.set(h.pages.get() - 1);
+    if let Some(seg) = segment::page_free(page) {
+        segment::segment_destroy(seg); // R1: no lock held here
+    }
+}
+
+/// A thread is exiting: give its pages to the pool or the abandoned lists.
+pub fn abandon(h: &Heap) {
+    let mut doomed: [*mut Segment; 8] = [null_mut(); 8];
+    let mut n = 0;
+    for class in 0..CLASSES {
+        let q = h.queue(class);
+        let mut page = q.get().first;
+        while !page.is_null() {
+            // SAFETY: our page.
+            let p = unsafe { &*page };
+            let next = p.next.get();
+            p.collect();
+            p.next.set(null_mut());
+            p.prev.set(null_mut());
+            if p.used.get() == 0 {
+                if let Some(seg) = segment::page_free(page) {
+                    if n < doomed.len() {
+                        doomed[n] = seg;
+                        n += 1;
+                    } else {
+                        segment::segment_destroy(seg);
+                    }
+                }
+            } else {
+                // Release: our writes to the page happen before the adopter's.
+                p.heap.store(null_mut(), Ordering::Release);
+                let mut lists = ABANDONED.lock();
+                // SAFETY: the page left our queue above.
+                unsafe { lists.0[class].push_front(page) };
+            }
+            page = next;
+        }
+        q.set(PageList::new());
+    }
+    h.pages.set(0);
+    h.remote_frees.store(0, Ordering::Relaxed);
+    for &seg in &doomed[..n] {
+        segment::segment_destroy(seg);
+    }
+}
+
+pub fn fork_lock_fallback() {
+    FALLBACK.lock_forever();
+}
+
+pub fn fork_lock_abandoned() {
+    ABANDONED.lock_forever();
+}
+
+/// # Safety
+/// After `fork_lock_abandoned`.
+pub unsafe fn fork_unlock_abandoned() {
+    // SAFETY: the caller's contract.
+    unsafe { ABANDONED.unlock_forgotten() };
+}
+
+/// # Safety
+/// After `fork_lock_fallback`.
+pub unsafe fn fork_unlock_fallback() {
+    // SAFETY: the caller's contract.
+    unsafe { FALLBACK.unlock_forgotten() };
+}
+
+pub(crate) fn set_next_free(h: *mut Heap, next: *mut Heap) {
+    // SAFETY: the heap pool owns `h` while it is on the free list.
+    unsafe { (*h).next_free.set(next) };
+}
+
+pub(crate) fn next_free(h: *mut Heap) -> *mut Heap {
+    // SAFETY: as above.
+    unsafe { (*h).next_free.get() }
+}

@@ -1,0 +1,316 @@
+//! Large blocks: requests above 256 KiB, or aligned beyond 64 KiB. Each is
+//! its own spf-core region with 64 KiB granules.
+//!
+//! By default a large block is committed when allocated, because memory
+//! that `alloc` returns must work with system calls: the kernel answers a
+//! `read()` into an untouched `PROT_NONE` page with `EFAULT`, not a signal.
+//! In touch mode (`SPF_COMMIT=touch`, or `SpfAlloc::lazy()`) it is committed
+//! on first touch by the speculative fault path, with 1 MiB of commit-ahead.
+//!
+//! Freed blocks go to a cache that keeps their address space and, for the
+//! decay time (`SPF_DECAY_MS`, like jemalloc's `dirty_decay_ms`), their
+//! pages: a hot alloc/touch/free loop reuses a committed, resident block and
+//! takes no fault at all. Past the decay time a cached block is purged
+//! (`MADV_DONTNEED`: still committed, no longer resident, reads as zero);
+//! past the cache's size limits the oldest blocks go back to spf-core.
+//!
+//! Invariants:
+//! - L1: a live large block's region is exactly `round(layout.size())`
+//!   long: allocation, reuse and `realloc` keep it so, and `dealloc` relies
+//!   on it.
+//! - L2: a cached block is reachable only through the cache; taking it out
+//!   (under the lock) gives the taker sole ownership — purging happens on
+//!   blocks taken out, never on listed ones.
+
+use crate::lock::SpinLock;
+use crate::options;
+use core::ptr::null_mut;
+use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use spf_core::{Region, RegionOptions};
+
+pub const GRANULE: usize = 64 << 10;
+const COMMIT_AHEAD: usize = 1 << 20;
+const CACHE_ENTRIES: usize = 64;
+const CACHE_MAX_BYTES: usize = 1 << 30;
+
+#[derive(Clone, Copy)]
+struct Cached {
+    ptr: usize,
+    len: usize,
+    freed_at: u64,
+    dirty: bool,
+    lazy: bool,
+}
+
+const EMPTY: Cached = Cached {
+    ptr: 0,
+    len: 0,
+    freed_at: 0,
+    dirty: false,
+    lazy: false,
+};
+
+struct Cache {
+    entries: [Cached; CACHE_ENTRIES],
+    n: usize,
+    bytes: usize,
+}
+
+static CACHE: SpinLock<Cache> = SpinLock::new(Cache {
+    entries: [EMPTY; CACHE_ENTRIES],
+    n: 0,
+    bytes: 0,
+});
+
+pub static LIVE_BYTES: AtomicU64 = AtomicU64::new(0);
+pub static LIVE_BLOCKS: AtomicU64 = AtomicU64::new(0);
+pub static CACHED_BYTES: AtomicU64 = AtomicU64::new(0);
+
+/// The region length of a large block of `size` bytes (L1).
+pub fn round(size: usize) -> Option<usize> {
+    size.max(1).checked_next_multiple_of(GRANULE)
+}
+
+impl Cache {
+    /// Adds a block if the limits allow; false if it must be destroyed.
+    fn insert(&mut self, c: Cached) -> bool {
+        if self.n == CACHE_ENTRIES || self.bytes + c.len > CACHE_MAX_BYTES {
+            return false;
+        }
+        self.entries[self.n] = c;
+        self.n += 1;
+        self.bytes += c.len;
+        CACHED_BYTES.store(self.bytes as u64, Relaxed);
+        true
+    }
+
+    fn remove(&mut self, i: usize) -> Cached {
+        let c = self.entries[i];
+        self.n -= 1;
+        self.entries[i] = self.entries[self.n];
+        self.bytes -= c.len;
+        CACHED_BYTES.store(self.bytes as u64, Relaxed);
+        c
+    }
+}
+
+/// A cached block of exactly `len` bytes, or the smallest one up to 25 %
+/// larger, with the right alignment and commit mode.
+fn take_cached(len: usize, align: usize, lazy: bool, zeroed: bool) -> Option<Cached> {
+    let mut cache = CACHE.lock();
+    let mut best: Option<usize> = None;
+    for i in 0..cache.n {
+        let c = &cache.entries[i];
+        let fits = c.len >= len && c.len <= len + len / 4 && c.ptr % align == 0 && c.lazy == lazy;
+        // A dirty lazy block would need zeroing by touch, committing it all.
+        let ok = fits && !(zeroed && lazy && c.dirty);
+        if ok && best.is_none_or(|b| cache.entries[b].len > c.len) {
+            best = Some(i);
+            if c.len == len {
+                break;
+            }
+        }
+    }
+    best.map(|i| cache.remove(i))
+}
+
+/// Allocates a large block. Null when the reservation or commit fails.
+pub fn alloc(size: usize, align: usize, lazy: bool, zeroed: bool) -> *mut u8 {
+    let Some(len) = round(size) else {
+        return null_mut();
+    };
+    let align = align.max(GRANULE);
+    let ptr = match take_cached(len, align, lazy, zeroed) {
+        Some(c) => {
+            if c.len > len {
+                // SAFETY: the cache gave us the only handle (L2).
+                if let Some(mut r) = unsafe { Region::from_raw(c.ptr as *mut u8) } {
+                    r.shrink(len);
+                    r.into_raw();
+                }
+            }
+            if zeroed && c.dirty {
+                // SAFETY: a committed block of at least `size` bytes, ours.
+                unsafe { core::ptr::write_bytes(c.ptr as *mut u8, 0, size) };
+            }
+            c.ptr as *mut u8
+        }
+        None => {
+            let opts = RegionOptions::default().granule(GRANULE).align(align);
+            let opts = if lazy {
+                opts.commit_ahead(COMMIT_AHEAD)
+            } else {
+                opts.eager()
+            };
+            match Region::reserve(len, opts) {
+                Ok(r) => r.into_raw(),
+                Err(_) => return null_mut(),
+            }
+        }
+    };
+    LIVE_BYTES.fetch_add(len as u64, Relaxed);
+    LIVE_BLOCKS.fetch_add(1, Relaxed);
+    ptr
+}
+
+/// Frees a large block into the cache. Called with no allocator lock held
+/// (R1): evicting destroys regions.
+pub fn dealloc(ptr: *mut u8, size: usize, lazy: bool) {
+    let len = round(size).expect("a live block's size rounds");
+    LIVE_BYTES.fetch_sub(len as u64, Relaxed);
+    LIVE_BLOCKS.fetch_sub(1, Relaxed);
+    let now = spf_core::monotonic_ns();
+    let decay = options::decay_ns();
+    let mut entry = Cached {
+        ptr: ptr as usize,
+        len,
+        freed_at: now,
+        dirty: true,
+        lazy,
+    };
+    if decay == 0 {
+        purge(&mut entry);
+    }
+    // Blocks to destroy or purge once the lock is released (R1, L2).
+    let mut evicted = [EMPTY; 16];
+    let mut n_evicted = 0;
+    let mut stale = [EMPTY; 8];
+    let mut n_stale = 0;
+    {
+        let mut cache = CACHE.lock();
+        while (cache.n == CACHE_ENTRIES || cache.bytes + len > CACHE_MAX_BYTES)
+            && cache.n > 0
+            && n_evicted < 4
+        {
+            let oldest = (0..cache.n)
+                .min_by_key(|&i| cache.entries[i].freed_at)
+                .expect("n > 0");
+            evicted[n_evicted] = cache.remove(oldest);
+            n_evicted += 1;
+        }
+        if !cache.insert(entry) {
+            evicted[n_evicted] = entry;
+            n_evicted += 1;
+        }
+        while n_stale < stale.len() {
+            let Some(i) = (0..cache.n).find(|&i| {
+                cache.entries[i].dirty && now.saturating_sub(cache.entries[i].freed_at) >= decay
+            }) else {
+                break;
+            };
+            stale[n_stale] = cache.remove(i);
+            n_stale += 1;
+        }
+    }
+    for c in &mut stale[..n_stale] {
+        purge(c);
+    }
+    if n_stale > 0 {
+        let mut cache = CACHE.lock();
+        for c in &stale[..n_stale] {
+            if !cache.insert(*c) {
+                evicted[n_evicted] = *c;
+                n_evicted += 1;
+            }
+        }
+    }
+    for c in &evicted[..n_evicted] {
+        destroy(c.ptr);
+    }
+}
+
+fn purge(c: &mut Cached) {
+    // SAFETY: a freed block we hold alone (L2): nothing in it will be read.
+    if unsafe { spf_core::purge_pages(c.ptr as *mut u8, c.len) }.is_ok() {
+        c.dirty = false;
+    }
+}
+
+fn destroy(ptr: usize) {
+    // SAFETY: a block out of the cache (or never cached): the only handle.
+    drop(unsafe { Region::from_raw(ptr as *mut u8) });
+}
+
+/// Purges every cached block now, whatever its age.
+pub fn purge_all() {
+    loop {
+        let mut c = {
+            let mut cache = CACHE.lock();
+            match (0..cache.n).find(|&i| cache.entries[i].dirty) {
+                Some(i) => cache.remove(i),
+                None => return,
+            }
+        };
+        purge(&mut c);
+        let inserted = CACHE.lock().insert(c);
+        if !inserted {
+            destroy(c.ptr);
+        }
+    }
+}
+
+/// Resizes a large block in place if its region can grow or shrink there,
+/// else moves it. Null (and the old block untouched) when memory is out.
+pub fn realloc(
+    ptr: *mut u8,
+    old_size: usize,
+    align: usize,
+    new_size: usize,
+    lazy: bool,
+) -> *mut u8 {
+    let (Some(old_len), Some(new_len)) = (round(old_size), round(new_size)) else {
+        return null_mut();
+    };
+    if new_len == old_len {
+        return ptr;
+    }
+    // SAFETY: `ptr` is a live large block (the caller's contract): its
+    // region starts there and we hold the only handle while resizing.
+    let Some(mut region) = (unsafe { Region::from_raw(ptr) }) else {
+        return null_mut();
+    };
+    if new_len < old_len {
+        region.shrink(new_len);
+        region.into_raw();
+        LIVE_BYTES.fetch_sub((old_len - new_len) as u64, Relaxed);
+        return ptr;
+    }
+    if region.grow(new_len).is_ok() {
+        region.into_raw();
+        LIVE_BYTES.fetch_add((new_len - old_len) as u64, Relaxed);
+        return ptr;
+    }
+    // Keep L1: a failed eager grow may have grown the region lazily.
+    if region.len() != old_len {
+        region.shrink(old_len);
+    }
+    region.into_raw();
+    let new = alloc(new_size, align, lazy, false);
+    if new.is_null() {
+        return null_mut();
+    }
+    if lazy {
+        // DESIGN: the allocator commits lazy memory before writing into it.
+        // SAFETY: `new` is a live large block we just allocated.
+        if let Some(r) = unsafe { Region::from_raw(new) } {
+            let _ = r.commit(0..old_size);
+            r.into_raw();
+        }
+    }
+    // SAFETY: both blocks are live and distinct; `old_size` bytes are valid
+    // in the old one and fit the new one.
+    unsafe { core::ptr::copy_nonoverlapping(ptr, new, old_size) };
+    dealloc(ptr, old_size, lazy);
+    new
+}
+
+pub fn fork_lock() {
+    CACHE.lock_forever();
+}
+
+/// # Safety
+/// After `fork_lock`.
+pub unsafe fn fork_unlock() {
+    // SAFETY: the caller's contract.
+    unsafe { CACHE.unlock_forgotten() };
+}

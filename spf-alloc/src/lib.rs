@@ -1,0 +1,59 @@
+//! spf-alloc: `SpfAlloc`, the global allocator of spf, and `Arena`, its
+//! lazily committed bump arena.
+//!
+//! ```
+//! #[global_allocator]
+//! static GLOBAL: spf_alloc::SpfAlloc = spf_alloc::SpfAlloc::new();
+//! # fn main() {}
+//! ```
+//!
+//! Small (≤ 8 KiB) and medium (≤ 256 KiB) blocks come from thread heaps in
+//! the style of mimalloc: size classes (`size_class`), pages of 64 KiB and
+//! 4 MiB segments that are spf-core regions committed when made
+//! (`segment`), three free lists per page so the owning thread allocates
+//! and frees without atomics or locks and other threads free with one CAS
+//! (`heap`), and abandonment and adoption of pages at thread exit
+//! (`thread`). Large blocks are spf-core regions of their own, committed
+//! when allocated — or on touch by the speculative fault path, if the
+//! program opts in — and recycled through a cache with decay (`large`).
+//!
+//! See `docs/ARCHITECTURE.md` for the map of modules and invariants.
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+
+mod arena;
+mod global;
+mod heap;
+mod large;
+mod lock;
+mod options;
+mod segment;
+mod size_class;
+mod stats;
+mod thread;
+
+pub use arena::{Arena, ArenaError};
+pub use global::{usable_size, SpfAlloc};
+pub use options::set_decay_ms;
+pub use stats::{stats, AllocStats};
+
+/// Gives every free page and cached large block back to the kernel now
+/// (they stay reserved and committed, and read as zero), instead of waiting
+/// for the decay time. Decay otherwise runs only when the allocator is
+/// used, so an idle program can call this to shed freed memory.
+pub fn purge() {
+    segment::purge_all();
+    large::purge_all();
+}
+
+/// Prints the allocator's figures to standard error at exit when
+/// `SPF_STATS=1` (spf-core prints its fault counters beside them).
+#[doc(hidden)]
+pub fn register_stats_at_exit() {
+    if matches!(
+        spf_core::getenv(c"SPF_STATS"),
+        Some(b"1" | b"yes" | b"true")
+    ) {
+        // SAFETY: a plain function with the signature atexit wants.
+        unsafe { libc::atexit(stats::print_at_exit) };
+    }
+}

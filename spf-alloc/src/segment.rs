@@ -1,0 +1,536 @@
+//! Segments and pages: where small and medium blocks live, the global page
+//! pool, and decay.
+//!
+//! A *segment* is a 4 MiB spf-core region, aligned to 4 MiB and committed
+//! when created (the allocator never faults on its own memory). Its first
+//! 64 KiB hold the [`Segment`] header with 64 [`Page`] descriptors — the
+//! allocator's metadata never comes from its own blocks. Two kinds:
+//!
+//! - a *small* segment: pages 1–63 are 64 KiB small pages, each serving one
+//!   small class (blocks up to 8 KiB);
+//! - a *medium* segment: one page of 4 MiB − 64 KiB serving one medium
+//!   class (blocks up to 256 KiB), described by `pages[0]`.
+//!
+//! Pointer to metadata, in two masks: `segment = ptr & !(4 MiB − 1)`; the
+//! page is `segment.pages[(ptr − segment) >> 16]` for a small class and
+//! `segment.pages[0]` for a medium one. The class comes from the `Layout`
+//! the caller passes back to `dealloc`, so no lookup table is needed.
+//!
+//! The *pool* (one spin lock, slow path only) holds free small pages and
+//! free medium segments. A page handed back keeps its memory ("dirty") for
+//! the decay time, then is purged with `MADV_DONTNEED` (it stays committed
+//! and reads as zero); whole segments beyond a small reserve go back to
+//! spf-core.
+//!
+//! Invariants:
+//! - S1: a page is owned by exactly one of: a heap (`heap` set), the
+//!   abandoned lists (`heap` null, listed), the pool (listed, `free_in_pool`).
+//! - S2: `used` = blocks handed out − blocks freed locally − remote frees
+//!   collected; a page goes to the pool only when `used == 0`, so no remote
+//!   free can still arrive for it.
+//! - S3: segments are destroyed only when all their pages are in the pool,
+//!   and never while the pool lock is held (R1 in `heap`).
+
+use crate::lock::SpinLock;
+use crate::options;
+use crate::size_class::{block_size, is_small};
+use core::cell::Cell;
+use core::ptr::{self, null_mut};
+use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use spf_core::{Region, RegionOptions};
+
+pub const SEGMENT_SIZE: usize = 4 << 20;
+pub const PAGE_SIZE: usize = 64 << 10;
+pub const PAGES_PER_SEGMENT: usize = SEGMENT_SIZE / PAGE_SIZE;
+/// The medium page: a whole segment less its metadata.
+pub const MEDIUM_PAGE_SIZE: usize = SEGMENT_SIZE - PAGE_SIZE;
+const MAGIC: usize = 0x5350_4653_4547_4d54; // "SPFSEGMT"
+/// Free segments kept (not returned to spf-core) for reuse.
+const KEEP_SMALL_SEGMENTS: usize = 2;
+const KEEP_MEDIUM_SEGMENTS: usize = 4;
+
+/// A free block: its first word links the free list.
+#[repr(C)]
+pub struct Block {
+    pub next: *mut Block,
+}
+
+/// One page's descriptor. Owner-only fields are `Cell`s: the owner (S1) is
+/// the only thread that touches them.
+#[repr(C)]
+pub struct Page {
+    pub free: Cell<*mut Block>,
+    pub local_free: Cell<*mut Block>,
+    pub used: Cell<u32>,
+    pub capacity: Cell<u32>,
+    pub reserved: Cell<u32>,
+    pub class: Cell<u32>,
+    pub area: Cell<*mut u8>,
+    pub next: Cell<*mut Page>,
+    pub prev: Cell<*mut Page>,
+    pub freed_at: Cell<u64>,
+    pub purged: Cell<bool>,
+    pub free_in_pool: Cell<bool>,
+    /// The owning heap; null while abandoned or pooled. Written by the owner
+    /// (Release), compared by freeing threads.
+    pub heap: AtomicPtr<crate::heap::Heap>,
+    /// Blocks freed by other threads, pushed with a CAS, taken with a swap.
+    pub thread_free: AtomicPtr<Block>,
+}
+
+#[repr(C)]
+pub struct Segment {
+    magic: usize,
+    small: bool,
+    /// Small pages of this segment outside the pool.
+    used: Cell<u32>,
+    pub pages: [Page; PAGES_PER_SEGMENT],
+}
+
+impl Page {
+    /// The segment holding this page.
+    pub fn segment(&self) -> *mut Segment {
+        (self as *const Page as usize & !(SEGMENT_SIZE - 1)) as *mut Segment
+    }
+
+    /// Prepares a pooled page to serve `class` (owner: the caller).
+    pub fn init(&self, class: usize) {
+        let size = block_size(class);
+        let len = if is_small(class) {
+            PAGE_SIZE
+        } else {
+            MEDIUM_PAGE_SIZE
+        };
+        self.free.set(null_mut());
+        self.local_free.set(null_mut());
+        self.used.set(0);
+        self.capacity.set(0);
+        self.reserved.set((len / size) as u32);
+        self.class.set(class as u32);
+        self.next.set(null_mut());
+        self.prev.set(null_mut());
+        self.free_in_pool.set(false);
+        debug_assert!(self.thread_free.load(Ordering::Relaxed).is_null(), "S2");
+    }
+
+    /// Carves more blocks from the untouched part of the page into `free`:
+    /// about 4 KiB at a time, so a fresh page is touched as it is used.
+    pub fn extend(&self) {
+        let size = block_size(self.class.get() as usize);
+        let start = self.capacity.get() as usize;
+        debug_assert!(
+            start < self.reserved.get() as usize,
+            "extending a full page"
+        );
+        let n = (4096 / size).clamp(1, (self.reserved.get() as usize) - start);
+        let base = self.area.get();
+        let mut head = self.free.get();
+        for i in (start..start + n).rev() {
+            let b = base.wrapping_add(i * size) as *mut Block;
+            // SAFETY: block i lies inside this page's area (i < reserved),
+            // which is committed memory owned by the page's owner.
+            unsafe { (*b).next = head };
+            head = b;
+        }
+        self.free.set(head);
+        self.capacity.set((start + n) as u32);
+    }
+
+    /// Moves remote frees and local frees into `free`, so the owner can
+    /// allocate from them; updates `used` (S2).
+    pub fn collect(&self) {
+        // Acquire pairs with the Release of the remote pushes: the blocks'
+        // `next` words are visible.
+        let mut remote = self.thread_free.swap(null_mut(), Ordering::Acquire);
+        let mut n = 0u32;
+        while !remote.is_null() {
+            // SAFETY: blocks on thread_free are free blocks of this page.
+            let next = unsafe { (*remote).next };
+            // SAFETY: as above; we own the page and relink the block.
+            unsafe { (*remote).next = self.free.get() };
+            self.free.set(remote);
+            remote = next;
+            n += 1;
+        }
+        self.used.set(self.used.get() - n);
+        let local = self.local_free.replace(null_mut());
+        if !local.is_null() {
+            let mut tail = local;
+            // SAFETY: local_free holds free blocks of this page.
+            unsafe {
+                while !(*tail).next.is_null() {
+                    tail = (*tail).next;
+                }
+                (*tail).next = self.free.get();
+            }
+            self.free.set(local);
+        }
+    }
+
+    /// Pushes a block freed by a thread that does not own the page.
+    pub fn push_remote(&self, block: *mut Block) {
+        let mut head = self.thread_free.load(Ordering::Relaxed);
+        loop {
+            // SAFETY: the block is ours to give back; nobody else links it.
+            unsafe { (*block).next = head };
+            // Release: the `next` word is written before the block is seen.
+            match self.thread_free.compare_exchange_weak(
+                head,
+                block,
+                Ordering::Release,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return,
+                Err(seen) => head = seen,
+            }
+        }
+    }
+}
+
+/// A doubly linked list of pages through `next`/`prev`.
+#[derive(Clone, Copy)]
+pub struct PageList {
+    pub first: *mut Page,
+    pub last: *mut Page,
+}
+
+impl PageList {
+    pub const fn new() -> Self {
+        PageList {
+            first: null_mut(),
+            last: null_mut(),
+        }
+    }
+
+    /// # Safety
+    /// `p` is a valid page, not in any list, owned by the list's owner.
+    pub unsafe fn push_front(&mut self, p: *mut Page) {
+        // SAFETY: the caller's contract; list members are valid pages.
+        unsafe {
+            (*p).prev.set(null_mut());
+            (*p).next.set(self.first);
+            if self.first.is_null() {
+                self.last = p;
+            } else {
+                (*self.first).prev.set(p);
+            }
+        }
+        self.first = p;
+    }
+
+    /// # Safety
+    /// As `push_front`.
+    pub unsafe fn push_back(&mut self, p: *mut Page) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            (*p).next.set(null_mut());
+            (*p).prev.set(self.last);
+            if self.last.is_null() {
+                self.first = p;
+            } else {
+                (*self.last).next.set(p);
+            }
+        }
+        self.last = p;
+    }
+
+    /// # Safety
+    /// `p` is in this list.
+    pub unsafe fn remove(&mut self, p: *mut Page) {
+        // SAFETY: `p` and its neighbours are members of this list.
+        unsafe {
+            let (prev, next) = ((*p).prev.get(), (*p).next.get());
+            if prev.is_null() {
+                self.first = next;
+            } else {
+                (*prev).next.set(next);
+            }
+            if next.is_null() {
+                self.last = prev;
+            } else {
+                (*next).prev.set(prev);
+            }
+            (*p).next.set(null_mut());
+            (*p).prev.set(null_mut());
+        }
+    }
+}
+
+struct Pool {
+    /// Free small pages, most recently freed first.
+    small: PageList,
+    /// Free medium segments (their `pages[0]`), most recently freed first.
+    medium: PageList,
+    small_free: usize,
+    medium_free: usize,
+    last_sweep: u64,
+}
+
+// SAFETY: the pool's pages are reached only under the pool lock.
+unsafe impl Send for Pool {}
+
+static POOL: SpinLock<Pool> = SpinLock::new(Pool {
+    small: PageList::new(),
+    medium: PageList::new(),
+    small_free: 0,
+    medium_free: 0,
+    last_sweep: 0,
+});
+
+/// Pages owned by heaps or abandoned, for statistics.
+pub static SMALL_PAGES_IN_USE: AtomicU64 = AtomicU64::new(0);
+pub static MEDIUM_PAGES_IN_USE: AtomicU64 = AtomicU64::new(0);
+
+/// A page for `class`, initialised and owned by the caller, or null when
+/// memory is exhausted. Never called with an allocator lock held (R1).
+pub fn page_alloc(class: usize) -> *mut Page {
+    let small = is_small(class);
+    let taken = {
+        let mut pool = POOL.lock();
+        let list = if small {
+            &mut pool.small
+        } else {
+            &mut pool.medium
+        };
+        let p = list.first;
+        if !p.is_null() {
+            // SAFETY: p is the head of a pool list (S1: the pool owns it).
+            unsafe { list.remove(p) };
+            if small {
+                pool.small_free -= 1;
+                // SAFETY: p's segment is a live segment (S3).
+                unsafe { (*(*p).segment()).used.set((*(*p).segment()).used.get() + 1) };
+            } else {
+                pool.medium_free -= 1;
+            }
+        }
+        p
+    };
+    let page = if taken.is_null() {
+        match segment_new(small) {
+            Some(p) => p,
+            None => return null_mut(),
+        }
+    } else {
+        taken
+    };
+    // SAFETY: the page is now ours alone (S1).
+    unsafe { (*page).init(class) };
+    if small {
+        SMALL_PAGES_IN_USE.fetch_add(1, Ordering::Relaxed);
+    } else {
+        MEDIUM_PAGES_IN_USE.fetch_add(1, Ordering::Relaxed);
+    }
+    page
+}
+
+/// Creates a segment and returns one page of it, the rest going to the pool.
+#[cold]
+fn segment_new(small: bool) -> Option<*mut Page> {
+    let opts = RegionOptions::default()
+        .granule(PAGE_SIZE)
+        .align(SEGMENT_SIZE)
+        .eager();
+    let base = Region::reserve(SEGMENT_SIZE, opts).ok()?.into_raw();
+    let seg = base as *mut Segment;
+    // SAFETY: a fresh, committed, zeroed 4 MiB region that only we know:
+    // writing its header is initialising our own metadata. An all-zero
+    // Page is a valid empty descriptor.
+    unsafe {
+        ptr::addr_of_mut!((*seg).magic).write(MAGIC);
+        ptr::addr_of_mut!((*seg).small).write(small);
+        (*seg).used.set(1);
+        for (i, page) in (*seg).pages.iter().enumerate() {
+            let area = if small { i * PAGE_SIZE } else { PAGE_SIZE };
+            page.area.set(base.add(area));
+        }
+    }
+    // SAFETY: as above.
+    let pages = unsafe { &(*seg).pages };
+    if small {
+        let mut pool = POOL.lock();
+        for page in pages[2..].iter().rev() {
+            page.free_in_pool.set(true);
+            page.freed_at.set(0);
+            page.purged.set(true); // fresh memory reads as zero
+                                   // SAFETY: a new page, in no list.
+            unsafe { pool.small.push_back(page as *const Page as *mut Page) };
+            pool.small_free += 1;
+        }
+        Some(&pages[1] as *const Page as *mut Page)
+    } else {
+        Some(&pages[0] as *const Page as *mut Page)
+    }
+}
+
+/// Gives an empty page (`used == 0`, owned by the caller) back to the pool.
+/// Returns a segment to destroy once no allocator lock is held (R1, S3).
+#[must_use]
+pub fn page_free(page: *mut Page) -> Option<*mut Segment> {
+    // SAFETY: the caller owns the page and it is empty (S2).
+    let p = unsafe { &*page };
+    debug_assert_eq!(p.used.get(), 0, "S2");
+    p.heap.store(null_mut(), Ordering::Relaxed);
+    p.free.set(null_mut());
+    p.local_free.set(null_mut());
+    let small = is_small(p.class.get() as usize);
+    if small {
+        SMALL_PAGES_IN_USE.fetch_sub(1, Ordering::Relaxed);
+    } else {
+        MEDIUM_PAGES_IN_USE.fetch_sub(1, Ordering::Relaxed);
+    }
+    let now = spf_core::monotonic_ns();
+    let decay = options::decay_ns();
+    if decay == 0 {
+        purge(p);
+    }
+    p.freed_at.set(now);
+    p.free_in_pool.set(true);
+    let mut pool = POOL.lock();
+    let mut doomed = None;
+    if small {
+        // SAFETY: the page is ours and in no list.
+        unsafe { pool.small.push_front(page) };
+        pool.small_free += 1;
+        let seg = p.segment();
+        // SAFETY: the page's segment is live (S3).
+        let used = unsafe { (*seg).used.get() - 1 };
+        // SAFETY: as above; the count is guarded by the pool lock.
+        unsafe { (*seg).used.set(used) };
+        if used == 0 && pool.small_free > KEEP_SMALL_SEGMENTS * (PAGES_PER_SEGMENT - 1) {
+            // SAFETY: all of this segment's small pages are in the pool list.
+            unsafe {
+                let pages = &(*seg).pages;
+                for q in &pages[1..] {
+                    pool.small.remove(q as *const Page as *mut Page);
+                }
+            }
+            pool.small_free -= PAGES_PER_SEGMENT - 1;
+            doomed = Some(seg);
+        }
+    } else {
+        // SAFETY: the page is ours and in no list.
+        unsafe { pool.medium.push_front(page) };
+        pool.medium_free += 1;
+        if pool.medium_free > KEEP_MEDIUM_SEGMENTS {
+            let oldest = pool.medium.last;
+            // SAFETY: the tail of the medium list is a pooled medium page.
+            unsafe { pool.medium.remove(oldest) };
+            pool.medium_free -= 1;
+            // SAFETY: a pooled page's segment is live.
+            doomed = Some(unsafe { (*oldest).segment() });
+        }
+    }
+    if decay > 0 && now.saturating_sub(pool.last_sweep) > decay / 2 {
+        pool.last_sweep = now;
+        sweep(&mut pool, now, decay);
+    }
+    doomed
+}
+
+/// Purges pooled pages that have been free longer than the decay time. The
+/// lists are most-recent-first, so the oldest are at the tail.
+fn sweep(pool: &mut Pool, now: u64, decay: u64) {
+    for list in [pool.small, pool.medium] {
+        let mut p = list.last;
+        while !p.is_null() {
+            // SAFETY: a pooled page, under the pool lock.
+            let page = unsafe { &*p };
+            if now.saturating_sub(page.freed_at.get()) < decay {
+                break;
+            }
+            if !page.purged.get() {
+                purge(page);
+            }
+            p = page.prev.get();
+        }
+    }
+}
+
+/// Purges every pooled page now, whatever its age.
+pub fn purge_all() {
+    let mut pool = POOL.lock();
+    sweep(&mut pool, u64::MAX, 1);
+}
+
+fn purge(page: &Page) {
+    let len = if is_small(page.class.get() as usize) {
+        PAGE_SIZE
+    } else {
+        MEDIUM_PAGE_SIZE
+    };
+    // SAFETY: the page is free (S2): nothing in it will be read again, and
+    // it lies inside its live segment.
+    if unsafe { spf_core::purge_pages(page.area.get(), len) }.is_ok() {
+        page.purged.set(true);
+    }
+}
+
+thread_local! {
+    /// Set while this thread holds the fallback heap's lock.
+    static DEFERRING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Segments whose destruction was deferred, linked through their first
+/// page's `next` (a Treiber stack; popped only all at once).
+static DEFERRED: AtomicPtr<Segment> = AtomicPtr::new(null_mut());
+
+/// While alive, `segment_destroy` on this thread only queues segments.
+pub struct DeferDestroy(());
+
+impl DeferDestroy {
+    pub fn enter() -> DeferDestroy {
+        DEFERRING.with(|d| d.set(true));
+        DeferDestroy(())
+    }
+}
+
+impl Drop for DeferDestroy {
+    fn drop(&mut self) {
+        DEFERRING.with(|d| d.set(false));
+    }
+}
+
+/// Returns a segment whose pages were all taken out of the pool to spf-core.
+/// Called with no allocator lock held (R1): destroying pins an epoch, which
+/// may allocate. Under the fallback lock, the segment is queued instead and
+/// destroyed by the next `segment_destroy` elsewhere.
+pub fn segment_destroy(seg: *mut Segment) {
+    // SAFETY: the segment was created by `segment_new` through
+    // `Region::into_raw`, and `page_free` took all its pages out of the pool,
+    // so this is the only handle.
+    debug_assert_eq!(unsafe { (*seg).magic }, MAGIC);
+    if DEFERRING.with(Cell::get) {
+        let mut head = DEFERRED.load(Ordering::Relaxed);
+        loop {
+            // SAFETY: we own the segment; its first page is unused.
+            unsafe { (*seg).pages[0].next.set(head as *mut Page) };
+            match DEFERRED.compare_exchange_weak(head, seg, Ordering::Release, Ordering::Relaxed) {
+                Ok(_) => return,
+                Err(h) => head = h,
+            }
+        }
+    }
+    // SAFETY: as above.
+    drop(unsafe { Region::from_raw(seg as *mut u8) });
+    let mut queued = DEFERRED.swap(null_mut(), Ordering::Acquire);
+    while !queued.is_null() {
+        // SAFETY: queued segments are ours alone, linked as above.
+        let next = unsafe { (*queued).pages[0].next.get() } as *mut Segment;
+        // SAFETY: as for `seg`.
+        drop(unsafe { Region::from_raw(queued as *mut u8) });
+        queued = next;
+    }
+}
+
+/// Locks for `fork()` (see `thread`).
+pub fn fork_lock() {
+    POOL.lock_forever();
+}
+
+/// # Safety
+/// After `fork_lock`.
+pub unsafe fn fork_unlock() {
+    // SAFETY: the caller's contract.
+    unsafe { POOL.unlock_forgotten() };
+}

@@ -1,0 +1,95 @@
+//! `AllocStats`: what the allocator holds, beside spf-core's fault counters.
+
+use crate::heap::{self, ALL_HEAPS};
+use crate::large;
+use crate::segment::{MEDIUM_PAGES_IN_USE, MEDIUM_PAGE_SIZE, PAGE_SIZE, SMALL_PAGES_IN_USE};
+use core::fmt;
+use core::sync::atomic::Ordering::Relaxed;
+
+/// A copy of the allocator's figures at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AllocStats {
+    /// Bytes in live blocks (small and medium blocks counted at their class
+    /// size, large blocks at their 64 KiB-rounded size).
+    pub allocated: u64,
+    /// Bytes of pages and large blocks that hold live blocks.
+    pub active: u64,
+    /// Bytes committed by spf-core (all regions, the allocator's included).
+    pub committed: u64,
+    /// The process's resident memory (`/proc/self/statm`), 0 if unknown.
+    pub resident: u64,
+    /// spf-core regions alive (segments, large blocks, arenas, metadata).
+    pub live_regions: u64,
+    /// Large blocks alive.
+    pub large_blocks: u64,
+    /// Bytes of freed large blocks kept for reuse.
+    pub cached_large: u64,
+    /// spf-core's fault counters.
+    pub core: spf_core::Stats,
+}
+
+/// The allocator's figures now. Reads counters without locks; never
+/// allocates.
+pub fn stats() -> AllocStats {
+    let mut small: i64 = -heap::FALLBACK_FREED.load(Relaxed);
+    let mut h = ALL_HEAPS.load(core::sync::atomic::Ordering::Acquire);
+    while !h.is_null() {
+        // SAFETY: heaps are never freed.
+        unsafe {
+            small += (*h).allocated.load(Relaxed);
+            h = (*h).next_all.load(Relaxed);
+        }
+    }
+    let core = spf_core::stats();
+    let large_bytes = large::LIVE_BYTES.load(Relaxed);
+    AllocStats {
+        allocated: small.max(0) as u64 + large_bytes,
+        active: SMALL_PAGES_IN_USE.load(Relaxed) * PAGE_SIZE as u64
+            + MEDIUM_PAGES_IN_USE.load(Relaxed) * MEDIUM_PAGE_SIZE as u64
+            + large_bytes,
+        committed: core.committed_bytes,
+        resident: spf_core::resident_bytes().unwrap_or(0) as u64,
+        live_regions: core.live_regions,
+        large_blocks: large::LIVE_BLOCKS.load(Relaxed),
+        cached_large: large::CACHED_BYTES.load(Relaxed),
+        core,
+    }
+}
+
+impl AllocStats {
+    fn fmt_own(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, " Allocator stats for spf:")?;
+        for (v, name) in [
+            (self.allocated, "bytes_allocated"),
+            (self.active, "bytes_active"),
+            (self.committed, "bytes_committed"),
+            (self.resident, "bytes_resident"),
+            (self.live_regions, "regions"),
+            (self.large_blocks, "large_blocks"),
+            (self.cached_large, "bytes_cached_large"),
+        ] {
+            writeln!(f, "{v:>16}      {name}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The allocator's figures, then spf-core's counters, `perf stat` style.
+impl fmt::Display for AllocStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.fmt_own(f)?;
+        write!(f, "{}", self.core)
+    }
+}
+
+/// Registered with `atexit` when `SPF_STATS=1`; spf-core prints its own
+/// counters next to these.
+pub(crate) extern "C" fn print_at_exit() {
+    struct Own(AllocStats);
+    impl fmt::Display for Own {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            self.0.fmt_own(f)
+        }
+    }
+    spf_core::report(format_args!("\n{}", Own(stats())));
+}

@@ -1,0 +1,192 @@
+//! The per-thread part: which heap this thread uses, where heaps come from,
+//! what happens at thread exit and around `fork()`.
+//!
+//! The heap pointer is a `const`-initialised thread-local with no
+//! destructor — reading it never allocates or registers anything, so the
+//! allocator can use it from its first call on a thread, and even inside
+//! other thread-local destructors. Thread exit is caught with a `pthread`
+//! key whose destructor abandons the heap (glibc runs key destructors after
+//! Rust's thread-local destructors, which may still free memory).
+//!
+//! Heaps live in an eagerly committed spf-core region carved by a bump
+//! pointer and recycled through a free list; they are never freed, so a
+//! pointer to one is always safe to read (the remote-free counter relies on
+//! it).
+//!
+//! Lock order (for `fork()` and for nesting): fallback heap → heap pool →
+//! abandoned lists → page pool → large cache. Only the fallback lock is ever
+//! held while taking another.
+
+use crate::heap::{self, Heap};
+use crate::lock::SpinLock;
+use crate::{large, segment};
+use core::cell::Cell;
+use core::ptr::null_mut;
+use core::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use spf_core::{Region, RegionOptions};
+
+const UNSET: usize = 0;
+const DEAD: usize = 1;
+
+thread_local! {
+    static HEAP: Cell<*mut Heap> = const { Cell::new(null_mut()) };
+}
+
+/// This thread's heap pointer: null (none yet), DEAD (exiting), or a heap.
+#[inline]
+pub fn heap() -> *mut Heap {
+    HEAP.with(Cell::get)
+}
+
+#[inline]
+pub fn is_live(h: *mut Heap) -> bool {
+    h as usize > DEAD
+}
+
+#[inline]
+pub fn is_unset(h: *mut Heap) -> bool {
+    h as usize == UNSET
+}
+
+/// Room for heaps: one region at a time, 4 MiB each.
+struct HeapPool {
+    free: *mut Heap,
+    next: usize,
+    end: usize,
+}
+// SAFETY: reached only under its lock.
+unsafe impl Send for HeapPool {}
+
+static POOL: SpinLock<HeapPool> = SpinLock::new(HeapPool {
+    free: null_mut(),
+    next: 0,
+    end: 0,
+});
+const HEAP_CHUNK: usize = 4 << 20;
+
+/// A heap from the pool, or null when memory is exhausted.
+pub fn heap_new() -> *mut Heap {
+    let size = core::mem::size_of::<Heap>().next_multiple_of(64);
+    loop {
+        {
+            let mut pool = POOL.lock();
+            if !pool.free.is_null() {
+                let h = pool.free;
+                pool.free = heap::next_free(h);
+                return h;
+            }
+            if pool.next + size <= pool.end {
+                let mem = pool.next as *mut Heap;
+                pool.next += size;
+                // SAFETY: fresh committed memory from our heap region, aligned
+                // to 64 bytes, handed out once.
+                return unsafe { Heap::init(mem) };
+            }
+        }
+        // Out of room: a new chunk, made with no lock held (R1).
+        let opts = RegionOptions::default().granule(64 << 10).eager();
+        let Ok(region) = Region::reserve(HEAP_CHUNK, opts) else {
+            return null_mut();
+        };
+        let start = region.into_raw() as usize;
+        let mut pool = POOL.lock();
+        // Any room left in the old chunk is abandoned: a few KiB at most.
+        pool.next = start;
+        pool.end = start + HEAP_CHUNK;
+    }
+}
+
+const KEY_UNSET: u8 = 0;
+const KEY_MAKING: u8 = 1;
+const KEY_READY: u8 = 2;
+static KEY_STATE: AtomicU8 = AtomicU8::new(KEY_UNSET);
+static KEY: AtomicU32 = AtomicU32::new(0);
+
+fn exit_key() -> Option<libc::pthread_key_t> {
+    loop {
+        match KEY_STATE.compare_exchange(
+            KEY_UNSET,
+            KEY_MAKING,
+            Ordering::Acquire,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => {
+                // Start spf-core first, so that its fork handlers are
+                // registered before ours and ours run first in `prepare`:
+                // our locks are taken before the space lock, as in use.
+                if spf_core::init().is_err() {
+                    KEY_STATE.store(KEY_UNSET, Ordering::Release);
+                    return None;
+                }
+                let mut key = 0;
+                // SAFETY: `key` is valid to write; the destructor has the
+                // signature pthread wants.
+                let ok = unsafe { libc::pthread_key_create(&mut key, Some(on_thread_exit)) } == 0;
+                if ok {
+                    KEY.store(key, Ordering::Relaxed);
+                    register_fork_handlers();
+                    crate::register_stats_at_exit();
+                    KEY_STATE.store(KEY_READY, Ordering::Release);
+                    return Some(key);
+                }
+                KEY_STATE.store(KEY_UNSET, Ordering::Release);
+                return None;
+            }
+            // KEY is written before KEY_READY is stored (Release), and we
+            // saw KEY_READY (Acquire).
+            Err(KEY_READY) => return Some(KEY.load(Ordering::Relaxed)),
+            Err(_) => std::thread::yield_now(),
+        }
+    }
+}
+
+/// Gives this thread a heap (first allocation on the thread).
+#[cold]
+pub fn heap_init() -> Option<*mut Heap> {
+    let key = exit_key()?;
+    let h = heap_new();
+    if h.is_null() {
+        return None;
+    }
+    HEAP.with(|c| c.set(h));
+    // SAFETY: a valid key; glibc keeps the value in the thread descriptor
+    // (allocating with its own malloc past the first 32 keys, never ours).
+    unsafe { libc::pthread_setspecific(key, h as *const libc::c_void) };
+    Some(h)
+}
+
+extern "C" fn on_thread_exit(value: *mut libc::c_void) {
+    let h = value as *mut Heap;
+    if !is_live(h) {
+        return;
+    }
+    // From here on this thread allocates from the fallback heap.
+    HEAP.with(|c| c.set(DEAD as *mut Heap));
+    // SAFETY: the heap belonged to this thread, which is exiting.
+    heap::abandon(unsafe { &*h });
+    let mut pool = POOL.lock();
+    heap::set_next_free(h, pool.free);
+    pool.free = h;
+}
+
+fn register_fork_handlers() {
+    extern "C" fn prepare() {
+        heap::fork_lock_fallback();
+        POOL.lock_forever();
+        heap::fork_lock_abandoned();
+        segment::fork_lock();
+        large::fork_lock();
+    }
+    extern "C" fn after() {
+        // SAFETY: `prepare` took every one of these locks.
+        unsafe {
+            large::fork_unlock();
+            segment::fork_unlock();
+            heap::fork_unlock_abandoned();
+            POOL.unlock_forgotten();
+            heap::fork_unlock_fallback();
+        }
+    }
+    // SAFETY: plain functions with the signature pthread_atfork wants.
+    unsafe { libc::pthread_atfork(Some(prepare), Some(after), Some(after)) };
+}
