@@ -33,7 +33,9 @@
 //!   module, so a re-entrant allocation on the same thread finds it whole.
 
 use crate::lock::SpinLock;
-use crate::segment::{self, Block, Page, PageList, Segment, PAGE_SIZE, SEGMENT_SIZE};
+use crate::segment::{
+    self, Block, Page, PageList, Segment, MEDIUM_PAGE_SIZE, PAGE_SIZE, SEGMENT_SIZE,
+};
 use crate::size_class::{block_size, is_small, CLASSES};
 use crate::thread;
 use core::cell::Cell;
@@ -271,6 +273,49 @@ fn take(h: &Heap, page: *mut Page) {
     h.pages.set(h.pages.get() + 1);
 }
 
+/// Puts a page we own, with blocks still out, on its abandoned list.
+fn put_abandoned(page: *mut Page) {
+    // SAFETY: the caller owns the page.
+    let p = unsafe { &*page };
+    p.abandoned_live.store(p.used.get(), Ordering::Relaxed);
+    // Release pairs with the Acquire load in `dealloc_remote`: a freer that
+    // sees the page abandoned also sees its live count; and our writes to
+    // the page happen before an adopter's.
+    p.heap.store(null_mut(), Ordering::Release);
+    let mut lists = ABANDONED.lock();
+    p.abandoned.set(true);
+    // SAFETY: the page is in no list.
+    unsafe { lists.0[p.class.get() as usize].push_front(page) };
+}
+
+/// A remote free took an abandoned page's last block: take the page off
+/// its list (unless a heap adopted it meanwhile) and give it back.
+#[cold]
+fn reclaim(page: *mut Page) {
+    // SAFETY: pages are never unmapped while they hold blocks.
+    let p = unsafe { &*page };
+    {
+        let mut lists = ABANDONED.lock();
+        if !p.abandoned.get() {
+            return; // adopted: its new owner collects as usual
+        }
+        p.abandoned.set(false);
+        // SAFETY: the page is on this list (its flag says so, under the lock).
+        unsafe { lists.0[p.class.get() as usize].remove(page) };
+    }
+    // The page is ours now (S1).
+    p.collect();
+    if p.used.get() == 0 {
+        if let Some(seg) = segment::page_free(page) {
+            segment::segment_destroy(seg); // no lock held (R1)
+        }
+    } else {
+        // A count raced with an adoption and a new abandonment: not empty
+        // after all, so back it goes.
+        put_abandoned(page);
+    }
+}
+
 /// Adopts an abandoned page of `class` that still has live blocks; empty
 /// ones found on the way go back to the pool.
 fn adopt(h: &Heap, class: usize) -> Option<*mut Page> {
@@ -283,7 +328,10 @@ fn adopt(h: &Heap, class: usize) -> Option<*mut Page> {
                 return None;
             }
             // SAFETY: p is in the abandoned list.
-            unsafe { list.remove(p) };
+            unsafe {
+                list.remove(p);
+                (*p).abandoned.set(false);
+            }
             p
         };
         // SAFETY: taken off the abandoned list, the page is ours (S1).
@@ -342,10 +390,11 @@ fn sweep(h: &Heap) {
 #[inline]
 pub fn page_of(ptr: *mut u8, class: usize) -> *mut Page {
     let seg = (ptr as usize & !(SEGMENT_SIZE - 1)) as *mut Segment;
+    let offset = ptr as usize & (SEGMENT_SIZE - 1);
     let index = if is_small(class) {
-        (ptr as usize & (SEGMENT_SIZE - 1)) / PAGE_SIZE
+        offset / PAGE_SIZE
     } else {
-        0
+        (offset / MEDIUM_PAGE_SIZE) * (MEDIUM_PAGE_SIZE / PAGE_SIZE)
     };
     // SAFETY: `ptr` came from a page of this segment (the caller's
     // GlobalAlloc contract), so the header is a live Segment.
@@ -381,11 +430,14 @@ pub fn dealloc(ptr: *mut u8, class: usize) {
 #[inline(never)]
 fn dealloc_remote(p: &Page, block: *mut Block, heap: *mut Heap, class: usize) {
     p.push_remote(block);
-    let owner = p.heap.load(Ordering::Relaxed);
+    // Acquire pairs with the Release in `put_abandoned`.
+    let owner = p.heap.load(Ordering::Acquire);
     if !owner.is_null() {
         // SAFETY: heaps are never freed, only recycled: the pointer is
         // always a valid Heap, and the counter is only a hint.
         unsafe { (*owner).remote_frees.fetch_add(1, Ordering::Relaxed) };
+    } else if p.abandoned_live.fetch_sub(1, Ordering::AcqRel) == 1 {
+        reclaim(p as *const Page as *mut Page);
     }
     if thread::is_live(heap) {
         // SAFETY: this thread's heap.
@@ -444,11 +496,7 @@ pub fn abandon(h: &Heap) {
                     }
                 }
             } else {
-                // Release: our writes to the page happen before the adopter's.
-                p.heap.store(null_mut(), Ordering::Release);
-                let mut lists = ABANDONED.lock();
-                // SAFETY: the page left our queue above.
-                unsafe { lists.0[class].push_front(page) };
+                put_abandoned(page);
             }
             page = next;
         }

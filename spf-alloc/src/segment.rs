@@ -3,28 +3,34 @@
 //!
 //! A *segment* is a 4 MiB spf-core region, aligned to 4 MiB and committed
 //! when created (the allocator never faults on its own memory). Its first
-//! 64 KiB hold the [`Segment`] header with 64 [`Page`] descriptors — the
-//! allocator's metadata never comes from its own blocks. Two kinds:
+//! 64 KiB hold the [`Segment`] header with 64 [`Page`] descriptors, one per
+//! 64 KiB of the segment — the allocator's metadata never comes from its
+//! own blocks. Descriptor `i` describes the memory at `segment + i × 64 KiB`.
+//! Two kinds:
 //!
 //! - a *small* segment: pages 1–63 are 64 KiB small pages, each serving one
 //!   small class (blocks up to 8 KiB);
-//! - a *medium* segment: one page of 4 MiB − 64 KiB serving one medium
-//!   class (blocks up to 256 KiB), described by `pages[0]`.
+//! - a *medium* segment: three 1 MiB medium pages at 1, 2 and 3 MiB
+//!   (descriptors 16, 32, 48), each serving one medium class (blocks up to
+//!   256 KiB, at least four per page). The rest of the first MiB is never
+//!   touched, so it costs address space but no memory.
 //!
-//! Pointer to metadata, in two masks: `segment = ptr & !(4 MiB − 1)`; the
-//! page is `segment.pages[(ptr − segment) >> 16]` for a small class and
-//! `segment.pages[0]` for a medium one. The class comes from the `Layout`
-//! the caller passes back to `dealloc`, so no lookup table is needed.
+//! Pointer to metadata, in two masks and a shift: `segment = ptr & !(4 MiB
+//! − 1)`; the descriptor is `segment.pages[(ptr − segment) >> 16]` for a
+//! small class and `segment.pages[((ptr − segment) >> 20) × 16]` for a
+//! medium one. The class comes from the `Layout` the caller passes back to
+//! `dealloc`, so no lookup table is needed.
 //!
-//! The *pool* (one spin lock, slow path only) holds free small pages and
-//! free medium segments. A page handed back keeps its memory ("dirty") for
-//! the decay time, then is purged with `MADV_DONTNEED` (it stays committed
-//! and reads as zero); whole segments beyond a small reserve go back to
-//! spf-core.
+//! The *pool* (one spin lock, slow path only) holds free small and medium
+//! pages. A page handed back keeps its memory ("dirty") for the decay time,
+//! then is purged with `MADV_DONTNEED` (it stays committed and reads as
+//! zero); segments whose pages are all free go back to spf-core once the
+//! pool holds more than two free segments' worth of that kind.
 //!
 //! Invariants:
 //! - S1: a page is owned by exactly one of: a heap (`heap` set), the
-//!   abandoned lists (`heap` null, listed), the pool (listed, `free_in_pool`).
+//!   abandoned lists (`heap` null, `abandoned` set), the pool
+//!   (`free_in_pool` set).
 //! - S2: `used` = blocks handed out − blocks freed locally − remote frees
 //!   collected; a page goes to the pool only when `used == 0`, so no remote
 //!   free can still arrive for it.
@@ -42,12 +48,13 @@ use spf_core::{Region, RegionOptions};
 pub const SEGMENT_SIZE: usize = 4 << 20;
 pub const PAGE_SIZE: usize = 64 << 10;
 pub const PAGES_PER_SEGMENT: usize = SEGMENT_SIZE / PAGE_SIZE;
-/// The medium page: a whole segment less its metadata.
-pub const MEDIUM_PAGE_SIZE: usize = SEGMENT_SIZE - PAGE_SIZE;
+/// A medium page: 1 MiB, 16 descriptors apart.
+pub const MEDIUM_PAGE_SIZE: usize = 1 << 20;
+const MEDIUM_PAGES: [usize; 3] = [16, 32, 48];
+const SMALL_PAGES: core::ops::Range<usize> = 1..PAGES_PER_SEGMENT;
 const MAGIC: usize = 0x5350_4653_4547_4d54; // "SPFSEGMT"
-/// Free segments kept (not returned to spf-core) for reuse.
-const KEEP_SMALL_SEGMENTS: usize = 2;
-const KEEP_MEDIUM_SEGMENTS: usize = 4;
+/// Free segments of each kind kept (not returned to spf-core) for reuse.
+const KEEP_SEGMENTS: usize = 2;
 
 /// A free block: its first word links the free list.
 #[repr(C)]
@@ -71,6 +78,11 @@ pub struct Page {
     pub freed_at: Cell<u64>,
     pub purged: Cell<bool>,
     pub free_in_pool: Cell<bool>,
+    /// On an abandoned list (guarded by the abandoned lists' lock).
+    pub abandoned: Cell<bool>,
+    /// While abandoned: blocks still out, counted down by remote frees; the
+    /// free that reaches zero reclaims the page (see `heap`).
+    pub abandoned_live: core::sync::atomic::AtomicU32,
     /// The owning heap; null while abandoned or pooled. Written by the owner
     /// (Release), compared by freeing threads.
     pub heap: AtomicPtr<crate::heap::Heap>,
@@ -82,7 +94,7 @@ pub struct Page {
 pub struct Segment {
     magic: usize,
     small: bool,
-    /// Small pages of this segment outside the pool.
+    /// Pages of this segment outside the pool.
     used: Cell<u32>,
     pub pages: [Page; PAGES_PER_SEGMENT],
 }
@@ -257,9 +269,8 @@ impl PageList {
 }
 
 struct Pool {
-    /// Free small pages, most recently freed first.
+    /// Free small and medium pages, most recently freed first.
     small: PageList,
-    /// Free medium segments (their `pages[0]`), most recently freed first.
     medium: PageList,
     small_free: usize,
     medium_free: usize,
@@ -298,11 +309,12 @@ pub fn page_alloc(class: usize) -> *mut Page {
             unsafe { list.remove(p) };
             if small {
                 pool.small_free -= 1;
-                // SAFETY: p's segment is a live segment (S3).
-                unsafe { (*(*p).segment()).used.set((*(*p).segment()).used.get() + 1) };
             } else {
                 pool.medium_free -= 1;
             }
+            // SAFETY: p's segment is a live segment (S3); its count is
+            // guarded by the pool lock.
+            unsafe { (*(*p).segment()).used.set((*(*p).segment()).used.get() + 1) };
         }
         p
     };
@@ -341,26 +353,44 @@ fn segment_new(small: bool) -> Option<*mut Page> {
         ptr::addr_of_mut!((*seg).small).write(small);
         (*seg).used.set(1);
         for (i, page) in (*seg).pages.iter().enumerate() {
-            let area = if small { i * PAGE_SIZE } else { PAGE_SIZE };
-            page.area.set(base.add(area));
+            page.area.set(base.add(i * PAGE_SIZE));
         }
     }
     // SAFETY: as above.
     let pages = unsafe { &(*seg).pages };
-    if small {
-        let mut pool = POOL.lock();
-        for page in pages[2..].iter().rev() {
-            page.free_in_pool.set(true);
-            page.freed_at.set(0);
-            page.purged.set(true); // fresh memory reads as zero
-                                   // SAFETY: a new page, in no list.
-            unsafe { pool.small.push_back(page as *const Page as *mut Page) };
-            pool.small_free += 1;
+    let mut indices = spans(small);
+    let first = indices.next().expect("a segment has pages");
+    let mut pool = POOL.lock();
+    for i in indices {
+        let page = &pages[i];
+        page.free_in_pool.set(true);
+        page.freed_at.set(0);
+        page.purged.set(true); // fresh memory reads as zero
+                               // SAFETY: a new page, in no list.
+        unsafe {
+            if small {
+                pool.small.push_back(page as *const Page as *mut Page);
+            } else {
+                pool.medium.push_back(page as *const Page as *mut Page);
+            }
         }
-        Some(&pages[1] as *const Page as *mut Page)
-    } else {
-        Some(&pages[0] as *const Page as *mut Page)
+        if small {
+            pool.small_free += 1;
+        } else {
+            pool.medium_free += 1;
+        }
     }
+    Some(&pages[first] as *const Page as *mut Page)
+}
+
+/// The descriptor indices of a segment's pages.
+fn spans(small: bool) -> impl Iterator<Item = usize> {
+    let (small_pages, medium_pages) = if small {
+        (SMALL_PAGES, [].iter())
+    } else {
+        (0..0, MEDIUM_PAGES.iter())
+    };
+    small_pages.chain(medium_pages.copied())
 }
 
 /// Gives an empty page (`used == 0`, owned by the caller) back to the pool.
@@ -388,38 +418,52 @@ pub fn page_free(page: *mut Page) -> Option<*mut Segment> {
     p.free_in_pool.set(true);
     let mut pool = POOL.lock();
     let mut doomed = None;
-    if small {
-        // SAFETY: the page is ours and in no list.
-        unsafe { pool.small.push_front(page) };
-        pool.small_free += 1;
-        let seg = p.segment();
-        // SAFETY: the page's segment is live (S3).
-        let used = unsafe { (*seg).used.get() - 1 };
-        // SAFETY: as above; the count is guarded by the pool lock.
-        unsafe { (*seg).used.set(used) };
-        if used == 0 && pool.small_free > KEEP_SMALL_SEGMENTS * (PAGES_PER_SEGMENT - 1) {
-            // SAFETY: all of this segment's small pages are in the pool list.
-            unsafe {
-                let pages = &(*seg).pages;
-                for q in &pages[1..] {
-                    pool.small.remove(q as *const Page as *mut Page);
+    // SAFETY: the page is ours and in no list.
+    unsafe {
+        if small {
+            pool.small.push_front(page);
+        } else {
+            pool.medium.push_front(page);
+        }
+    }
+    let seg = p.segment();
+    // SAFETY: the page's segment is live (S3); the count is guarded by the
+    // pool lock.
+    let used = unsafe {
+        let used = (*seg).used.get() - 1;
+        (*seg).used.set(used);
+        used
+    };
+    let per_segment = spans(small).count();
+    let free = if small {
+        pool.small_free + 1
+    } else {
+        pool.medium_free + 1
+    };
+    if used == 0 && free > KEEP_SEGMENTS * per_segment {
+        // SAFETY: all of this segment's pages are in the pool list.
+        unsafe {
+            let pages = &(*seg).pages;
+            for i in spans(small) {
+                let q = &pages[i] as *const Page as *mut Page;
+                if small {
+                    pool.small.remove(q);
+                } else {
+                    pool.medium.remove(q);
                 }
             }
-            pool.small_free -= PAGES_PER_SEGMENT - 1;
-            doomed = Some(seg);
         }
+        doomed = Some(seg);
+    }
+    let free = if doomed.is_some() {
+        free - per_segment
     } else {
-        // SAFETY: the page is ours and in no list.
-        unsafe { pool.medium.push_front(page) };
-        pool.medium_free += 1;
-        if pool.medium_free > KEEP_MEDIUM_SEGMENTS {
-            let oldest = pool.medium.last;
-            // SAFETY: the tail of the medium list is a pooled medium page.
-            unsafe { pool.medium.remove(oldest) };
-            pool.medium_free -= 1;
-            // SAFETY: a pooled page's segment is live.
-            doomed = Some(unsafe { (*oldest).segment() });
-        }
+        free
+    };
+    if small {
+        pool.small_free = free;
+    } else {
+        pool.medium_free = free;
     }
     if decay > 0 && now.saturating_sub(pool.last_sweep) > decay / 2 {
         pool.last_sweep = now;

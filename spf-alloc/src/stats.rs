@@ -24,6 +24,8 @@ pub struct AllocStats {
     pub large_blocks: u64,
     /// Bytes of freed large blocks kept for reuse.
     pub cached_large: u64,
+    /// Thread heaps ever made (they are recycled when threads exit).
+    pub heaps: u64,
     /// spf-core's fault counters.
     pub core: spf_core::Stats,
 }
@@ -32,6 +34,7 @@ pub struct AllocStats {
 /// allocates.
 pub fn stats() -> AllocStats {
     let mut small: i64 = -heap::FALLBACK_FREED.load(Relaxed);
+    let mut heaps = 0;
     let mut h = ALL_HEAPS.load(core::sync::atomic::Ordering::Acquire);
     while !h.is_null() {
         // SAFETY: heaps are never freed.
@@ -39,6 +42,7 @@ pub fn stats() -> AllocStats {
             small += (*h).allocated.load(Relaxed);
             h = (*h).next_all.load(Relaxed);
         }
+        heaps += 1;
     }
     let core = spf_core::stats();
     let large_bytes = large::LIVE_BYTES.load(Relaxed);
@@ -52,6 +56,7 @@ pub fn stats() -> AllocStats {
         live_regions: core.live_regions,
         large_blocks: large::LIVE_BLOCKS.load(Relaxed),
         cached_large: large::CACHED_BYTES.load(Relaxed),
+        heaps,
         core,
     }
 }
@@ -67,6 +72,7 @@ impl AllocStats {
             (self.live_regions, "regions"),
             (self.large_blocks, "large_blocks"),
             (self.cached_large, "bytes_cached_large"),
+            (self.heaps, "heaps"),
         ] {
             writeln!(f, "{v:>16}      {name}")?;
         }
