@@ -73,6 +73,33 @@ fn child_entry() {
                 unsafe { r.as_ptr().add(p * 4096).write_volatile(1) };
             }
         }
+        "displaced" => {
+            // Someone installs their own handler over spf's. spf takes the
+            // first place back when it next creates a lazy region, and
+            // chains foreign faults to that handler.
+            extern "C" fn custom(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+                let msg = b"custom handler ran\n";
+                // SAFETY: write and _exit are async-signal-safe.
+                unsafe {
+                    libc::write(2, msg.as_ptr().cast(), msg.len());
+                    libc::_exit(42);
+                }
+            }
+            // SAFETY: a zeroed sigaction filled in with a valid handler.
+            unsafe {
+                let mut act: libc::sigaction = std::mem::zeroed();
+                act.sa_sigaction = custom as extern "C" fn(_, _, _) as usize;
+                act.sa_flags = libc::SA_SIGINFO;
+                libc::sigaction(libc::SIGSEGV, &act, std::ptr::null_mut());
+            }
+            let r = Region::reserve(1 << 20, RegionOptions::default()).unwrap();
+            // SAFETY: a live lazy region.
+            unsafe { r.as_ptr().add(5000).write_volatile(7) };
+            eprintln!("lazy region committed: {}", r.committed());
+            let p = std::hint::black_box(core::ptr::null_mut::<u8>());
+            // SAFETY: none — the null dereference is the point.
+            unsafe { p.write_volatile(1) };
+        }
         "stack_overflow" => {
             std::thread::Builder::new()
                 .name("deep".into())
@@ -164,4 +191,13 @@ fn running_out_of_kernel_mappings_ends_with_a_clear_message() {
     assert_eq!(signal_of(&out), Some(libc::SIGSEGV), "{stderr}");
     assert!(stderr.contains("mprotect failed with ENOMEM"), "{stderr}");
     assert!(stderr.contains("vm.max_map_count"), "{stderr}");
+}
+
+#[test]
+fn a_displaced_handler_is_reinstalled_and_chained_to() {
+    let out = run_child("child_entry", "displaced");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("lazy region committed: 65536"), "{stderr}");
+    assert!(stderr.contains("custom handler ran"), "{stderr}");
+    assert_eq!(out.status.code(), Some(42), "{stderr}");
 }

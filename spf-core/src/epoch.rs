@@ -21,12 +21,19 @@
 
 use crossbeam_epoch::{Collector, Guard, LocalHandle};
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 
 /// The current collector; replaced (and the old one leaked) after a fork.
 static COLLECTOR: AtomicPtr<Collector> = AtomicPtr::new(core::ptr::null_mut());
 
+/// Set in a fork child: the next pin starts a fresh collector.
+static RENEW: AtomicBool = AtomicBool::new(false);
+
 fn collector() -> &'static Collector {
+    if RENEW.load(Ordering::Relaxed) && RENEW.swap(false, Ordering::Relaxed) {
+        let fresh = Box::into_raw(Box::new(Collector::new()));
+        COLLECTOR.store(fresh, Ordering::Release);
+    }
     let p = COLLECTOR.load(Ordering::Acquire);
     // SAFETY: a non-null pointer comes from Box::into_raw and is never freed.
     if let Some(c) = unsafe { p.as_ref() } {
@@ -85,10 +92,10 @@ pub fn pin() -> Guard {
     pinned.ok().flatten().unwrap_or_else(|| c.register().pin())
 }
 
-/// Starts a fresh collector in a fork child (see the module docs). Called
-/// from the `pthread_atfork` child handler, where allocating is allowed:
-/// the child's allocator was made consistent by its own fork handlers.
+/// Asks for a fresh collector in a fork child (see the module docs). Called
+/// from the `pthread_atfork` child handler, which must not allocate: the
+/// child's allocator may still be locked until its own handler runs. The
+/// collector is made at the child's first pin instead.
 pub fn renew_after_fork() {
-    let fresh = Box::into_raw(Box::new(Collector::new()));
-    COLLECTOR.store(fresh, Ordering::Release);
+    RENEW.store(true, Ordering::Relaxed);
 }

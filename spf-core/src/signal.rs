@@ -10,8 +10,18 @@
 //!   the default action and return, so the access faults again and the
 //!   process ends by `SIGSEGV` as it would without us.
 //!
-//! Invariant H1: `PREVIOUS` is written once, before `PREVIOUS_SET` is set
-//! (Release), and read only after `PREVIOUS_SET` is seen (Acquire).
+//! The handler re-asserts itself: a program (or std's runtime, when the
+//! allocator's first allocation happens inside std's own start-up, between
+//! its check for a default `SIGSEGV` action and its `sigaction`) may install
+//! another handler over ours. Before creating a lazy region or decommitting,
+//! spf checks and, if displaced, installs itself again, chaining to whoever
+//! displaced it — as Android's libsigchain does.
+//!
+//! Invariant H1: the previous action lives in one of two slots; a new one
+//! is written to the slot not in use, then published by storing its index
+//! (Release); the handler reads the index (Acquire), then that slot.
+//! Installs are serialised by the space lock (or happen before the space is
+//! published), so a slot is never written while it is the current one.
 
 use crate::error::Error;
 use crate::fault::{self, AccessKind, FatalFault, Outcome};
@@ -21,25 +31,41 @@ use crate::space::Space;
 use crate::sys::{self, PreviousHandler};
 use core::cell::UnsafeCell;
 use core::mem::MaybeUninit;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicUsize, Ordering};
 
-struct Previous(UnsafeCell<MaybeUninit<sys::SigAction>>);
-// SAFETY: H1 — one write before publication, reads after.
+struct Previous([UnsafeCell<MaybeUninit<sys::SigAction>>; 2]);
+// SAFETY: H1 — a slot is written only while it is not the published one.
 unsafe impl Sync for Previous {}
 
-static PREVIOUS: Previous = Previous(UnsafeCell::new(MaybeUninit::uninit()));
-static PREVIOUS_SET: AtomicBool = AtomicBool::new(false);
+static PREVIOUS: Previous = Previous([
+    UnsafeCell::new(MaybeUninit::uninit()),
+    UnsafeCell::new(MaybeUninit::uninit()),
+]);
+/// 0: none yet; 1 or 2: slot 0 or 1 holds the previous action.
+static PREVIOUS_SLOT: AtomicUsize = AtomicUsize::new(0);
 
-/// Installs the handler (once; the space calls it when it starts).
+/// Installs the handler, remembering the action it replaces.
 pub(crate) fn install() -> Result<(), Error> {
     let old = sys::install_segv_handler(on_segv).map_err(|errno| Error::System {
         call: "sigaction",
         errno,
     })?;
-    // SAFETY: H1 — the only write, before PREVIOUS_SET.
-    unsafe { (*PREVIOUS.0.get()).write(old) };
-    PREVIOUS_SET.store(true, Ordering::Release);
+    let next = match PREVIOUS_SLOT.load(Ordering::Relaxed) {
+        1 => 1,
+        _ => 0,
+    };
+    // SAFETY: H1 — slot `next` is not the published one.
+    unsafe { (*PREVIOUS.0[next].get()).write(old) };
+    PREVIOUS_SLOT.store(next + 1, Ordering::Release);
     Ok(())
+}
+
+/// Installs the handler again if someone replaced it. Caller holds the
+/// space lock (H1).
+pub(crate) fn ensure_installed() {
+    if sys::current_segv_handler() != on_segv as sys::SigInfoHandler as usize {
+        let _ = install();
+    }
 }
 
 extern "C" fn on_segv(sig: libc::c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
@@ -72,12 +98,13 @@ extern "C" fn on_segv(sig: libc::c_int, info: *mut libc::siginfo_t, context: *mu
 /// an `SA_SIGINFO` handler, a one-argument handler, and `SIG_DFL`/`SIG_IGN`
 /// (restore it and return: the access re-executes and the kernel acts).
 fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
-    if !PREVIOUS_SET.load(Ordering::Acquire) {
+    let slot = PREVIOUS_SLOT.load(Ordering::Acquire);
+    if slot == 0 {
         sys::default_segv();
         return;
     }
-    // SAFETY: H1 — PREVIOUS_SET was seen, so PREVIOUS is written.
-    let previous = unsafe { (*PREVIOUS.0.get()).assume_init_ref() };
+    // SAFETY: H1 — the published slot is written and stays unchanged.
+    let previous = unsafe { (*PREVIOUS.0[slot - 1].get()).assume_init_ref() };
     match sys::classify_previous(previous) {
         PreviousHandler::Default => sys::restore_segv_handler(previous),
         PreviousHandler::Info(handler) => handler(sig, info, context),

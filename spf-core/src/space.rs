@@ -240,6 +240,10 @@ impl Space {
                     limit: self.descs.capacity(),
                 });
             };
+            if !opts.eager {
+                // A lazy region will fault: make sure the faults reach us.
+                crate::signal::ensure_installed();
+            }
             let start = self.base + page as usize * PAGE_SIZE;
             let desc = self.descs.get(idx);
             desc.seq.write_begin();
@@ -386,6 +390,7 @@ impl Space {
     /// Decommits `[from, to)` of region `idx` (granule aligned).
     pub fn decommit(&self, idx: RegionIdx, from: usize, to: usize) {
         let _held = self.lock();
+        crate::signal::ensure_installed();
         let desc = self.descs.get(idx);
         desc.seq.write_begin();
         self.decommit_locked(idx, from, to);

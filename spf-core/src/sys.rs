@@ -399,6 +399,17 @@ pub fn install_segv_handler(handler: SigInfoHandler) -> Result<SigAction, Errno>
     }
 }
 
+/// The handler address installed for `SIGSEGV` now.
+pub fn current_segv_handler() -> usize {
+    // SAFETY: a zeroed sigaction is valid to fill in; a null new action
+    // only queries.
+    unsafe {
+        let mut now: libc::sigaction = core::mem::zeroed();
+        libc::sigaction(libc::SIGSEGV, ptr::null(), &mut now);
+        now.sa_sigaction
+    }
+}
+
 /// Restores `action` for `SIGSEGV`. Async-signal-safe.
 pub fn restore_segv_handler(action: &SigAction) {
     // SAFETY: `action` is a disposition previously returned by sigaction.
