@@ -187,3 +187,110 @@ impl Arena {
         self.region.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn many_threads_bump_disjoint_blocks() {
+        let arena = Arena::with_capacity(64 << 20).unwrap();
+        let blocks: Vec<Vec<(usize, usize)>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|t| {
+                    let arena = &arena;
+                    s.spawn(move || {
+                        (0..2_000)
+                            .map(|i| {
+                                let len = 1 + (i * 37 + t) % 700;
+                                let layout = Layout::from_size_align(len, 1 << (i % 7)).unwrap();
+                                let p = arena.alloc(layout).unwrap();
+                                assert_eq!(p.as_ptr() as usize % layout.align(), 0);
+                                // SAFETY: a fresh block of `len` bytes; the
+                                // writes commit it.
+                                unsafe { p.as_ptr().write_bytes(t as u8, len) };
+                                (p.as_ptr() as usize, len)
+                            })
+                            .collect()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (t, list) in blocks.iter().enumerate() {
+            for &(p, len) in list {
+                // SAFETY: blocks stay valid until the arena is reset or dropped.
+                let bytes = unsafe { core::slice::from_raw_parts(p as *const u8, len) };
+                assert!(bytes.iter().all(|&b| b == t as u8), "blocks overlap");
+            }
+        }
+        assert!(arena.committed() >= arena.used().next_multiple_of(GRANULE) / 2);
+    }
+
+    #[test]
+    fn limits_reset_and_errors() {
+        let mut arena = Arena::with_commit_limit(8 << 20, 1 << 20).unwrap();
+        let p = arena
+            .alloc(Layout::from_size_align(900 << 10, 8).unwrap())
+            .unwrap();
+        // SAFETY: inside the block.
+        unsafe { p.as_ptr().write(1) };
+        let err = arena
+            .alloc(Layout::from_size_align(200 << 10, 8).unwrap())
+            .unwrap_err();
+        assert!(
+            matches!(err, ArenaError::CommitLimit { limit, .. } if limit == 1 << 20),
+            "{err}"
+        );
+        assert!(err.to_string().contains("commit limit"));
+        assert!(arena.committed() > 0);
+        arena.reset();
+        assert_eq!((arena.committed(), arena.used()), (0, 0));
+        let q = arena.alloc(Layout::new::<u64>()).unwrap();
+        assert_eq!(q, p, "reset starts over");
+        // SAFETY: decommitted memory reads as zero once touched again.
+        assert_eq!(unsafe { q.as_ptr().read() }, 0);
+        let big = Arena::with_capacity(1 << 20).unwrap();
+        let err = big
+            .alloc(Layout::from_size_align(2 << 20, 8).unwrap())
+            .unwrap_err();
+        assert!(matches!(err, ArenaError::Exhausted { .. }), "{err}");
+    }
+
+    #[test]
+    fn prefault_makes_arena_memory_safe_for_system_calls() {
+        let arena = Arena::with_capacity(4 << 20).unwrap();
+        let buf = arena
+            .alloc(Layout::from_size_align(256 << 10, 4096).unwrap())
+            .unwrap();
+        let mut fds = [0; 2];
+        // SAFETY: room for two descriptors.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        let data = [0x5au8; 4096];
+        let read = |fds: &[i32; 2]| -> isize {
+            // SAFETY: a valid buffer; the pipe holds it.
+            unsafe { libc::write(fds[1], data.as_ptr().cast(), data.len()) };
+            // SAFETY: the kernel checks `buf` itself.
+            unsafe { libc::read(fds[0], buf.as_ptr().cast(), data.len()) }
+        };
+        assert_eq!(read(&fds), -1, "untouched arena memory must give EFAULT");
+        assert_eq!(
+            std::io::Error::last_os_error().raw_os_error(),
+            Some(libc::EFAULT)
+        );
+        arena.prefault_block(buf, 256 << 10).unwrap();
+        // The first read's data is still in the pipe: drain it, then read.
+        assert_eq!(read(&fds), 4096);
+        // SAFETY: just read into it.
+        assert_eq!(unsafe { buf.as_ptr().add(4095).read() }, 0x5a);
+        // SAFETY: opened above.
+        unsafe {
+            libc::close(fds[0]);
+            libc::close(fds[1]);
+        }
+        assert!(matches!(
+            arena.prefault(0..(8 << 20)),
+            Err(ArenaError::BadRange { .. })
+        ));
+    }
+}
