@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{child_scenario, fill, run_child, serial, signal_of, verify, SendPtr};
+use common::{child_scenario, fill, serial, verify, SendPtr};
 use spf::{HandlerAllocGuard, Mode, Region, RegionOptions};
 use std::alloc::System;
 
@@ -77,6 +77,7 @@ fn child_entry() {
 #[test]
 #[cfg(debug_assertions)]
 fn the_guard_fires_when_the_handler_allocates() {
+    use common::{run_child, signal_of};
     let out = run_child("child_entry", "allocate_in_handler");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

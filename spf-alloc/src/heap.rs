@@ -2,11 +2,15 @@
 //! happens when a thread exits.
 //!
 //! Each thread has a [`Heap`] with one queue of pages per size class. The
-//! design follows mimalloc's free-list sharding: each page has three free
-//! lists — `free` (allocate from), `local_free` (the owner's frees) and
+//! design follows mimalloc's free-list sharding: each page has two free
+//! lists — `free` (the owner allocates from it and pushes its own frees on
+//! it, so a freed block is reused while it is still in cache) and
 //! `thread_free` (other threads' frees, an atomic stack) — so the owner
 //! allocates and frees with no atomic operation and no lock, and another
-//! thread frees with one CAS.
+//! thread frees with one CAS. (mimalloc keeps a third, `local_free`, so that
+//! the owner's fast path runs dry now and then and collects; here the
+//! collection happens when `free` runs dry, and remote frees waiting in a
+//! page are bounded by the page's size.)
 //!
 //! Fast path budget: `alloc` is a thread-local load, two loads to reach the
 //! class queue's first page, a pop from its `free` list and two stores; no
@@ -413,13 +417,18 @@ pub fn dealloc(ptr: *mut u8, class: usize) {
         // SAFETY: our heap, our page.
         let h = unsafe { &*heap };
         // SAFETY: the block is being freed: we may link it.
-        unsafe { (*block).next = p.local_free.get() };
-        p.local_free.set(block);
+        unsafe { (*block).next = p.free.get() };
+        p.free.set(block);
         let used = p.used.get() - 1;
         p.used.set(used);
         h.add_allocated(-(block_size(class) as i64));
         if used == 0 {
-            page_empty(h, page);
+            let list = h.queue(class).get();
+            // The only page of its class stays: an alloc/free loop would
+            // otherwise trade it with the pool every time.
+            if !(list.first == page && list.last == page) {
+                page_empty(h, page);
+            }
         }
     } else {
         dealloc_remote(p, block, heap, class);
@@ -450,19 +459,14 @@ fn dealloc_remote(p: &Page, block: *mut Block, heap: *mut Heap, class: usize) {
 /// Bytes freed by threads with no heap (exiting threads).
 pub static FALLBACK_FREED: AtomicI64 = AtomicI64::new(0);
 
-/// A page of ours became empty: keep it if it is the only page of its
-/// class (an alloc/free loop would otherwise trade pages with the pool),
-/// else give it back.
+/// A page of ours became empty and is not the only page of its class:
+/// give it back to the pool.
 #[cold]
 fn page_empty(h: &Heap, page: *mut Page) {
     // SAFETY: our page.
     let p = unsafe { &*page };
     let q = h.queue(p.class.get() as usize);
     let mut list = q.get();
-    if list.first == page && list.last == page {
-        return;
-    }
-    p.collect();
     // SAFETY: the page is in this queue.
     unsafe { list.remove(page) };
     q.set(list);

@@ -67,7 +67,6 @@ pub struct Block {
 #[repr(C)]
 pub struct Page {
     pub free: Cell<*mut Block>,
-    pub local_free: Cell<*mut Block>,
     pub used: Cell<u32>,
     pub capacity: Cell<u32>,
     pub reserved: Cell<u32>,
@@ -114,7 +113,6 @@ impl Page {
             MEDIUM_PAGE_SIZE
         };
         self.free.set(null_mut());
-        self.local_free.set(null_mut());
         self.used.set(0);
         self.capacity.set(0);
         self.reserved.set((len / size) as u32);
@@ -148,8 +146,8 @@ impl Page {
         self.capacity.set((start + n) as u32);
     }
 
-    /// Moves remote frees and local frees into `free`, so the owner can
-    /// allocate from them; updates `used` (S2).
+    /// Moves remote frees into `free`, so the owner can allocate from them;
+    /// updates `used` (S2).
     pub fn collect(&self) {
         // Acquire pairs with the Release of the remote pushes: the blocks'
         // `next` words are visible.
@@ -165,18 +163,6 @@ impl Page {
             n += 1;
         }
         self.used.set(self.used.get() - n);
-        let local = self.local_free.replace(null_mut());
-        if !local.is_null() {
-            let mut tail = local;
-            // SAFETY: local_free holds free blocks of this page.
-            unsafe {
-                while !(*tail).next.is_null() {
-                    tail = (*tail).next;
-                }
-                (*tail).next = self.free.get();
-            }
-            self.free.set(local);
-        }
     }
 
     /// Pushes a block freed by a thread that does not own the page.
@@ -402,7 +388,6 @@ pub fn page_free(page: *mut Page) -> Option<*mut Segment> {
     debug_assert_eq!(p.used.get(), 0, "S2");
     p.heap.store(null_mut(), Ordering::Relaxed);
     p.free.set(null_mut());
-    p.local_free.set(null_mut());
     let small = is_small(p.class.get() as usize);
     if small {
         SMALL_PAGES_IN_USE.fetch_sub(1, Ordering::Relaxed);

@@ -30,8 +30,45 @@ pub const MEDIUM_MAX: usize = 256 << 10;
 /// The largest alignment small and medium pages can give.
 pub const MAX_PAGE_ALIGN: usize = 64 << 10;
 
+/// Block sizes by class, and classes by `size.div_ceil(16)` up to 1 KiB:
+/// one load each on the fast path.
+static BLOCK_SIZES: [u32; CLASSES] = {
+    let mut t = [0u32; CLASSES];
+    let mut c = 0;
+    while c < CLASSES {
+        t[c] = compute_block_size(c) as u32;
+        c += 1;
+    }
+    t
+};
+static SMALL_CLASS_OF: [u8; 65] = {
+    let mut t = [0u8; 65];
+    let mut i = 1;
+    while i <= 64 {
+        t[i] = compute_class_of(i * 16) as u8;
+        i += 1;
+    }
+    t
+};
+
 /// The block size of class `c`.
-pub const fn block_size(c: usize) -> usize {
+#[inline]
+pub fn block_size(c: usize) -> usize {
+    BLOCK_SIZES[c] as usize
+}
+
+/// The smallest class whose blocks hold `size` bytes (`1..=MEDIUM_MAX`).
+#[inline]
+pub fn class_of(size: usize) -> usize {
+    debug_assert!(size > 0 && size <= MEDIUM_MAX);
+    if size <= 1024 {
+        SMALL_CLASS_OF[size.div_ceil(16)] as usize
+    } else {
+        compute_class_of(size)
+    }
+}
+
+const fn compute_block_size(c: usize) -> usize {
     if c < 8 {
         (c + 1) * 16
     } else {
@@ -41,10 +78,7 @@ pub const fn block_size(c: usize) -> usize {
     }
 }
 
-/// The smallest class whose blocks hold `size` bytes (`1..=MEDIUM_MAX`).
-#[inline]
-pub fn class_of(size: usize) -> usize {
-    debug_assert!(size > 0 && size <= MEDIUM_MAX);
+const fn compute_class_of(size: usize) -> usize {
     if size <= 128 {
         size.div_ceil(16) - 1
     } else {

@@ -12,7 +12,8 @@
 //! - E1: free extents never touch: two adjacent free extents are merged.
 //! - E2: `boundary[p] == n` iff free extent `n` starts or ends at page `p`;
 //!   every other word is 0.
-//! - E3: a node is in exactly one of: its size bin's list, the spare list.
+//! - E3: a node is in exactly one of: its size bin's list, the spare list,
+//!   the never-used tail (`unused..`).
 
 use crate::sys;
 
@@ -36,6 +37,9 @@ pub struct ExtentAllocator {
     bins: [u32; BINS],
     nonempty: u32,
     spare: u32,
+    /// Nodes from here on were never used: the pool is carved lazily, so
+    /// its memory is touched only as extents appear.
+    unused: u32,
     free_pages: u64,
 }
 
@@ -71,12 +75,9 @@ impl ExtentAllocator {
             bins: [NIL; BINS],
             nonempty: 0,
             spare: NIL,
+            unused: 1,
             free_pages: 0,
         };
-        for i in (1..n as u32).rev() {
-            a.nodes[i as usize].next = a.spare;
-            a.spare = i;
-        }
         a.insert_free(0, total);
         Ok(a)
     }
@@ -176,11 +177,21 @@ impl ExtentAllocator {
     }
 
     fn insert_free(&mut self, start: u32, pages: u32) {
-        let i = self.spare;
-        // The pool holds max_regions + 1 nodes, and free extents are
-        // separated by live regions (E1), so it cannot run dry.
-        assert!(i != NIL, "spf: extent pool exhausted");
-        self.spare = self.nodes[i as usize].next;
+        // The pool holds 2 × max_regions + 64 nodes, and free extents are
+        // separated by live regions or ranges in their grace period (E1),
+        // so it cannot run dry.
+        let i = if self.spare != NIL {
+            let i = self.spare;
+            self.spare = self.nodes[i as usize].next;
+            i
+        } else {
+            assert!(
+                (self.unused as usize) < self.nodes.len(),
+                "spf: extent pool exhausted"
+            );
+            self.unused += 1;
+            self.unused - 1
+        };
         let bin = bin_of(pages);
         let head = self.bins[bin];
         self.nodes[i as usize] = Node {
