@@ -95,6 +95,52 @@ fn large(a: Alloc, size: usize, n: usize) -> f64 {
     t.elapsed().as_nanos() as f64 / n as f64 / 1000.0
 }
 
+/// Blocks of random sizes in `(max/2, max]`, 64 kept live and replaced in
+/// turn, each touched on its first page; `align` above 64 KiB sends even
+/// medium sizes down the large-block path. ns per replacement.
+fn rotating(a: Alloc, max: usize, align: usize, n: usize) -> f64 {
+    let mut live: Vec<(usize, Layout)> = Vec::new();
+    let mut x = 777u64;
+    let t = Instant::now();
+    for i in 0..n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let size = max / 2 + 1 + (x as usize % (max / 2));
+        let layout = Layout::from_size_align(size, align).unwrap();
+        // SAFETY: a valid layout; each block is freed once, with its layout.
+        unsafe {
+            let p = a.alloc(layout);
+            assert!(!p.is_null());
+            p.write_volatile(1);
+            if live.len() < 64 {
+                live.push((p as usize, layout));
+            } else {
+                let (old, l) = std::mem::replace(&mut live[i % 64], (p as usize, layout));
+                a.dealloc(old as *mut u8, l);
+            }
+        }
+    }
+    for (p, l) in live {
+        // SAFETY: as above.
+        unsafe { a.dealloc(p as *mut u8, l) };
+    }
+    t.elapsed().as_nanos() as f64 / n as f64
+}
+
+/// Where the large-block threshold sits: the same sizes served from medium
+/// pages and from regions of their own.
+fn threshold_table(runs: usize) {
+    println!("\n### Medium pages vs own regions (spf; random sizes in (S/2, S], 64 live)\n");
+    println!("| S | medium page, ns | own region, ns |");
+    println!("|---|---|---|");
+    for max in [64 << 10, 128 << 10, 256 << 10] {
+        let medium = median((0..runs).map(|_| rotating(&SPF, max, 16, 20_000)).collect());
+        let own = median((0..runs).map(|_| rotating(&SPF, max, 128 << 10, 20_000)).collect());
+        println!("| {} KiB | {medium:.0} | {own:.0} |", max >> 10);
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -146,11 +192,18 @@ fn main() {
     println!("| workload | unit | spf | jemalloc | mimalloc | system | spf / jemalloc |");
     println!("|---|---|---|---|---|---|---|");
     for (name, unit, work) in &workloads {
-        let mut medians = Vec::new();
+        // Interleave the allocators run by run, so that drift in the
+        // machine's speed spreads over all of them.
+        let mut times = vec![Vec::new(); allocators.len()];
         for &(_, a) in &allocators {
             work(a); // warm-up
-            medians.push(median((0..runs).map(|_| work(a)).collect()));
         }
+        for _ in 0..runs {
+            for (i, &(_, a)) in allocators.iter().enumerate() {
+                times[i].push(work(a));
+            }
+        }
+        let medians: Vec<f64> = times.into_iter().map(median).collect();
         println!(
             "| {name} | {unit} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2}× |",
             medians[0],
@@ -160,6 +213,7 @@ fn main() {
             medians[0] / medians[1]
         );
     }
+    threshold_table(runs);
     let st = spf::alloc_stats();
     println!(
         "\nspf after the run: {} bytes allocated, {} committed, {} resident",
