@@ -136,7 +136,11 @@ fn threshold_table(runs: usize) {
     println!("|---|---|---|");
     for max in [64 << 10, 128 << 10, 256 << 10] {
         let medium = median((0..runs).map(|_| rotating(&SPF, max, 16, 20_000)).collect());
-        let own = median((0..runs).map(|_| rotating(&SPF, max, 128 << 10, 20_000)).collect());
+        let own = median(
+            (0..runs)
+                .map(|_| rotating(&SPF, max, 128 << 10, 20_000))
+                .collect(),
+        );
         println!("| {} KiB | {medium:.0} | {own:.0} |", max >> 10);
     }
 }

@@ -29,10 +29,16 @@ fn child_entry() {
 }
 
 fn run(mode: &str, commit: &str) -> (u64, u64, u64) {
-    let out = run_child_with_env(
-        "child_entry",
-        "suite",
-        &[("SPF_MODE", mode), ("SPF_COMMIT", commit)],
+    let env = [
+        ("SPF_MODE", mode),
+        ("SPF_COMMIT", commit),
+        ("SPF_STATS", "1"),
+    ];
+    let out = run_child_with_env("child_entry", "suite", &env);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Allocator stats for spf:"),
+        "SPF_STATS=1 printed nothing: {stderr}"
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{mode}/{commit}: {out:?}");

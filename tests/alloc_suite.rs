@@ -21,3 +21,17 @@ fn random_sizes_and_alignments_on_eight_threads() {
     let st = spf::alloc_stats();
     eprintln!("{st}");
 }
+
+#[test]
+fn impossible_requests_return_null_not_a_crash() {
+    use std::alloc::{alloc, Layout};
+    // Larger than the whole reservation (256 GiB by default).
+    let layout = Layout::from_size_align(1 << 40, 8).unwrap();
+    // SAFETY: a valid layout; a null return is the expected answer.
+    assert!(unsafe { alloc(layout) }.is_null());
+    let mut v: Vec<u8> = Vec::new();
+    assert!(v.try_reserve(1 << 40).is_err());
+    // The allocator goes on working afterwards.
+    v.extend_from_slice(&[1, 2, 3]);
+    assert_eq!(v, [1, 2, 3]);
+}
