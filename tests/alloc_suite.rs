@@ -27,8 +27,11 @@ fn impossible_requests_return_null_not_a_crash() {
     use std::alloc::{alloc, Layout};
     // Larger than the whole reservation (256 GiB by default).
     let layout = Layout::from_size_align(1 << 40, 8).unwrap();
-    // SAFETY: a valid layout; a null return is the expected answer.
-    assert!(unsafe { alloc(layout) }.is_null());
+    // SAFETY: a valid layout; a null return is the expected answer. The
+    // black boxes stop the optimiser from eliding the allocation (and
+    // assuming it succeeded).
+    let p = unsafe { alloc(std::hint::black_box(layout)) };
+    assert!(std::hint::black_box(p).is_null());
     let mut v: Vec<u8> = Vec::new();
     assert!(v.try_reserve(1 << 40).is_err());
     // The allocator goes on working afterwards.

@@ -41,7 +41,7 @@ use crate::segment::{
     self, Block, Page, PageList, Segment, MEDIUM_PAGE_SIZE, PAGE_SIZE, SEGMENT_SIZE,
 };
 use crate::size_class::{block_size, is_small, CLASSES};
-use crate::thread;
+use crate::{large, thread};
 use core::cell::Cell;
 use core::ptr::null_mut;
 use core::sync::atomic::{AtomicI64, AtomicPtr, AtomicUsize, Ordering};
@@ -55,6 +55,8 @@ pub struct Heap {
     /// Frees by other threads into this heap's pages since the last sweep.
     remote_frees: AtomicUsize,
     pages: Cell<usize>,
+    /// Slow paths taken, to run a decay check every so often.
+    slow_paths: Cell<u32>,
     /// Every heap ever made, for statistics (never unlinked).
     pub next_all: AtomicPtr<Heap>,
     /// The heap pool's free list.
@@ -151,6 +153,11 @@ fn alloc_without_heap(heap: *mut Heap, class: usize) -> *mut u8 {
         }
     }
     // The thread is exiting (or no heap could be made): use the fallback.
+    if segment::deferring() {
+        // Re-entered from inside the fallback path (spf-core allocating
+        // while it fails to make a segment): the lock is ours already.
+        return null_mut();
+    }
     let mut fb = FALLBACK.lock();
     if fb.0.is_null() {
         fb.0 = thread::heap_new();
@@ -189,6 +196,16 @@ fn alloc_without_heap(heap: *mut Heap, class: usize) -> *mut u8 {
 fn alloc_slow(h: &Heap, class: usize) -> *mut u8 {
     if h.remote_frees.load(Ordering::Relaxed) > 16 * h.pages.get().max(64) {
         sweep(h);
+    }
+    let n = h.slow_paths.get().wrapping_add(1);
+    h.slow_paths.set(n);
+    if n % 64 == 0 {
+        segment::maybe_decay();
+        if !segment::deferring() {
+            // May destroy regions, which may allocate (R1): not under the
+            // fallback lock.
+            large::maybe_decay();
+        }
     }
     let q = h.queue(class);
     let mut page = q.get().first;
@@ -277,47 +294,62 @@ fn take(h: &Heap, page: *mut Page) {
     h.pages.set(h.pages.get() + 1);
 }
 
-/// Puts a page we own, with blocks still out, on its abandoned list.
+/// Gives up a page we own that may still have blocks out: it goes on its
+/// abandoned list, or to the pool if it turns out empty.
+///
+/// The protocol with remote freers (S4): a freer pushes its block, then
+/// reads `heap` (both `SeqCst`). Here `heap` is cleared, then the page is
+/// collected under the abandoned lists' lock (`SeqCst` swap). A freer that
+/// still saw the page owned pushed before that collect, which takes its
+/// block; a freer that sees it abandoned takes the lock after us and finds
+/// the page listed, and claims it (`claim_abandoned`). Either way, the free
+/// that empties an abandoned page is the one that gives it back.
 fn put_abandoned(page: *mut Page) {
     // SAFETY: the caller owns the page.
     let p = unsafe { &*page };
-    p.abandoned_live.store(p.used.get(), Ordering::Relaxed);
-    // Release pairs with the Acquire load in `dealloc_remote`: a freer that
-    // sees the page abandoned also sees its live count; and our writes to
-    // the page happen before an adopter's.
-    p.heap.store(null_mut(), Ordering::Release);
+    p.heap.store(null_mut(), Ordering::SeqCst);
     let mut lists = ABANDONED.lock();
+    p.collect();
+    if p.used.get() == 0 {
+        drop(lists);
+        if let Some(seg) = segment::page_free(page) {
+            segment::segment_destroy(seg); // no lock held (R1)
+        }
+        return;
+    }
     p.abandoned.set(true);
     // SAFETY: the page is in no list.
     unsafe { lists.0[p.class.get() as usize].push_front(page) };
 }
 
-/// A remote free took an abandoned page's last block: take the page off
-/// its list (unless a heap adopted it meanwhile) and give it back.
+/// A remote free found its page abandoned: take the page off its list
+/// (unless a heap adopted it meanwhile), collect, and give it back if it is
+/// empty or put it back. Returns whether this thread took the page, in
+/// which case its `freeing` count (S4) was already dropped.
 #[cold]
-fn reclaim(page: *mut Page) {
-    // SAFETY: pages are never unmapped while they hold blocks.
+fn claim_abandoned(page: *mut Page) -> bool {
+    // SAFETY: our `freeing` count keeps the page from going away (S4).
     let p = unsafe { &*page };
     {
         let mut lists = ABANDONED.lock();
         if !p.abandoned.get() {
-            return; // adopted: its new owner collects as usual
+            return false; // adopted, or being abandoned: its owner collects
         }
         p.abandoned.set(false);
         // SAFETY: the page is on this list (its flag says so, under the lock).
         unsafe { lists.0[p.class.get() as usize].remove(page) };
     }
-    // The page is ours now (S1).
+    // The page is ours now (S1); as a freer we are done with it.
+    p.freeing.fetch_sub(1, Ordering::Release);
     p.collect();
     if p.used.get() == 0 {
         if let Some(seg) = segment::page_free(page) {
             segment::segment_destroy(seg); // no lock held (R1)
         }
     } else {
-        // A count raced with an adoption and a new abandonment: not empty
-        // after all, so back it goes.
         put_abandoned(page);
     }
+    true
 }
 
 /// Adopts an abandoned page of `class` that still has live blocks; empty
@@ -359,7 +391,7 @@ fn sweep(h: &Heap) {
     h.remote_frees.store(0, Ordering::Relaxed);
     let mut doomed: [*mut Segment; 4] = [null_mut(); 4];
     let mut n = 0;
-    for class in 0..CLASSES {
+    'classes: for class in 0..CLASSES {
         let q = h.queue(class);
         let mut page = q.get().first;
         while !page.is_null() {
@@ -374,11 +406,12 @@ fn sweep(h: &Heap) {
                 q.set(list);
                 h.pages.set(h.pages.get() - 1);
                 if let Some(seg) = segment::page_free(page) {
-                    if n < doomed.len() {
-                        doomed[n] = seg;
-                        n += 1;
-                    } else {
-                        segment::segment_destroy(seg);
+                    doomed[n] = seg;
+                    n += 1;
+                    if n == doomed.len() {
+                        // Destroying may re-enter this heap (R2): stop
+                        // here and leave the rest for the next sweep.
+                        break 'classes;
                     }
                 }
             }
@@ -438,15 +471,23 @@ pub fn dealloc(ptr: *mut u8, class: usize) {
 #[cold]
 #[inline(never)]
 fn dealloc_remote(p: &Page, block: *mut Block, heap: *mut Heap, class: usize) {
+    // S4: counted before the push, so whoever collects the block and
+    // frees the page waits for us.
+    p.freeing.fetch_add(1, Ordering::SeqCst);
     p.push_remote(block);
-    // Acquire pairs with the Release in `put_abandoned`.
-    let owner = p.heap.load(Ordering::Acquire);
-    if !owner.is_null() {
+    // SeqCst: the abandonment protocol (see `put_abandoned`).
+    let owner = p.heap.load(Ordering::SeqCst);
+    let claimed = if owner.is_null() {
+        claim_abandoned(p as *const Page as *mut Page)
+    } else {
         // SAFETY: heaps are never freed, only recycled: the pointer is
         // always a valid Heap, and the counter is only a hint.
         unsafe { (*owner).remote_frees.fetch_add(1, Ordering::Relaxed) };
-    } else if p.abandoned_live.fetch_sub(1, Ordering::AcqRel) == 1 {
-        reclaim(p as *const Page as *mut Page);
+        false
+    };
+    if !claimed {
+        // Our last access to the page (S4).
+        p.freeing.fetch_sub(1, Ordering::Release);
     }
     if thread::is_live(heap) {
         // SAFETY: this thread's heap.

@@ -168,6 +168,10 @@ pub fn dealloc(ptr: *mut u8, size: usize, lazy: bool) {
         dirty: true,
         lazy,
     };
+    if len > CACHE_MAX_BYTES {
+        destroy(entry.ptr); // never cached: keep the others
+        return;
+    }
     if decay == 0 {
         purge(&mut entry);
     }
@@ -216,6 +220,33 @@ pub fn dealloc(ptr: *mut u8, size: usize, lazy: bool) {
     }
     for c in &evicted[..n_evicted] {
         destroy(c.ptr);
+    }
+}
+
+/// Purges cached blocks past their decay time; called from allocation slow
+/// paths, so an active program sheds them even when it frees no large block.
+pub fn maybe_decay() {
+    let decay = options::decay_ns();
+    let now = spf_core::monotonic_ns();
+    if decay == 0 || CACHED_BYTES.load(Relaxed) == 0 {
+        return;
+    }
+    loop {
+        let mut c = {
+            let mut cache = CACHE.lock();
+            let stale = (0..cache.n).find(|&i| {
+                let e = &cache.entries[i];
+                e.dirty && now.saturating_sub(e.freed_at) >= decay
+            });
+            match stale {
+                Some(i) => cache.remove(i),
+                None => return,
+            }
+        };
+        purge(&mut c); // taken out: ours alone (L2)
+        if !CACHE.lock().insert(c) {
+            destroy(c.ptr);
+        }
     }
 }
 

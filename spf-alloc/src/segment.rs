@@ -29,13 +29,16 @@
 //!
 //! Invariants:
 //! - S1: a page is owned by exactly one of: a heap (`heap` set), the
-//!   abandoned lists (`heap` null, `abandoned` set), the pool
-//!   (`free_in_pool` set).
+//!   abandoned lists (`heap` null, `abandoned` set), the pool.
 //! - S2: `used` = blocks handed out − blocks freed locally − remote frees
 //!   collected; a page goes to the pool only when `used == 0`, so no remote
 //!   free can still arrive for it.
 //! - S3: segments are destroyed only when all their pages are in the pool,
 //!   and never while the pool lock is held (R1 in `heap`).
+//! - S4: a thread freeing into a page it does not own counts itself in the
+//!   page's `freeing` from before its push until its last access to the
+//!   page; `page_free` waits for `freeing == 0`, so no freer can still be
+//!   reading a page that goes to the pool (and then perhaps to spf-core).
 
 use crate::lock::SpinLock;
 use crate::options;
@@ -76,12 +79,10 @@ pub struct Page {
     pub prev: Cell<*mut Page>,
     pub freed_at: Cell<u64>,
     pub purged: Cell<bool>,
-    pub free_in_pool: Cell<bool>,
     /// On an abandoned list (guarded by the abandoned lists' lock).
     pub abandoned: Cell<bool>,
-    /// While abandoned: blocks still out, counted down by remote frees; the
-    /// free that reaches zero reclaims the page (see `heap`).
-    pub abandoned_live: core::sync::atomic::AtomicU32,
+    /// Threads between their remote push and their last access (S4).
+    pub freeing: core::sync::atomic::AtomicU32,
     /// The owning heap; null while abandoned or pooled. Written by the owner
     /// (Release), compared by freeing threads.
     pub heap: AtomicPtr<crate::heap::Heap>,
@@ -92,7 +93,6 @@ pub struct Page {
 #[repr(C)]
 pub struct Segment {
     magic: usize,
-    small: bool,
     /// Pages of this segment outside the pool.
     used: Cell<u32>,
     pub pages: [Page; PAGES_PER_SEGMENT],
@@ -119,7 +119,6 @@ impl Page {
         self.class.set(class as u32);
         self.next.set(null_mut());
         self.prev.set(null_mut());
-        self.free_in_pool.set(false);
         debug_assert!(self.thread_free.load(Ordering::Relaxed).is_null(), "S2");
     }
 
@@ -150,8 +149,9 @@ impl Page {
     /// updates `used` (S2).
     pub fn collect(&self) {
         // Acquire pairs with the Release of the remote pushes: the blocks'
-        // `next` words are visible.
-        let mut remote = self.thread_free.swap(null_mut(), Ordering::Acquire);
+        // `next` words are visible. SeqCst for the abandonment protocol (see
+        // `heap::put_abandoned`).
+        let mut remote = self.thread_free.swap(null_mut(), Ordering::SeqCst);
         let mut n = 0u32;
         while !remote.is_null() {
             // SAFETY: blocks on thread_free are free blocks of this page.
@@ -171,11 +171,12 @@ impl Page {
         loop {
             // SAFETY: the block is ours to give back; nobody else links it.
             unsafe { (*block).next = head };
-            // Release: the `next` word is written before the block is seen.
+            // Release: the `next` word is written before the block is seen;
+            // SeqCst for the abandonment protocol (see `heap::put_abandoned`).
             match self.thread_free.compare_exchange_weak(
                 head,
                 block,
-                Ordering::Release,
+                Ordering::SeqCst,
                 Ordering::Relaxed,
             ) {
                 Ok(_) => return,
@@ -336,7 +337,6 @@ fn segment_new(small: bool) -> Option<*mut Page> {
     // Page is a valid empty descriptor.
     unsafe {
         ptr::addr_of_mut!((*seg).magic).write(MAGIC);
-        ptr::addr_of_mut!((*seg).small).write(small);
         (*seg).used.set(1);
         for (i, page) in (*seg).pages.iter().enumerate() {
             page.area.set(base.add(i * PAGE_SIZE));
@@ -349,7 +349,6 @@ fn segment_new(small: bool) -> Option<*mut Page> {
     let mut pool = POOL.lock();
     for i in indices {
         let page = &pages[i];
-        page.free_in_pool.set(true);
         page.freed_at.set(0);
         page.purged.set(true); // fresh memory reads as zero
                                // SAFETY: a new page, in no list.
@@ -386,6 +385,19 @@ pub fn page_free(page: *mut Page) -> Option<*mut Segment> {
     // SAFETY: the caller owns the page and it is empty (S2).
     let p = unsafe { &*page };
     debug_assert_eq!(p.used.get(), 0, "S2");
+    // S4: remote freers that pushed this page's last blocks may still be
+    // reading it; they need no lock to finish.
+    let mut spins = 0u32;
+    while p.freeing.load(Ordering::Acquire) != 0 {
+        if spins < 64 {
+            core::hint::spin_loop();
+            spins += 1;
+        } else {
+            std::thread::yield_now();
+        }
+    }
+    // Whatever a purge did before, this page now holds dirty memory.
+    p.purged.set(false);
     p.heap.store(null_mut(), Ordering::Relaxed);
     p.free.set(null_mut());
     let small = is_small(p.class.get() as usize);
@@ -400,7 +412,6 @@ pub fn page_free(page: *mut Page) -> Option<*mut Segment> {
         purge(p);
     }
     p.freed_at.set(now);
-    p.free_in_pool.set(true);
     let mut pool = POOL.lock();
     let mut doomed = None;
     // SAFETY: the page is ours and in no list.
@@ -457,6 +468,21 @@ pub fn page_free(page: *mut Page) -> Option<*mut Segment> {
     doomed
 }
 
+/// Runs a decay sweep if one is due; called from allocation slow paths so
+/// that an active program sheds memory even when it frees no pages.
+pub fn maybe_decay() {
+    let decay = options::decay_ns();
+    if decay == 0 {
+        return;
+    }
+    let now = spf_core::monotonic_ns();
+    let mut pool = POOL.lock();
+    if now.saturating_sub(pool.last_sweep) > decay / 2 {
+        pool.last_sweep = now;
+        sweep(&mut pool, now, decay);
+    }
+}
+
 /// Purges pooled pages that have been free longer than the decay time. The
 /// lists are most-recent-first, so the oldest are at the tail.
 fn sweep(pool: &mut Pool, now: u64, decay: u64) {
@@ -498,6 +524,11 @@ fn purge(page: &Page) {
 thread_local! {
     /// Set while this thread holds the fallback heap's lock.
     static DEFERRING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether this thread holds the fallback heap's lock.
+pub fn deferring() -> bool {
+    DEFERRING.with(Cell::get)
 }
 
 /// Segments whose destruction was deferred, linked through their first

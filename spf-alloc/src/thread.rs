@@ -90,7 +90,15 @@ pub fn heap_new() -> *mut Heap {
         };
         let start = region.into_raw() as usize;
         let mut pool = POOL.lock();
-        // Any room left in the old chunk is abandoned: a few KiB at most.
+        if pool.next + size <= pool.end {
+            // Another thread refilled meanwhile: keep its chunk, give ours
+            // back without the lock (R1).
+            drop(pool);
+            // SAFETY: the region we just made, still ours alone.
+            drop(unsafe { Region::from_raw(start as *mut u8) });
+            continue;
+        }
+        // Any room left in the old chunk is abandoned: under one Heap.
         pool.next = start;
         pool.end = start + HEAP_CHUNK;
     }
@@ -148,10 +156,17 @@ pub fn heap_init() -> Option<*mut Heap> {
     if h.is_null() {
         return None;
     }
-    HEAP.with(|c| c.set(h));
     // SAFETY: a valid key; glibc keeps the value in the thread descriptor
     // (allocating with its own malloc past the first 32 keys, never ours).
-    unsafe { libc::pthread_setspecific(key, h as *const libc::c_void) };
+    if unsafe { libc::pthread_setspecific(key, h as *const libc::c_void) } != 0 {
+        // Without the key the heap would never be abandoned: give it back
+        // and let this thread use the fallback heap.
+        let mut pool = POOL.lock();
+        heap::set_next_free(h, pool.free);
+        pool.free = h;
+        return None;
+    }
+    HEAP.with(|c| c.set(h));
     Some(h)
 }
 

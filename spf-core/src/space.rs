@@ -115,9 +115,12 @@ impl Space {
                     STATE.store(FAILED, Ordering::Release);
                     return Err(e);
                 }
+                // Fork handlers before the space is published: whoever uses
+                // the space registers theirs after ours (their prepare runs
+                // first, taking their locks before our space lock).
+                sys::at_fork(fork_prepare, fork_parent, fork_child);
                 SPACE.store(p, Ordering::Release);
                 STATE.store(READY, Ordering::Release);
-                sys::at_fork(fork_prepare, fork_parent, fork_child);
                 if options::stats_at_exit() {
                     sys::at_exit(stats::print_at_exit);
                 }

@@ -1,0 +1,75 @@
+//! Freed memory goes back to the kernel: pages freed into the pool and
+//! freed large blocks are purged by `spf::purge()` (and by decay), also
+//! pages that were used and freed before — while the segments around them
+//! stay alive because of a few live blocks.
+
+use spf::SpfAlloc;
+
+#[global_allocator]
+static GLOBAL: SpfAlloc = SpfAlloc::new();
+
+fn resident() -> u64 {
+    spf::alloc_stats().resident
+}
+
+#[test]
+fn purge_returns_freed_pages_and_large_blocks() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // Twice round, so the second round frees pages that were pooled and
+    // purged once already.
+    for round in 0..2 {
+        // 48 MiB of 1 KiB blocks: about 12 small segments.
+        let mut v: Vec<Box<[u8; 1024]>> = (0..48 * 1024).map(|_| Box::new([7u8; 1024])).collect();
+        // Keep one block per segment, so no segment can go back whole.
+        let keep: Vec<_> = v.drain(..).step_by(4096).collect();
+        // A large block, freed into the cache (black_box: the optimiser
+        // may not elide it).
+        let big = std::hint::black_box(vec![1u8; 64 << 20]);
+        drop(big);
+        let before = resident();
+        spf::purge();
+        let after = resident();
+        eprintln!(
+            "round {round}: resident {} MiB before purge, {} MiB after",
+            before >> 20,
+            after >> 20
+        );
+        assert!(
+            before.saturating_sub(after) > 80 << 20,
+            "round {round}: purge gave back only {} KiB",
+            before.saturating_sub(after) >> 10
+        );
+        assert!(keep.iter().all(|b| b.iter().all(|&x| x == 7)));
+    }
+}
+
+#[test]
+fn decay_gives_memory_back_after_the_decay_time() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    spf::set_decay_ms(20);
+    let mut v: Vec<Box<[u8; 1024]>> = (0..48 * 1024).map(|_| Box::new([7u8; 1024])).collect();
+    let keep: Vec<_> = v.drain(..).step_by(4096).collect();
+    drop(std::hint::black_box(vec![1u8; 64 << 20]));
+    let before = resident();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    // Decay runs on allocator activity: allocate and free small blocks.
+    for _ in 0..4 {
+        let churn: Vec<Box<[u8; 48]>> = (0..20_000).map(|_| Box::new([0u8; 48])).collect();
+        drop(std::hint::black_box(churn));
+    }
+    let after = resident();
+    spf::set_decay_ms(1000);
+    eprintln!(
+        "resident {} MiB after freeing, {} MiB after the decay time",
+        before >> 20,
+        after >> 20
+    );
+    assert!(
+        before.saturating_sub(after) > 80 << 20,
+        "decay gave back only {} KiB",
+        before.saturating_sub(after) >> 10
+    );
+    assert!(keep.iter().all(|b| b.iter().all(|&x| x == 7)));
+}
+
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
