@@ -73,11 +73,30 @@ unsafe impl Send for AbandonedLists {}
 static ABANDONED: SpinLock<AbandonedLists> =
     SpinLock::new(AbandonedLists([PageList::new(); CLASSES]));
 
-/// The heap of threads whose own heap is gone (they are exiting).
-struct Fallback(*mut Heap);
-// SAFETY: reached only under its lock.
-unsafe impl Send for Fallback {}
-static FALLBACK: SpinLock<Fallback> = SpinLock::new(Fallback(null_mut()));
+/// The heap of threads whose own heap is gone (they are exiting): a static,
+/// so that using it never needs a heap from the pool (which could make a
+/// region and re-enter the allocator under this lock). The flag says
+/// whether it is linked into `ALL_HEAPS` yet.
+struct Fallback(bool);
+static FALLBACK: SpinLock<Fallback> = SpinLock::new(Fallback(false));
+
+struct StaticHeap(Heap);
+// SAFETY: the fallback heap's owner-only state is reached only under the
+// FALLBACK lock; its atomics are shared as in any heap.
+unsafe impl Sync for StaticHeap {}
+static FALLBACK_HEAP: StaticHeap = StaticHeap(Heap::empty());
+
+fn link(h: *mut Heap) {
+    let mut head = ALL_HEAPS.load(Ordering::Relaxed);
+    loop {
+        // SAFETY: `h` is a heap being published, not yet reachable.
+        unsafe { (*h).next_all.store(head, Ordering::Relaxed) };
+        match ALL_HEAPS.compare_exchange_weak(head, h, Ordering::Release, Ordering::Relaxed) {
+            Ok(_) => return,
+            Err(seen) => head = seen,
+        }
+    }
+}
 
 impl Heap {
     /// A heap with empty queues, in freshly committed zeroed memory.
@@ -87,23 +106,21 @@ impl Heap {
     pub unsafe fn init(mem: *mut Heap) -> *mut Heap {
         // SAFETY: zeroed memory is a valid Heap (null lists, zero counters);
         // the caller gives us exclusive access.
-        unsafe {
-            core::ptr::write_bytes(mem, 0, 1);
-            let mut head = ALL_HEAPS.load(Ordering::Relaxed);
-            loop {
-                (*mem).next_all.store(head, Ordering::Relaxed);
-                match ALL_HEAPS.compare_exchange_weak(
-                    head,
-                    mem,
-                    Ordering::Release,
-                    Ordering::Relaxed,
-                ) {
-                    Ok(_) => break,
-                    Err(h) => head = h,
-                }
-            }
-        }
+        unsafe { core::ptr::write_bytes(mem, 0, 1) };
+        link(mem);
         mem
+    }
+
+    const fn empty() -> Heap {
+        Heap {
+            queues: [const { Cell::new(PageList::new()) }; CLASSES],
+            allocated: AtomicI64::new(0),
+            remote_frees: AtomicUsize::new(0),
+            pages: Cell::new(0),
+            slow_paths: Cell::new(0),
+            next_all: AtomicPtr::new(null_mut()),
+            next_free: Cell::new(null_mut()),
+        }
     }
 
     #[inline]
@@ -159,14 +176,11 @@ fn alloc_without_heap(heap: *mut Heap, class: usize) -> *mut u8 {
         return null_mut();
     }
     let mut fb = FALLBACK.lock();
-    if fb.0.is_null() {
-        fb.0 = thread::heap_new();
-        if fb.0.is_null() {
-            return null_mut();
-        }
+    let h = &FALLBACK_HEAP.0;
+    if !fb.0 {
+        link(h as *const Heap as *mut Heap);
+        fb.0 = true;
     }
-    // SAFETY: the fallback heap is ours while its lock is held.
-    let h = unsafe { &*fb.0 };
     // Segments freed while we hold the lock are destroyed later (R1):
     // destroying may allocate, and this thread would come back here.
     let _deferring = segment::DeferDestroy::enter();
@@ -551,6 +565,44 @@ pub fn abandon(h: &Heap) {
     h.remote_frees.store(0, Ordering::Relaxed);
     for &seg in &doomed[..n] {
         segment::segment_destroy(seg);
+    }
+}
+
+/// In a fork child, before the locks are released: remote freers caught
+/// mid-free by the fork do not exist in the child, so their `freeing`
+/// counts (S4) are stale. Clear them on every page the child can reach
+/// consistently — its own heap's, the abandoned lists' and the fallback
+/// heap's (all locked or ours); pages of the parent's other threads stay
+/// with heaps that never run again, so they never reach `page_free`.
+///
+/// # Safety
+/// Only in the fork child handler, with the allocator's locks held.
+pub unsafe fn reset_freeing_after_fork() {
+    let clear = |list: PageList| {
+        let mut p = list.first;
+        while !p.is_null() {
+            // SAFETY: pages on these lists are valid; the child is single
+            // threaded and holds the lists' locks.
+            unsafe {
+                (*p).freeing.store(0, Ordering::Relaxed);
+                p = (*p).next.get();
+            }
+        }
+    };
+    let own = thread::heap();
+    for h in [own, &FALLBACK_HEAP.0 as *const Heap as *mut Heap] {
+        if thread::is_live(h) {
+            // SAFETY: our own heap (we called fork, not mid-operation) or
+            // the fallback heap, whose lock the fork handler holds.
+            for q in unsafe { &(*h).queues } {
+                clear(q.get());
+            }
+        }
+    }
+    // SAFETY: the abandoned lists' lock is held by the fork handler.
+    let lists = unsafe { &*ABANDONED.data_ptr() };
+    for list in &lists.0 {
+        clear(*list);
     }
 }
 

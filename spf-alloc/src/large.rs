@@ -244,6 +244,9 @@ pub fn maybe_decay() {
             }
         };
         purge(&mut c); // taken out: ours alone (L2)
+                       // A block that could not be purged waits another decay period
+                       // (and this loop does not pick it up again).
+        c.freed_at = now;
         if !CACHE.lock().insert(c) {
             destroy(c.ptr);
         }
@@ -264,7 +267,9 @@ fn destroy(ptr: usize) {
 
 /// Purges every cached block now, whatever its age.
 pub fn purge_all() {
-    loop {
+    // One pass over what is cached now: a block that fails to purge is put
+    // back dirty and not tried again in this call.
+    for _ in 0..CACHE_ENTRIES {
         let mut c = {
             let mut cache = CACHE.lock();
             match (0..cache.n).find(|&i| cache.entries[i].dirty) {
@@ -276,6 +281,9 @@ pub fn purge_all() {
         let inserted = CACHE.lock().insert(c);
         if !inserted {
             destroy(c.ptr);
+        }
+        if c.dirty {
+            return;
         }
     }
 }
