@@ -141,23 +141,23 @@ pub fn alloc(class: usize) -> *mut u8 {
     let heap = thread::heap();
     if thread::is_live(heap) {
         // SAFETY: a live heap belongs to this thread (R2: consistent).
-        let h = unsafe { &*heap };
-        let page = h.queue(class).get().first;
-        if !page.is_null() {
-            // SAFETY: pages in our queues are ours (S1).
-            let p = unsafe { &*page };
-            let b = p.free.get();
-            if !b.is_null() {
-                // SAFETY: a free block of our page.
-                p.free.set(unsafe { (*b).next });
-                p.used.set(p.used.get() + 1);
-                h.add_allocated(block_size(class) as i64);
-                return b as *mut u8;
-            }
-        }
-        return alloc_slow(h, class);
+        return alloc_from(unsafe { &*heap }, class);
     }
     alloc_without_heap(heap, class)
+}
+
+/// The fast path: pop the first page's free list, else the slow path.
+#[inline(always)]
+fn alloc_from(h: &Heap, class: usize) -> *mut u8 {
+    let page = h.queue(class).get().first;
+    if !page.is_null() {
+        // SAFETY: pages in the heap's queues are the heap's (S1).
+        let p = unsafe { &*page };
+        if !p.free.get().is_null() {
+            return pop(h, p, class);
+        }
+    }
+    alloc_slow(h, class)
 }
 
 #[cold]
@@ -182,24 +182,11 @@ fn alloc_without_heap(heap: *mut Heap, class: usize) -> *mut u8 {
         fb.0 = true;
     }
     // Segments freed while we hold the lock are destroyed later (R1):
-    // destroying may allocate, and this thread would come back here.
+    // destroying may allocate, and this thread would come back here. The
+    // slow path only takes the pool and abandoned locks, nested inside this
+    // one in the documented order (see `thread`).
     let _deferring = segment::DeferDestroy::enter();
-    let page = h.queue(class).get().first;
-    if !page.is_null() {
-        // SAFETY: as in `alloc`.
-        let p = unsafe { &*page };
-        let b = p.free.get();
-        if !b.is_null() {
-            // SAFETY: a free block of the fallback heap's page.
-            p.free.set(unsafe { (*b).next });
-            p.used.set(p.used.get() + 1);
-            h.add_allocated(block_size(class) as i64);
-            return b as *mut u8;
-        }
-    }
-    // The slow path only takes the pool and abandoned locks, nested inside
-    // this one in the documented order (see `thread`).
-    alloc_slow(h, class)
+    alloc_from(h, class)
 }
 
 /// Finds a page with a free block: collect frees on the first pages of the
@@ -283,6 +270,7 @@ fn alloc_slow(h: &Heap, class: usize) -> *mut u8 {
     }
 }
 
+#[inline(always)]
 fn pop(h: &Heap, p: &Page, class: usize) -> *mut u8 {
     let b = p.free.get();
     debug_assert!(!b.is_null());
