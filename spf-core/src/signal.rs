@@ -31,7 +31,7 @@ use crate::space::Space;
 use crate::sys::{self, PreviousHandler};
 use core::cell::UnsafeCell;
 use core::mem::MaybeUninit;
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 struct Previous([UnsafeCell<MaybeUninit<sys::SigAction>>; 2]);
 // SAFETY: H1 — a slot is written only while it is not the published one.
@@ -61,8 +61,16 @@ pub(crate) fn install() -> Result<(), Error> {
 }
 
 /// Installs the handler again if someone replaced it. Caller holds the
-/// space lock (H1).
+/// space lock (H1). The check costs a system call, so it runs at most every
+/// 10 ms: a handler installed over ours is noticed by the first lazy region
+/// made after that.
 pub(crate) fn ensure_installed() {
+    static NEXT_CHECK_NS: AtomicU64 = AtomicU64::new(0);
+    let now = sys::monotonic_ns();
+    if now < NEXT_CHECK_NS.load(Ordering::Relaxed) {
+        return;
+    }
+    NEXT_CHECK_NS.store(now + 10_000_000, Ordering::Relaxed);
     if sys::current_segv_handler() != on_segv as sys::SigInfoHandler as usize {
         let _ = install();
     }
