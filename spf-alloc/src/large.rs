@@ -157,6 +157,7 @@ pub fn alloc(size: usize, align: usize, lazy: bool, zeroed: bool) -> *mut u8 {
 /// (R1): evicting destroys regions.
 pub fn dealloc(ptr: *mut u8, size: usize, lazy: bool) {
     let len = round(size).expect("a live block's size rounds");
+    check_live(ptr, len);
     LIVE_BYTES.fetch_sub(len as u64, Relaxed);
     LIVE_BLOCKS.fetch_sub(1, Relaxed);
     let now = spf_core::monotonic_ns();
@@ -251,6 +252,33 @@ pub fn maybe_decay() {
             destroy(c.ptr);
         }
     }
+}
+
+/// A large block being freed must be a live region starting at `ptr` and
+/// not already in the cache: otherwise this is a double free or a free of a
+/// pointer spf never gave out, and handing the block out twice would
+/// corrupt memory silently. The checks cost a lock-free map lookup and a
+/// scan of at most 64 cache entries, next to a free that costs far more.
+fn check_live(ptr: *mut u8, len: usize) {
+    let live = spf_core::region_at(ptr).is_some_and(|r| r.start == ptr as usize && r.len == len);
+    let cached = {
+        let cache = CACHE.lock();
+        cache.entries[..cache.n]
+            .iter()
+            .any(|c| c.ptr == ptr as usize)
+    };
+    if cached {
+        misuse(ptr, "double free of a large block (it is already free)");
+    }
+    if !live {
+        misuse(ptr, "free of a pointer that is not a live large block from spf (double free, a foreign pointer, or a wrong Layout)");
+    }
+}
+
+#[cold]
+fn misuse(ptr: *mut u8, what: &str) -> ! {
+    spf_core::report(format_args!("spf: {what}: {ptr:p}\n"));
+    std::process::abort();
 }
 
 fn purge(c: &mut Cached) {
