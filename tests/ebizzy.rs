@@ -11,8 +11,11 @@ mod bench;
 use bench::Mapping;
 use std::sync::Mutex;
 
+// The system allocator under the handler guard: the counters then see only
+// the workload's faults, and the handler is checked for allocations.
 #[global_allocator]
-static GLOBAL: spf::SpfAlloc = spf::SpfAlloc::new();
+static GLOBAL: spf::HandlerAllocGuard<std::alloc::System> =
+    spf::HandlerAllocGuard(std::alloc::System);
 
 /// The fault mode and counters are process-wide: one run at a time.
 static SERIAL: Mutex<()> = Mutex::new(());

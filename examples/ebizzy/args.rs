@@ -162,13 +162,17 @@ pub fn parse(argv: impl IntoIterator<Item = String>, cpus: usize) -> Result<Args
         };
         let letters: Vec<char> = letters.chars().collect();
         for (i, c) in letters.iter().enumerate() {
-            let last = i + 1 == letters.len();
             let takes_value = matches!(c, 'n' | 's' | 'S' | 't');
-            if takes_value && !last {
-                return Err(UsageError(format!(
-                    "-{c} needs a value and must end a group of flags"
-                )));
-            }
+            // As getopt: a value flag takes the rest of its group (`-n3`),
+            // or else the next argument.
+            let rest: String = letters[i + 1..].iter().collect();
+            let mut value = || {
+                if rest.is_empty() {
+                    it.next()
+                } else {
+                    Some(rest.clone())
+                }
+            };
             match c {
                 'l' => a.byte_copy = true,
                 'm' => a.mmap = true,
@@ -179,11 +183,14 @@ pub fn parse(argv: impl IntoIterator<Item = String>, cpus: usize) -> Result<Args
                 'T' => a.touch_only = true,
                 'v' => a.verbose = true,
                 'z' => a.linear = true,
-                'n' => a.chunks = number("-n", it.next())?,
-                's' => a.chunk_size = number("-s", it.next())?,
-                't' => a.threads = number("-t", it.next())?,
-                'S' => a.seconds = number("-S", it.next())? as f64,
+                'n' => a.chunks = number("-n", value())?,
+                's' => a.chunk_size = number("-s", value())?,
+                't' => a.threads = number("-t", value())?,
+                'S' => a.seconds = number("-S", value())? as f64,
                 other => return Err(UsageError(format!("unknown flag -{other}"))),
+            }
+            if takes_value {
+                break;
             }
         }
     }
@@ -195,6 +202,8 @@ pub fn parse(argv: impl IntoIterator<Item = String>, cpus: usize) -> Result<Args
             "-s: a chunk must hold at least one 8-byte record".into(),
         ));
     }
+    // Only whole records count, as in ebizzy.
+    a.chunk_size -= a.chunk_size % 8;
     Ok(a)
 }
 
@@ -223,10 +232,11 @@ mod tests {
         assert_eq!((a.threads, a.seconds, a.chunk_size), (16, 2.0, 64 << 10));
         assert!(a.native && a.ltp_rng);
         assert_eq!(a.mode, ModeArg::Classic);
-        let a = p("-lz -n3 -n 5 --alloc jemalloc");
-        assert!(a.is_err(), "-n3 is not ebizzy syntax");
-        let a = p("-lz -n 5 --alloc jemalloc").unwrap();
-        assert!(a.byte_copy && a.linear && a.chunks == 5 && a.alloc == AllocArg::Jemalloc);
+        let a = p("-lzn3 -s 1001 --alloc jemalloc").unwrap();
+        assert!(a.byte_copy && a.linear && a.chunks == 3 && a.alloc == AllocArg::Jemalloc);
+        assert_eq!(a.chunk_size, 1000, "whole records only");
+        let a = p("-t8 -S 1").unwrap();
+        assert_eq!((a.threads, a.seconds), (8, 1.0));
     }
 
     #[test]
@@ -237,7 +247,7 @@ mod tests {
             ("-t", "-t needs a value"),
             ("-t zero", "'zero' is not a number"),
             ("-t 0", "at least 1"),
-            ("-tS 4", "must end a group"),
+            ("-tS", "'S' is not a number"),
             ("--mode fast", "not spf, classic or both"),
             ("--alloc tcmalloc", "not spf, jemalloc"),
             ("--granule 3000", "power of two"),

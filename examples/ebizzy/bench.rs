@@ -10,7 +10,6 @@
 use crate::args::{AllocArg, Args};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 const PAGE: usize = 4096;
@@ -159,33 +158,45 @@ fn make_chunks(a: &Args, mapping: Option<Mapping>) -> Result<Vec<Buffer>, String
     } else {
         0
     };
+    // The hole starts on a page boundary.
+    let body = if hole > 0 {
+        a.chunk_size.next_multiple_of(PAGE)
+    } else {
+        a.chunk_size
+    };
     let mut chunks = Vec::with_capacity(a.chunks);
     for i in 0..a.chunks {
-        let b = Buffer::new(a, a.chunk_size + hole, mapping)?;
+        let b = Buffer::new(a, body + hole, mapping)?;
         let records = b.ptr() as *mut u64;
         for j in 0..a.chunk_size / RECORD {
             // SAFETY: inside the chunk.
             unsafe { records.add(j).write(j as u64) };
-        }
-        if hole > 0 {
-            if let Buffer::Native(p, len) = &b {
-                // SAFETY: the last page of our own mapping.
-                unsafe { libc::mprotect(p.add(len - hole).cast(), hole, libc::PROT_NONE) };
-            }
-            // An spf region's last page is simply never touched: it stays
-            // uncommitted, inaccessible.
         }
         if a.protect_even && i % 2 == 0 {
             match &b {
                 Buffer::Region(r) => r
                     .protect(spf::Protection::ReadOnly)
                     .map_err(|e| e.to_string())?,
-                // SAFETY: our own mapping.
-                Buffer::Native(p, len) => unsafe {
-                    libc::mprotect(p.cast(), *len, libc::PROT_READ);
+                // SAFETY: the chunk part of our own mapping.
+                Buffer::Native(p, _) => unsafe {
+                    libc::mprotect(p.cast(), body, libc::PROT_READ);
                 },
                 Buffer::Heap(..) => {}
             }
+        }
+        if hole > 0 {
+            if let Buffer::Native(p, _) = &b {
+                // SAFETY: the last page of our own mapping, page aligned.
+                if unsafe { libc::mprotect(p.add(body).cast(), hole, libc::PROT_NONE) } != 0 {
+                    return Err(format!(
+                        "mprotect of the hole failed: {}",
+                        std::io::Error::last_os_error()
+                    ));
+                }
+            }
+            // An spf region's last page is never touched: it stays
+            // uncommitted. (spf regions never merge into one kernel mapping
+            // anyway; the hole keeps the layout comparable.)
         }
         chunks.push(b);
     }
@@ -255,6 +266,11 @@ fn worker(
             if found != Some(key as usize) {
                 return Err(format!("search for key {key} in {n} records failed"));
             }
+            // Fresh mappings read as zero, so key 0 is found even in a copy
+            // that never happened: check the last record too.
+            if recs[n - 1] != (n - 1) as u64 {
+                return Err(format!("record {} was not copied", n - 1));
+            }
         }
         drop(buf);
         records += 1;
@@ -271,29 +287,56 @@ pub fn run(a: &Args, mode: spf::Mode, mapping: Option<Mapping>) -> Result<Outcom
     spf::set_mode(mode);
     let chunks = make_chunks(a, mapping)?;
     let stop = AtomicBool::new(false);
+    let go = AtomicBool::new(false);
+    let ready = AtomicU64::new(0);
     let total = AtomicU64::new(0);
-    let start_line = Barrier::new(a.threads + 1);
     let mut failure = None;
     let before = spf::stats();
-    let (u0, s0) = cpu_seconds();
     let mut started = Instant::now();
+    let (mut u0, mut s0) = (0.0, 0.0);
     std::thread::scope(|s| {
-        let handles: Vec<_> = (0..a.threads)
-            .map(|t| {
-                let (chunks, stop, total, start_line) = (&chunks, &stop, &total, &start_line);
-                s.spawn(move || {
-                    start_line.wait();
-                    let r = worker(a, chunks, mapping, t as u64 + 1, stop);
-                    if let Ok(n) = r {
-                        total.fetch_add(n, Ordering::Relaxed);
+        let mut handles = Vec::new();
+        for t in 0..a.threads {
+            let (chunks, stop, go, ready, total) = (&chunks, &stop, &go, &ready, &total);
+            let spawned = std::thread::Builder::new().spawn_scoped(s, move || {
+                ready.fetch_add(1, Ordering::AcqRel);
+                // All threads start together, on the flag.
+                while !go.load(Ordering::Acquire) {
+                    std::thread::yield_now();
+                }
+                let r = worker(a, chunks, mapping, t as u64 + 1, stop);
+                match &r {
+                    Ok(n) => {
+                        total.fetch_add(*n, Ordering::Relaxed);
                     }
-                    r
-                })
-            })
-            .collect();
-        start_line.wait();
+                    // A failed search is fatal: stop everyone now.
+                    Err(_) => stop.store(true, Ordering::Relaxed),
+                }
+                r
+            });
+            match spawned {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    failure = Some(format!("cannot start thread {t}: {e}"));
+                    stop.store(true, Ordering::Relaxed);
+                    break;
+                }
+            }
+        }
+        while ready.load(Ordering::Acquire) < handles.len() as u64 {
+            std::thread::yield_now();
+        }
+        (u0, s0) = cpu_seconds();
         started = Instant::now();
-        std::thread::sleep(Duration::from_secs_f64(a.seconds));
+        go.store(true, Ordering::Release);
+        let deadline = started + Duration::from_secs_f64(a.seconds);
+        while !stop.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10).min(deadline - now));
+        }
         stop.store(true, Ordering::Relaxed);
         for h in handles {
             if let Err(e) = h.join().expect("worker panicked") {

@@ -31,10 +31,8 @@ fn report(name: &str, o: &Outcome, verbose: bool) {
         "real {:.2} s\nuser {:.2} s\nsys  {:.2} s",
         o.real, o.user, o.sys
     );
-    let st = &o.stats;
-    if verbose || st.faults > 0 || st.mprotect_calls > 0 {
-        print!("{st}");
-    }
+    let _ = verbose;
+    print!("{}", o.stats);
     println!();
 }
 
@@ -49,7 +47,9 @@ fn run_or_exit(a: &Args, mode: spf::Mode, mapping: Option<Mapping>) -> Outcome {
 }
 
 fn main() {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // SAFETY: sysconf has no preconditions.
+    let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    let cpus = if online > 0 { online as usize } else { 1 };
     let a = match args::parse(std::env::args().skip(1), cpus) {
         Ok(a) => a,
         Err(e) => {
@@ -59,6 +59,11 @@ fn main() {
     };
     if a.verbose {
         eprintln!("ebizzy: {a:?}");
+    }
+    if a.no_malloc_mmap && a.alloc != args::AllocArg::System {
+        eprintln!(
+            "ebizzy: -M only changes glibc's malloc: it has no effect without --alloc system"
+        );
     }
     let mapping = a.mmap.then_some(Mapping::Spf);
     let mut table = Vec::new();
