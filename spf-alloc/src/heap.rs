@@ -402,12 +402,7 @@ fn sweep(h: &Heap) {
             let next = p.next.get();
             p.collect();
             if p.used.get() == 0 && page != q.get().first {
-                let mut list = q.get();
-                // SAFETY: in this list.
-                unsafe { list.remove(page) };
-                q.set(list);
-                h.pages.set(h.pages.get() - 1);
-                if let Some(seg) = segment::page_free(page) {
+                if let Some(seg) = unqueue_and_free(h, page) {
                     doomed[n] = seg;
                     n += 1;
                     if n == doomed.len() {
@@ -506,6 +501,14 @@ pub static FALLBACK_FREED: AtomicI64 = AtomicI64::new(0);
 /// give it back to the pool.
 #[cold]
 fn page_empty(h: &Heap, page: *mut Page) {
+    if let Some(seg) = unqueue_and_free(h, page) {
+        segment::segment_destroy(seg); // R1: no lock held here
+    }
+}
+
+/// Takes an empty page of ours out of its class queue and gives it to the
+/// pool; returns a segment to destroy once the heap is consistent (R2).
+fn unqueue_and_free(h: &Heap, page: *mut Page) -> Option<*mut Segment> {
     // SAFETY: our page.
     let p = unsafe { &*page };
     let q = h.queue(p.class.get() as usize);
@@ -514,9 +517,7 @@ fn page_empty(h: &Heap, page: *mut Page) {
     unsafe { list.remove(page) };
     q.set(list);
     h.pages.set(h.pages.get() - 1);
-    if let Some(seg) = segment::page_free(page) {
-        segment::segment_destroy(seg); // R1: no lock held here
-    }
+    segment::page_free(page)
 }
 
 /// A thread is exiting: give its pages to the pool or the abandoned lists.
