@@ -1,237 +1,115 @@
-//! The allocator suite (criterion): each workload for SpfAlloc and the
-//! baselines, each called through its `GlobalAlloc` value so one binary
-//! compares them all.
+//! The allocator suite (criterion): each workload of `workloads` for
+//! SpfAlloc (and, for large blocks, its commit-on-touch form in
+//! speculative and classic mode) and the baselines, each called through its
+//! `GlobalAlloc` value so one binary compares them all; and the fault path
+//! itself against the kernel's demand paging.
 //!
 //! ```text
-//! cargo bench --bench alloc                 # everything
-//! cargo bench --bench alloc -- 'small pair' # one group
+//! cargo bench --bench alloc                   # everything (about 10 minutes on 2 cores)
+//! cargo bench --bench alloc -- 'small pair'   # one group
+//! cargo bench --bench alloc -- 'first touch'  # the fault path
 //! ```
 //!
-//! Workloads: alloc+free pairs of 16 B – 4 KiB; a batch of 10,000 mixed
-//! small blocks freed in random order; a producer/consumer exchange; a
-//! larson-like table of slots replaced by T threads; large blocks allocated,
-//! touched on every page and freed; a Vec grown to 64 MiB.
-//!
-//! (Started for the benchmarks issue: the fault-path group, the
-//! classic-mode column, the quick-table command and peak-RSS figures are
-//! still to come.)
+//! The quick table the README publishes comes from
+//! `cargo run --release --example alloc_bench`, on the same workloads.
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::hint::black_box;
-use std::sync::mpsc::sync_channel;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+mod workloads;
 
-static SPF: spf::SpfAlloc = spf::SpfAlloc::new();
-static JEMALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-static MIMALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+use criterion::{
+    criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
+};
+use std::time::Duration;
+use workloads::*;
 
-type Alloc = &'static (dyn GlobalAlloc + Sync);
-
-const ALLOCATORS: [(&str, Alloc); 4] = [
-    ("spf", &SPF),
-    ("jemalloc", &JEMALLOC),
-    ("mimalloc", &MIMALLOC),
-    ("system", &System),
-];
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
-fn layout(size: usize) -> Layout {
-    Layout::from_size_align(size, 8).unwrap()
+/// The subjects a workload is measured for: all of them for large blocks,
+/// else those whose code differs.
+fn subjects(large: bool) -> impl Iterator<Item = Subject> {
+    SUBJECTS.into_iter().filter(move |s| large || !s.large_only)
 }
 
 fn small_pairs(c: &mut Criterion) {
     let mut g = c.benchmark_group("small pair");
     for size in [16, 64, 256, 1024, 4096] {
-        for (name, a) in ALLOCATORS {
-            g.bench_with_input(BenchmarkId::new(name, size), &size, |b, &size| {
-                let l = layout(size);
-                b.iter(|| {
-                    // SAFETY: a valid layout; the block is freed once.
-                    unsafe {
-                        let p = a.alloc(l);
-                        p.write_volatile(1);
-                        a.dealloc(black_box(p), l);
-                    }
-                })
+        for s in subjects(false) {
+            g.bench_with_input(BenchmarkId::new(s.name, size), &size, |b, &size| {
+                b.iter_custom(|n| s.run(|a| pairs(a, size, n)))
             });
         }
     }
     g.finish();
 }
 
-fn batch(c: &mut Criterion) {
+fn batch_mixed(c: &mut Criterion) {
     let mut g = c.benchmark_group("batch 10k mixed");
-    g.throughput(Throughput::Elements(10_000));
-    for (name, a) in ALLOCATORS {
-        g.bench_function(name, |b| {
-            let mut rng = Rng(42);
-            let mut order: Vec<usize> = (0..10_000).collect();
-            b.iter(|| {
-                let blocks: Vec<(usize, Layout)> = (0..10_000)
-                    .map(|_| {
-                        let l = layout(16 + (rng.next() % 1009) as usize);
-                        // SAFETY: a valid layout.
-                        (unsafe { a.alloc(l) } as usize, l)
-                    })
-                    .collect();
-                for i in (1..order.len()).rev() {
-                    order.swap(i, (rng.next() % (i as u64 + 1)) as usize);
-                }
-                for &i in &order {
-                    let (p, l) = blocks[i];
-                    // SAFETY: allocated above with this layout, freed once.
-                    unsafe { a.dealloc(p as *mut u8, l) };
-                }
-            })
-        });
+    g.throughput(Throughput::Elements(BATCH as u64));
+    for s in subjects(false) {
+        g.bench_function(s.name, |b| b.iter_custom(|n| s.run(|a| batch(a, n))));
     }
     g.finish();
 }
 
 fn cross_thread(c: &mut Criterion) {
     let mut g = c.benchmark_group("cross-thread exchange");
-    const N: usize = 64 * 1024;
-    g.throughput(Throughput::Elements(N as u64));
-    for (name, a) in ALLOCATORS {
-        g.bench_function(name, |b| {
-            b.iter_custom(|iters| {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    let (tx, rx) = sync_channel::<Vec<usize>>(16);
-                    std::thread::scope(|s| {
-                        s.spawn(move || {
-                            for _ in 0..N / 64 {
-                                // SAFETY: a valid layout.
-                                let batch = (0..64)
-                                    .map(|_| unsafe { a.alloc(layout(64)) } as usize)
-                                    .collect();
-                                tx.send(batch).unwrap();
-                            }
-                        });
-                        s.spawn(move || {
-                            while let Ok(batch) = rx.recv() {
-                                for p in batch {
-                                    // SAFETY: allocated by the producer with this layout.
-                                    unsafe { a.dealloc(p as *mut u8, layout(64)) };
-                                }
-                            }
-                        });
-                    });
-                }
-                start.elapsed()
-            })
-        });
+    g.throughput(Throughput::Elements(EXCHANGE as u64));
+    for s in subjects(false) {
+        g.bench_function(s.name, |b| b.iter_custom(|n| s.run(|a| exchange(a, n))));
     }
     g.finish();
 }
 
-/// larson-like: T threads each replace random slots of a shared table with
-/// new blocks of random size, freeing what was there (often another
-/// thread's block).
-fn larson(c: &mut Criterion) {
+fn larson_like(c: &mut Criterion) {
     let mut g = c.benchmark_group("larson-like");
-    const OPS: usize = 20_000;
     for threads in [1usize, 2, 4, 8] {
-        g.throughput(Throughput::Elements((OPS * threads) as u64));
-        for (name, a) in ALLOCATORS {
-            g.bench_with_input(BenchmarkId::new(name, threads), &threads, |b, &threads| {
-                let table: Vec<Mutex<(usize, usize)>> =
-                    (0..1024).map(|_| Mutex::new((0, 0))).collect();
-                b.iter_custom(|iters| {
-                    let start = Instant::now();
-                    for _ in 0..iters {
-                        std::thread::scope(|s| {
-                            for t in 0..threads {
-                                let table = &table;
-                                s.spawn(move || {
-                                    let mut rng = Rng(t as u64 + 7);
-                                    for _ in 0..OPS {
-                                        let size = 16 + (rng.next() % 2000) as usize;
-                                        // SAFETY: a valid layout.
-                                        let p = unsafe { a.alloc(layout(size)) };
-                                        let slot = &table[(rng.next() % 1024) as usize];
-                                        let (old, old_size) = std::mem::replace(
-                                            &mut *slot.lock().unwrap(),
-                                            (p as usize, size),
-                                        );
-                                        if old != 0 {
-                                            // SAFETY: a block put in the table with this size.
-                                            unsafe { a.dealloc(old as *mut u8, layout(old_size)) };
-                                        }
-                                    }
-                                });
-                            }
-                        });
-                    }
-                    start.elapsed()
-                });
-                for slot in &table {
-                    let (p, size) = std::mem::take(&mut *slot.lock().unwrap());
-                    if p != 0 {
-                        // SAFETY: as above.
-                        unsafe { a.dealloc(p as *mut u8, layout(size)) };
-                    }
-                }
+        g.throughput(Throughput::Elements((LARSON_OPS * threads) as u64));
+        for s in subjects(false) {
+            g.bench_with_input(BenchmarkId::new(s.name, threads), &threads, |b, &t| {
+                b.iter_custom(|n| s.run(|a| larson(a, t, n)))
             });
         }
     }
     g.finish();
 }
 
-fn large(c: &mut Criterion) {
+fn large_blocks(c: &mut Criterion) {
     let mut g = c.benchmark_group("large alloc+touch+free");
     for size in [256 << 10, 1 << 20, 8 << 20, 64 << 20] {
         g.throughput(Throughput::Bytes(size as u64));
-        for (name, a) in ALLOCATORS {
-            g.bench_with_input(BenchmarkId::new(name, size >> 10), &size, |b, &size| {
-                let l = layout(size);
-                b.iter(|| {
-                    // SAFETY: a valid layout; every page written; freed once.
-                    unsafe {
-                        let p = a.alloc(l);
-                        for off in (0..size).step_by(4096) {
-                            p.add(off).write_volatile(1);
-                        }
-                        a.dealloc(black_box(p), l);
-                    }
-                })
+        for s in subjects(true) {
+            g.bench_with_input(BenchmarkId::new(s.name, size >> 10), &size, |b, &size| {
+                b.iter_custom(|n| s.run(|a| large(a, size, n)))
             });
         }
     }
     g.finish();
 }
 
-fn realloc_growth(c: &mut Criterion) {
+fn growth(c: &mut Criterion) {
     let mut g = c.benchmark_group("realloc growth to 64 MiB");
-    for (name, a) in ALLOCATORS {
-        g.bench_function(name, |b| {
-            b.iter(|| {
-                // A Vec's doubling, done through the allocator under test.
-                let mut cap = 16usize;
-                // SAFETY: valid layouts; each realloc keeps the old layout's
-                // alignment; the final block is freed with its layout.
-                unsafe {
-                    let mut p = a.alloc(layout(cap));
-                    while cap < 64 << 20 {
-                        p.add(cap - 1).write_volatile(1);
-                        p = a.realloc(p, layout(cap), cap * 2);
-                        cap *= 2;
-                    }
-                    a.dealloc(black_box(p), layout(cap));
-                }
-            })
+    for s in subjects(true) {
+        g.bench_function(s.name, |b| {
+            b.iter_custom(|n| s.run(|a| realloc_growth(a, n)))
         });
+    }
+    g.finish();
+}
+
+/// GiB/s committed by first touch of a fresh 256 MiB region or mapping.
+fn fault_path(c: &mut Criterion) {
+    const LEN: usize = 256 << 20;
+    spf::init().expect("spf starts");
+    let mut g = c.benchmark_group("first touch 256 MiB");
+    g.throughput(Throughput::Bytes(LEN as u64));
+    // A 4 KiB-granule run takes about half a second: ten flat samples of
+    // one run each, not criterion's growing linear series.
+    g.sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .measurement_time(Duration::from_secs(6));
+    for threads in [1usize, 2] {
+        for (name, what) in fault_variants() {
+            g.bench_with_input(BenchmarkId::new(name, threads), &threads, |b, &t| {
+                b.iter_custom(|n| (0..n).map(|_| first_touch(what, LEN, t).0).sum())
+            });
+        }
     }
     g.finish();
 }
@@ -242,6 +120,6 @@ criterion_group! {
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_secs(2))
         .sample_size(20);
-    targets = small_pairs, batch, cross_thread, larson, large, realloc_growth
+    targets = small_pairs, batch_mixed, cross_thread, larson_like, large_blocks, growth, fault_path
 }
 criterion_main!(benches);

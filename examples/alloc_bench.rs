@@ -1,112 +1,381 @@
-//! A quick side-by-side of SpfAlloc against jemalloc, mimalloc and the
-//! system allocator, each called through its `GlobalAlloc` value in one
-//! process (the full criterion suite is separate):
-//!
-//! - ns per alloc+free pair of 16 B, 256 B and 4 KiB (one thread);
-//! - ns per block of a two-thread exchange (one thread allocates, the other
-//!   frees);
-//! - µs per alloc + touch every 4 KiB page + free of 1 MiB and 16 MiB.
+//! The quick benchmark table: a subset of the criterion suite
+//! (`benches/alloc.rs`, on the same workloads) that runs in a few minutes on
+//! two cores and prints markdown tables of medians, with ratios against
+//! jemalloc, the peak resident memory of each allocator on the larson-like
+//! and large workloads, and first-touch throughput of spf's fault path
+//! against the kernel's demand paging.
 //!
 //! ```text
-//! cargo run --release --example alloc_bench -- [--runs 5]
+//! cargo run --release --example alloc_bench -- [--runs 5] [--mib 256] [--threshold]
 //! ```
 //!
-//! Prints a markdown table of medians, and the ratio to jemalloc.
+//! Times are medians of `--runs` runs, the allocators interleaved run by run
+//! so that drift in the machine's speed spreads over all of them. Peak
+//! resident memory comes from `VmHWM` in a child process per allocator
+//! and workload (this binary run again with `--child`), so one allocator's
+//! pages never count against another. `--threshold` adds where spf's
+//! large-block threshold sits (medium pages against regions of their own).
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::mpsc::sync_channel;
-use std::time::Instant;
+#[path = "../benches/workloads/mod.rs"]
+mod workloads;
 
-static SPF: spf::SpfAlloc = spf::SpfAlloc::new();
-static JEMALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-static MIMALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-static SYSTEM: System = System;
+use spf::Mode;
+use std::alloc::Layout;
+use std::process::Command;
+use std::time::Duration;
+use workloads::*;
 
-type Alloc = &'static (dyn GlobalAlloc + Sync);
-
-fn pairs(a: Alloc, size: usize, n: usize) -> f64 {
-    let layout = Layout::from_size_align(size, 8).unwrap();
-    let t = Instant::now();
-    for i in 0..n {
-        // SAFETY: a valid layout; the block is written and freed once.
-        unsafe {
-            let p = a.alloc(layout);
-            assert!(!p.is_null());
-            p.write_volatile(i as u8);
-            a.dealloc(p, layout);
-        }
-    }
-    t.elapsed().as_nanos() as f64 / n as f64
+struct Args {
+    runs: usize,
+    mib: usize,
+    threshold: bool,
+    child: Option<(String, String)>,
 }
 
-/// One thread allocates blocks of 16–512 B and sends them in batches; the
-/// other frees them.
-fn exchange(a: Alloc, n: usize) -> f64 {
-    const BATCH: usize = 64;
-    let (tx, rx) = sync_channel::<Vec<(usize, usize)>>(64);
-    let t = Instant::now();
-    std::thread::scope(|s| {
-        s.spawn(move || {
-            let mut x = 12345u64;
-            for _ in 0..n / BATCH {
-                let mut batch = Vec::with_capacity(BATCH);
-                for _ in 0..BATCH {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    let size = 16 + (x % 497) as usize;
-                    let layout = Layout::from_size_align(size, 8).unwrap();
-                    // SAFETY: a valid layout.
-                    let p = unsafe { a.alloc(layout) };
-                    assert!(!p.is_null());
-                    // SAFETY: a fresh block.
-                    unsafe { p.write_volatile(1) };
-                    batch.push((p as usize, size));
-                }
-                tx.send(batch).unwrap();
-            }
-        });
-        s.spawn(move || {
-            while let Ok(batch) = rx.recv() {
-                for (p, size) in batch {
-                    // SAFETY: allocated above with this layout, freed once.
-                    unsafe { a.dealloc(p as *mut u8, Layout::from_size_align(size, 8).unwrap()) };
-                }
-            }
-        });
-    });
-    t.elapsed().as_nanos() as f64 / (n / BATCH * BATCH) as f64
-}
-
-fn large(a: Alloc, size: usize, n: usize) -> f64 {
-    let layout = Layout::from_size_align(size, 8).unwrap();
-    let t = Instant::now();
-    for _ in 0..n {
-        // SAFETY: a valid layout; every page written, then freed once.
-        unsafe {
-            let p = a.alloc(layout);
-            assert!(!p.is_null());
-            for off in (0..size).step_by(4096) {
-                p.add(off).write_volatile(1);
-            }
-            a.dealloc(p, layout);
+fn parse_args() -> Args {
+    let mut a = Args {
+        runs: 5,
+        mib: 256,
+        threshold: false,
+        child: None,
+    };
+    let mut it = std::env::args().skip(1);
+    let number = |it: &mut dyn Iterator<Item = String>, flag: &str| -> usize {
+        it.next()
+            .and_then(|v| v.parse().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or_else(|| usage(&format!("{flag} needs a positive number")))
+    };
+    while let Some(flag) = it.next() {
+        match flag.as_str() {
+            "--runs" => a.runs = number(&mut it, "--runs"),
+            "--mib" => a.mib = number(&mut it, "--mib").max(4),
+            "--threshold" => a.threshold = true,
+            "--child" => match (it.next(), it.next()) {
+                (Some(row), Some(subject)) => a.child = Some((row, subject)),
+                _ => usage("--child needs a workload and an allocator"),
+            },
+            _ => usage(&format!("unknown flag {flag}")),
         }
     }
-    t.elapsed().as_nanos() as f64 / n as f64 / 1000.0
+    a
+}
+
+fn usage(msg: &str) -> ! {
+    eprintln!("alloc_bench: {msg}\nusage: alloc_bench [--runs N] [--mib MIB] [--threshold]");
+    std::process::exit(2)
+}
+
+/// One row of the allocator table: a workload run `n` times, each
+/// repetition reported in `unit`s (per item where `per_item` says).
+struct Row {
+    key: &'static str,
+    unit: &'static str,
+    /// Large-block workloads are measured for the touch subjects too.
+    large: bool,
+    /// Peak resident memory is measured for this row.
+    rss: bool,
+    n: u64,
+    /// Nanoseconds in one reported unit, times items per repetition.
+    per: f64,
+    work: fn(Alloc, u64) -> Duration,
+}
+
+impl Row {
+    /// A row timed in `unit` per repetition, measured for the subjects
+    /// whose code differs, without peak RSS.
+    fn new(key: &'static str, unit: &'static str, n: u64, work: fn(Alloc, u64) -> Duration) -> Row {
+        let per = match unit {
+            "µs" => 1e3,
+            "ms" => 1e6,
+            _ => 1.0,
+        };
+        Row {
+            key,
+            unit,
+            large: false,
+            rss: false,
+            n,
+            per,
+            work,
+        }
+    }
+
+    /// Reported per `items` items of each repetition (blocks, operations).
+    fn per_item(mut self, items: usize) -> Row {
+        self.per *= items as f64;
+        self
+    }
+
+    /// A large-block workload: the touch subjects run it too.
+    fn large(mut self) -> Row {
+        self.large = true;
+        self
+    }
+
+    /// Peak resident memory is measured for it.
+    fn rss(mut self) -> Row {
+        self.rss = true;
+        self
+    }
+}
+
+fn rows() -> Vec<Row> {
+    let ops = LARSON_OPS;
+    vec![
+        Row::new("16 B pair", "ns", 2_000_000, |a, n| pairs(a, 16, n)),
+        Row::new("64 B pair", "ns", 2_000_000, |a, n| pairs(a, 64, n)),
+        Row::new("256 B pair", "ns", 2_000_000, |a, n| pairs(a, 256, n)),
+        Row::new("1 KiB pair", "ns", 1_000_000, |a, n| pairs(a, 1024, n)),
+        Row::new("4 KiB pair", "ns", 1_000_000, |a, n| pairs(a, 4096, n)),
+        Row::new("batch 10k mixed, per block", "ns", 20, batch).per_item(BATCH),
+        Row::new("cross-thread, per block", "ns", 8, exchange).per_item(EXCHANGE),
+        Row::new("larson-like T=1, per op", "ns", 12, |a, n| larson(a, 1, n))
+            .per_item(ops)
+            .rss(),
+        Row::new("larson-like T=2, per op", "ns", 6, |a, n| larson(a, 2, n))
+            .per_item(2 * ops)
+            .rss(),
+        Row::new("larson-like T=4, per op", "ns", 4, |a, n| larson(a, 4, n))
+            .per_item(4 * ops)
+            .rss(),
+        Row::new("larson-like T=8, per op", "ns", 3, |a, n| larson(a, 8, n))
+            .per_item(8 * ops)
+            .rss(),
+        Row::new("256 KiB alloc+touch+free", "µs", 2_000, |a, n| {
+            large(a, 256 << 10, n)
+        })
+        .large()
+        .rss(),
+        Row::new("1 MiB alloc+touch+free", "µs", 1_000, |a, n| {
+            large(a, 1 << 20, n)
+        })
+        .large()
+        .rss(),
+        Row::new("8 MiB alloc+touch+free", "µs", 100, |a, n| {
+            large(a, 8 << 20, n)
+        })
+        .large()
+        .rss(),
+        Row::new("64 MiB alloc+touch+free", "µs", 10, |a, n| {
+            large(a, 64 << 20, n)
+        })
+        .large()
+        .rss(),
+        Row::new("realloc growth to 64 MiB", "ms", 5, realloc_growth).large(),
+    ]
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn measured(row: &Row, s: Subject) -> bool {
+    row.large || !s.large_only
+}
+
+fn allocator_table(runs: usize) {
+    println!("\n### Allocator workloads (median of {runs} runs; lower is better)\n");
+    let names: Vec<&str> = SUBJECTS.iter().map(|s| s.name).collect();
+    println!(
+        "| workload | unit | {} | spf / jemalloc |",
+        names.join(" | ")
+    );
+    println!("|---|---|{}---|", "---|".repeat(SUBJECTS.len()));
+    for row in rows() {
+        let one =
+            |s: Subject| s.run(|a| (row.work)(a, row.n)).as_nanos() as f64 / row.n as f64 / row.per;
+        let mut times = vec![Vec::new(); SUBJECTS.len()];
+        for s in SUBJECTS.into_iter().filter(|&s| measured(&row, s)) {
+            one(s); // warm-up
+        }
+        for _ in 0..runs {
+            for (i, s) in SUBJECTS.into_iter().enumerate() {
+                if measured(&row, s) {
+                    times[i].push(one(s));
+                }
+            }
+        }
+        let cells: Vec<String> = times
+            .iter()
+            .map(|t| {
+                if t.is_empty() {
+                    "—".to_owned()
+                } else {
+                    format!("{:.1}", median(t.clone()))
+                }
+            })
+            .collect();
+        let ratio = median(times[0].clone()) / median(times[JEMALLOC_AT].clone());
+        println!(
+            "| {} | {} | {} | {ratio:.2}× |",
+            row.key,
+            row.unit,
+            cells.join(" | ")
+        );
+    }
+    println!("\n— : the same code as `spf` (blocks of 256 KiB and less never fault).");
+}
+
+/// Peak resident memory of this process so far, in KiB: `VmHWM`, which
+/// (unlike `getrusage`'s `ru_maxrss`) starts afresh at `exec` rather than
+/// carrying over the forking parent's peak.
+fn peak_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/self/status")
+}
+
+/// The child's side: run one row once for one subject, print the peak RSS.
+fn child(row_key: &str, subject: &str) {
+    let s = subject_named(subject).unwrap_or_else(|| usage(&format!("no allocator {subject}")));
+    if row_key != "idle" {
+        let row = rows()
+            .into_iter()
+            .find(|r| r.key == row_key)
+            .unwrap_or_else(|| usage(&format!("no workload {row_key}")));
+        s.run(|a| (row.work)(a, row.n));
+    } else {
+        // The process as the allocator leaves it after one small block.
+        // SAFETY: a valid layout; freed at once.
+        unsafe {
+            let l = Layout::from_size_align(64, 8).unwrap();
+            s.alloc.dealloc(s.alloc.alloc(l), l);
+        }
+    }
+    println!("peak_rss_kib={}", peak_rss_kib());
+}
+
+fn child_rss_mib(row_key: &str, subject: &str) -> String {
+    let out = Command::new(std::env::current_exe().expect("the running binary"))
+        .args(["--child", row_key, subject])
+        .output()
+        .expect("run a child");
+    let text = String::from_utf8_lossy(&out.stdout);
+    match text
+        .trim()
+        .strip_prefix("peak_rss_kib=")
+        .and_then(|v| v.parse::<f64>().ok())
+    {
+        Some(kib) if out.status.success() => format!("{:.1}", kib / 1024.0),
+        _ => format!("failed ({})", out.status),
+    }
+}
+
+fn rss_table() {
+    println!("\n### Peak resident memory, MiB (one child process per allocator and workload)\n");
+    let names: Vec<&str> = SUBJECTS.iter().map(|s| s.name).collect();
+    println!("| workload | {} |", names.join(" | "));
+    println!("|---|{}", "---|".repeat(SUBJECTS.len()));
+    let keys = std::iter::once("idle").chain(rows().into_iter().filter(|r| r.rss).map(|r| r.key));
+    for key in keys {
+        let large = rows().iter().any(|r| r.key == key && r.large);
+        let cells: Vec<String> = SUBJECTS
+            .iter()
+            .map(|s| {
+                if s.large_only && !large {
+                    "—".to_owned()
+                } else {
+                    child_rss_mib(key, s.name)
+                }
+            })
+            .collect();
+        println!("| {key} | {} |", cells.join(" | "));
+    }
+    println!(
+        "\nidle: the process after one 64 B block (binary, libraries, the allocator's start-up)."
+    );
+}
+
+/// Median GiB/s of first touch of `len` bytes, and the faults one run took.
+fn touch_rate(what: Touched, len: usize, threads: usize, runs: usize) -> (f64, u64) {
+    let mut secs = Vec::new();
+    let mut faults = 0;
+    for _ in 0..runs {
+        let (t, f) = first_touch(what, len, threads);
+        secs.push(t.as_secs_f64());
+        faults = f;
+    }
+    (len as f64 / median(secs) / (1u64 << 30) as f64, faults)
+}
+
+fn fault_table(args: &Args) {
+    let len = args.mib << 20;
+    println!(
+        "\n### First touch of a fresh {} MiB region, one byte per 4 KiB page: GiB/s (median of {} runs)\n",
+        args.mib, args.runs
+    );
+    println!("| granule, options | 1 thread: spec | classic | spec vs native | faults | 2 threads: spec | classic | spec vs native |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let threads = [1usize, 2];
+    let native: Vec<f64> = threads
+        .iter()
+        .map(|&t| touch_rate(Touched::Native { huge: false }, len, t, args.runs).0)
+        .collect();
+    let thp: Vec<f64> = threads
+        .iter()
+        .map(|&t| touch_rate(Touched::Native { huge: true }, len, t, args.runs).0)
+        .collect();
+    for (name, rates) in [
+        ("native (kernel demand paging)", &native),
+        ("native + MADV_HUGEPAGE", &thp),
+    ] {
+        println!(
+            "| {name} | {:.2} | | {:.2}× | | {:.2} | | {:.2}× |",
+            rates[0],
+            rates[0] / native[0],
+            rates[1],
+            rates[1] / native[1]
+        );
+    }
+    for (name, opts) in fault_options() {
+        let mut cells = Vec::new();
+        for (i, &t) in threads.iter().enumerate() {
+            let (spec, faults) = touch_rate(
+                Touched::Spf {
+                    mode: Mode::Speculative,
+                    opts,
+                },
+                len,
+                t,
+                args.runs,
+            );
+            let (classic, _) = touch_rate(
+                Touched::Spf {
+                    mode: Mode::Classic,
+                    opts,
+                },
+                len,
+                t,
+                args.runs,
+            );
+            cells.push(format!(
+                "{spec:.2} | {classic:.2} | {:.2}×",
+                spec / native[i]
+            ));
+            if i == 0 {
+                cells.push(faults.to_string());
+            }
+        }
+        println!("| {name} | {} |", cells.join(" | "));
+    }
+    println!("\n+ahead: commit-ahead of 1 MiB (8 MiB for 2 MiB granules); +populate: each run faulted in by MADV_POPULATE_WRITE.");
 }
 
 /// Blocks of random sizes in `(max/2, max]`, 64 kept live and replaced in
 /// turn, each touched on its first page; `align` above 64 KiB sends even
 /// medium sizes down the large-block path. ns per replacement.
-fn rotating(a: Alloc, max: usize, align: usize, n: usize) -> f64 {
+fn rotating(max: usize, align: usize, n: usize) -> f64 {
+    let a = SUBJECTS[0].alloc;
     let mut live: Vec<(usize, Layout)> = Vec::new();
-    let mut x = 777u64;
-    let t = Instant::now();
+    let mut rng = Rng(777);
+    let t = std::time::Instant::now();
     for i in 0..n {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let size = max / 2 + 1 + (x as usize % (max / 2));
+        let size = max / 2 + 1 + (rng.next() as usize % (max / 2));
         let layout = Layout::from_size_align(size, align).unwrap();
         // SAFETY: a valid layout; each block is freed once, with its layout.
         unsafe {
@@ -128,99 +397,39 @@ fn rotating(a: Alloc, max: usize, align: usize, n: usize) -> f64 {
     t.elapsed().as_nanos() as f64 / n as f64
 }
 
-/// Where the large-block threshold sits: the same sizes served from medium
-/// pages and from regions of their own.
 fn threshold_table(runs: usize) {
     println!("\n### Medium pages vs own regions (spf; random sizes in (S/2, S], 64 live)\n");
     println!("| S | medium page, ns | own region, ns |");
     println!("|---|---|---|");
     for max in [64 << 10, 128 << 10, 256 << 10] {
-        let medium = median((0..runs).map(|_| rotating(&SPF, max, 16, 20_000)).collect());
+        let medium = median((0..runs).map(|_| rotating(max, 16, 20_000)).collect());
         let own = median(
             (0..runs)
-                .map(|_| rotating(&SPF, max, 128 << 10, 20_000))
+                .map(|_| rotating(max, 128 << 10, 20_000))
                 .collect(),
         );
         println!("| {} KiB | {medium:.0} | {own:.0} |", max >> 10);
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn main() {
-    let mut runs = 5;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match (a.as_str(), args.next().and_then(|v| v.parse().ok())) {
-            ("--runs", Some(n)) if n > 0 => runs = n,
-            _ => {
-                eprintln!("usage: alloc_bench [--runs N]");
-                std::process::exit(2);
-            }
-        }
+    let args = parse_args();
+    spf::init().expect("spf starts");
+    if let Some((row, subject)) = &args.child {
+        child(row, subject);
+        return;
     }
-    let allocators: [(&str, Alloc); 4] = [
-        ("spf", &SPF),
-        ("jemalloc", &JEMALLOC),
-        ("mimalloc", &MIMALLOC),
-        ("system", &SYSTEM),
-    ];
-    type Work = Box<dyn Fn(Alloc) -> f64>;
-    let workloads: Vec<(&str, &str, Work)> = vec![
-        ("16 B pair", "ns", Box::new(|a| pairs(a, 16, 2_000_000))),
-        ("256 B pair", "ns", Box::new(|a| pairs(a, 256, 2_000_000))),
-        ("4 KiB pair", "ns", Box::new(|a| pairs(a, 4096, 1_000_000))),
-        (
-            "2-thread exchange, per block",
-            "ns",
-            Box::new(|a| exchange(a, 1_000_000)),
-        ),
-        (
-            "1 MiB alloc+touch+free",
-            "µs",
-            Box::new(|a| large(a, 1 << 20, 2_000)),
-        ),
-        (
-            "16 MiB alloc+touch+free",
-            "µs",
-            Box::new(|a| large(a, 16 << 20, 100)),
-        ),
-    ];
     println!(
-        "alloc_bench: {} CPUs, median of {runs} runs\n",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        "alloc_bench: {} CPUs, kernel {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
     );
-    println!("| workload | unit | spf | jemalloc | mimalloc | system | spf / jemalloc |");
-    println!("|---|---|---|---|---|---|---|");
-    for (name, unit, work) in &workloads {
-        // Interleave the allocators run by run, so that drift in the
-        // machine's speed spreads over all of them.
-        let mut times = vec![Vec::new(); allocators.len()];
-        for &(_, a) in &allocators {
-            work(a); // warm-up
-        }
-        for _ in 0..runs {
-            for (i, &(_, a)) in allocators.iter().enumerate() {
-                times[i].push(work(a));
-            }
-        }
-        let medians: Vec<f64> = times.into_iter().map(median).collect();
-        println!(
-            "| {name} | {unit} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2}× |",
-            medians[0],
-            medians[1],
-            medians[2],
-            medians[3],
-            medians[0] / medians[1]
-        );
+    allocator_table(args.runs);
+    rss_table();
+    fault_table(&args);
+    if args.threshold {
+        threshold_table(args.runs);
     }
-    threshold_table(runs);
-    let st = spf::alloc_stats();
-    println!(
-        "\nspf after the run: {} bytes allocated, {} committed, {} resident",
-        st.allocated, st.committed, st.resident
-    );
 }

@@ -11,10 +11,12 @@
 //! Prints markdown tables of medians. Timings are wall-clock on whatever
 //! machine runs it: compare rows of one run, not runs of different machines.
 
+#[path = "../benches/workloads/mod.rs"]
+mod workloads;
+
 use spf::{CapPolicy, Mode, Region, RegionOptions};
 use std::time::Instant;
-
-const PAGE: usize = 4096;
+use workloads::{first_touch, Touched, PAGE};
 
 struct Args {
     runs: usize,
@@ -52,63 +54,18 @@ fn usage(msg: &str) -> ! {
     std::process::exit(2)
 }
 
-/// Touches one byte per page of `[p, p + len)` from `threads` threads, each
-/// on its own contiguous slice; returns the elapsed nanoseconds.
-fn touch(p: *mut u8, len: usize, threads: usize) -> u128 {
-    let base = p as usize;
-    let slice = (len / threads) & !(PAGE - 1);
-    let start = Instant::now();
-    std::thread::scope(|s| {
-        for t in 0..threads {
-            s.spawn(move || {
-                let mut off = t * slice;
-                while off < (t + 1) * slice {
-                    // SAFETY: inside the mapping or region the caller owns.
-                    unsafe { ((base + off) as *mut u8).write_volatile(1) };
-                    off += PAGE;
-                }
-            });
-        }
-    });
-    start.elapsed().as_nanos()
-}
-
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
 
-#[derive(Clone, Copy)]
-enum Subject {
-    Native { huge: bool },
-    Spf { mode: Mode, opts: RegionOptions },
-}
-
 /// ns per 4 KiB page for one fresh mapping or region, and faults taken.
-fn measure(subject: Subject, len: usize, threads: usize) -> (f64, u64) {
-    let pages = (len / PAGE) as f64;
-    match subject {
-        Subject::Native { huge } => {
-            let mut map = memmap2::MmapMut::map_anon(len).expect("mmap");
-            if huge {
-                let _ = map.advise(memmap2::Advice::HugePage);
-            }
-            let ns = touch(map.as_mut_ptr(), len, threads);
-            (ns as f64 / pages, 0)
-        }
-        Subject::Spf { mode, opts } => {
-            let region = Region::reserve(len, opts).expect("reserve");
-            spf::set_mode(mode);
-            let before = spf::stats();
-            let ns = touch(region.as_ptr(), len, threads);
-            let faults = spf::stats().since(&before).faults;
-            spf::set_mode(Mode::Speculative);
-            (ns as f64 / pages, faults)
-        }
-    }
+fn measure(what: Touched, len: usize, threads: usize) -> (f64, u64) {
+    let (elapsed, faults) = first_touch(what, len, threads);
+    (elapsed.as_nanos() as f64 / (len / PAGE) as f64, faults)
 }
 
-fn row(name: &str, subject: Subject, args: &Args, threads: usize, native: Option<f64>) -> f64 {
+fn row(name: &str, subject: Touched, args: &Args, threads: usize, native: Option<f64>) -> f64 {
     let len = args.mib << 20;
     let mut ns = Vec::new();
     let mut faults = 0;
@@ -139,14 +96,14 @@ fn first_touch_table(args: &Args) {
     for &t in &args.threads {
         let native = row(
             "native anonymous mmap",
-            Subject::Native { huge: false },
+            Touched::Native { huge: false },
             args,
             t,
             None,
         );
         row(
             "native mmap + MADV_HUGEPAGE",
-            Subject::Native { huge: true },
+            Touched::Native { huge: true },
             args,
             t,
             Some(native),
@@ -190,7 +147,7 @@ fn first_touch_table(args: &Args) {
             ),
         ];
         for (name, mode, opts) in spf_rows {
-            row(name, Subject::Spf { mode, opts }, args, t, Some(native));
+            row(name, Touched::Spf { mode, opts }, args, t, Some(native));
         }
     }
 }
@@ -224,7 +181,7 @@ fn cap_table(args: &Args) {
         for _ in 0..args.runs {
             ns.push(
                 measure(
-                    Subject::Spf {
+                    Touched::Spf {
                         mode: Mode::Speculative,
                         opts,
                     },

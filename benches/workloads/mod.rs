@@ -1,0 +1,366 @@
+//! The benchmark workloads, shared by the criterion suite
+//! (`benches/alloc.rs`) and the quick table (`examples/alloc_bench.rs`), so
+//! that both measure the same code.
+//!
+//! Every allocator workload takes the allocator as a `GlobalAlloc` value, so
+//! one binary compares them all; each returns the wall-clock time of `n`
+//! repetitions (criterion's `iter_custom` shape). The first-touch workload
+//! measures spf's fault path against the kernel's own demand paging.
+//!
+//! The subjects: `spf` (SpfAlloc as a program gets it: large blocks
+//! committed when handed out), `spf touch` (`SpfAlloc::lazy()`: large
+//! blocks committed on first touch by the speculative fault path) and
+//! `spf touch classic` (the same with every fault taken by the classic,
+//! locked path), then jemalloc, mimalloc and the system allocator (glibc).
+//! Blocks of 256 KiB and less never fault (their segments are committed
+//! when made), so the three spf subjects run the same code there and the
+//! touch subjects are measured only for the large and realloc workloads.
+
+#![allow(dead_code)] // each including binary uses a different subset
+
+use spf::{Mode, Region, RegionOptions};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::hint::black_box;
+use std::sync::mpsc::sync_channel;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+pub static SPF: spf::SpfAlloc = spf::SpfAlloc::new();
+pub static SPF_TOUCH: spf::SpfAlloc = spf::SpfAlloc::lazy();
+pub static JEMALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+pub static MIMALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+pub type Alloc = &'static (dyn GlobalAlloc + Sync);
+
+/// One allocator under test, and the fault-path mode spf runs in meanwhile.
+#[derive(Clone, Copy)]
+pub struct Subject {
+    pub name: &'static str,
+    pub alloc: Alloc,
+    pub mode: Mode,
+    /// Measured only where it runs code the plain `spf` subject does not.
+    pub large_only: bool,
+}
+
+impl Subject {
+    /// Runs `work` with spf's fault path in this subject's mode.
+    pub fn run<R>(&self, work: impl FnOnce(Alloc) -> R) -> R {
+        spf::set_mode(self.mode);
+        let r = work(self.alloc);
+        spf::set_mode(Mode::Speculative);
+        r
+    }
+}
+
+const fn subject(name: &'static str, alloc: Alloc, mode: Mode, large_only: bool) -> Subject {
+    Subject {
+        name,
+        alloc,
+        mode,
+        large_only,
+    }
+}
+
+/// Every subject, spf's first; the baseline for ratios is `JEMALLOC_AT`.
+pub const SUBJECTS: [Subject; 6] = [
+    subject("spf", &SPF, Mode::Speculative, false),
+    subject("spf touch", &SPF_TOUCH, Mode::Speculative, true),
+    subject("spf touch classic", &SPF_TOUCH, Mode::Classic, true),
+    subject("jemalloc", &JEMALLOC, Mode::Speculative, false),
+    subject("mimalloc", &MIMALLOC, Mode::Speculative, false),
+    subject("system", &System, Mode::Speculative, false),
+];
+pub const JEMALLOC_AT: usize = 3;
+
+pub fn subject_named(name: &str) -> Option<Subject> {
+    SUBJECTS.iter().copied().find(|s| s.name == name)
+}
+
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+pub fn layout(size: usize) -> Layout {
+    Layout::from_size_align(size, 8).expect("a valid layout")
+}
+
+fn alloc_checked(a: Alloc, l: Layout) -> *mut u8 {
+    // SAFETY: callers pass layouts of non-zero size.
+    let p = unsafe { a.alloc(l) };
+    assert!(!p.is_null(), "out of memory for {} bytes", l.size());
+    p
+}
+
+/// `n` alloc + write + free pairs of `size` bytes.
+pub fn pairs(a: Alloc, size: usize, n: u64) -> Duration {
+    let l = layout(size);
+    let start = Instant::now();
+    for i in 0..n {
+        let p = alloc_checked(a, l);
+        // SAFETY: a fresh block of `size` bytes, freed once with its layout.
+        unsafe {
+            p.write_volatile(i as u8);
+            a.dealloc(black_box(p), l);
+        }
+    }
+    start.elapsed()
+}
+
+/// Blocks in one batch.
+pub const BATCH: usize = 10_000;
+
+/// `n` rounds of: allocate `BATCH` blocks of 16 B – 1 KiB, free them in a
+/// random order.
+pub fn batch(a: Alloc, n: u64) -> Duration {
+    let mut rng = Rng(42);
+    let mut order: Vec<usize> = (0..BATCH).collect();
+    let mut blocks: Vec<(usize, Layout)> = Vec::with_capacity(BATCH);
+    let start = Instant::now();
+    for _ in 0..n {
+        for _ in 0..BATCH {
+            let l = layout(16 + (rng.next() % 1009) as usize);
+            blocks.push((alloc_checked(a, l) as usize, l));
+        }
+        for i in (1..order.len()).rev() {
+            order.swap(i, (rng.next() % (i as u64 + 1)) as usize);
+        }
+        for &i in &order {
+            let (p, l) = blocks[i];
+            // SAFETY: allocated above with this layout, freed once.
+            unsafe { a.dealloc(p as *mut u8, l) };
+        }
+        blocks.clear();
+    }
+    start.elapsed()
+}
+
+/// Blocks handed from producer to consumer in one exchange.
+pub const EXCHANGE: usize = 64 * 1024;
+
+/// `n` exchanges of `EXCHANGE` blocks of 16–512 B: one thread allocates
+/// and writes them, sending batches of 64; the other frees them.
+pub fn exchange(a: Alloc, n: u64) -> Duration {
+    const PER_SEND: usize = 64;
+    let start = Instant::now();
+    for _ in 0..n {
+        let (tx, rx) = sync_channel::<Vec<(usize, usize)>>(16);
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                let mut rng = Rng(12345);
+                for _ in 0..EXCHANGE / PER_SEND {
+                    let batch = (0..PER_SEND)
+                        .map(|_| {
+                            let size = 16 + (rng.next() % 497) as usize;
+                            let p = alloc_checked(a, layout(size));
+                            // SAFETY: a fresh block.
+                            unsafe { p.write_volatile(1) };
+                            (p as usize, size)
+                        })
+                        .collect();
+                    tx.send(batch).expect("the consumer is alive");
+                }
+            });
+            s.spawn(move || {
+                while let Ok(batch) = rx.recv() {
+                    for (p, size) in batch {
+                        // SAFETY: allocated by the producer with this layout.
+                        unsafe { a.dealloc(p as *mut u8, layout(size)) };
+                    }
+                }
+            });
+        });
+    }
+    start.elapsed()
+}
+
+/// Slots in the larson-like table, and replacements per thread per run.
+pub const LARSON_SLOTS: usize = 4096;
+pub const LARSON_OPS: usize = 20_000;
+
+/// larson-like: `n` runs of `threads` threads each replacing random slots
+/// of one shared table with new blocks of 16 B – 4 KiB, freeing what was
+/// there (often another thread's block). The table starts and ends empty.
+pub fn larson(a: Alloc, threads: usize, n: u64) -> Duration {
+    let table: Vec<Mutex<(usize, usize)>> = (0..LARSON_SLOTS).map(|_| Mutex::new((0, 0))).collect();
+    let start = Instant::now();
+    for round in 0..n {
+        std::thread::scope(|s| {
+            for t in 0..threads {
+                let table = &table;
+                s.spawn(move || {
+                    let mut rng = Rng(round * 64 + t as u64 + 7);
+                    for _ in 0..LARSON_OPS {
+                        let size = 16 + (rng.next() % 4081) as usize;
+                        let p = alloc_checked(a, layout(size));
+                        // SAFETY: a fresh block.
+                        unsafe { p.write_volatile(1) };
+                        let slot = &table[(rng.next() % LARSON_SLOTS as u64) as usize];
+                        let (old, old_size) =
+                            std::mem::replace(&mut *slot.lock().unwrap(), (p as usize, size));
+                        if old != 0 {
+                            // SAFETY: a block put in the table with this size.
+                            unsafe { a.dealloc(old as *mut u8, layout(old_size)) };
+                        }
+                    }
+                });
+            }
+        });
+    }
+    let elapsed = start.elapsed();
+    for slot in &table {
+        let (p, size) = std::mem::take(&mut *slot.lock().unwrap());
+        if p != 0 {
+            // SAFETY: as above.
+            unsafe { a.dealloc(p as *mut u8, layout(size)) };
+        }
+    }
+    elapsed
+}
+
+/// `n` rounds of: allocate `size` bytes, write every 4 KiB page, free.
+pub fn large(a: Alloc, size: usize, n: u64) -> Duration {
+    let l = layout(size);
+    let start = Instant::now();
+    for _ in 0..n {
+        let p = alloc_checked(a, l);
+        // SAFETY: every page written lies inside the block; freed once.
+        unsafe {
+            for off in (0..size).step_by(4096) {
+                p.add(off).write_volatile(1);
+            }
+            a.dealloc(black_box(p), l);
+        }
+    }
+    start.elapsed()
+}
+
+/// Where realloc growth stops.
+pub const GROWTH_TO: usize = 64 << 20;
+
+/// `n` rounds of a Vec's doubling from 16 B to `GROWTH_TO`, writing the
+/// last byte of each size, done through the allocator under test.
+pub fn realloc_growth(a: Alloc, n: u64) -> Duration {
+    let start = Instant::now();
+    for _ in 0..n {
+        let mut cap = 16usize;
+        let mut p = alloc_checked(a, layout(cap));
+        while cap < GROWTH_TO {
+            // SAFETY: `p` holds `cap` bytes; realloc keeps the alignment of
+            // the old layout and returns a block of `2 * cap` bytes.
+            unsafe {
+                p.add(cap - 1).write_volatile(1);
+                p = a.realloc(p, layout(cap), cap * 2);
+            }
+            assert!(!p.is_null(), "out of memory growing to {} bytes", cap * 2);
+            cap *= 2;
+        }
+        // SAFETY: the final block, freed once with its layout.
+        unsafe { a.dealloc(black_box(p), layout(cap)) };
+    }
+    start.elapsed()
+}
+
+/// What first touch is measured on.
+#[derive(Clone, Copy)]
+pub enum Touched {
+    /// A plain anonymous mapping: the kernel's demand paging.
+    Native { huge: bool },
+    /// A fresh spf region, its faults taken in `mode`.
+    Spf { mode: Mode, opts: RegionOptions },
+}
+
+pub const PAGE: usize = 4096;
+
+/// Touches one byte per page of `[p, p + len)` from `threads` threads, each
+/// on its own contiguous slice.
+pub fn touch_pages(p: *mut u8, len: usize, threads: usize) -> Duration {
+    let base = p as usize;
+    let slice = (len / threads) & !(PAGE - 1);
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            s.spawn(move || {
+                let mut off = t * slice;
+                while off < (t + 1) * slice {
+                    // SAFETY: inside the mapping or region the caller owns.
+                    unsafe { ((base + off) as *mut u8).write_volatile(1) };
+                    off += PAGE;
+                }
+            });
+        }
+    });
+    start.elapsed()
+}
+
+/// First touch of one fresh `len`-byte mapping or region from `threads`
+/// threads: the time, and spf faults taken (0 for native).
+pub fn first_touch(what: Touched, len: usize, threads: usize) -> (Duration, u64) {
+    match what {
+        Touched::Native { huge } => {
+            let mut map = memmap2::MmapMut::map_anon(len).expect("mmap");
+            if huge {
+                // Advice only: without THP the row measures 4 KiB pages.
+                let _ = map.advise(memmap2::Advice::HugePage);
+            }
+            (touch_pages(map.as_mut_ptr(), len, threads), 0)
+        }
+        Touched::Spf { mode, opts } => {
+            let region = Region::reserve(len, opts).expect("reserve");
+            spf::set_mode(mode);
+            let before = spf::stats();
+            let elapsed = touch_pages(region.as_ptr(), len, threads);
+            let faults = spf::stats().since(&before).faults;
+            spf::set_mode(Mode::Speculative);
+            (elapsed, faults)
+        }
+    }
+}
+
+/// The fault-path variants: granules of 4 KiB, 64 KiB and 2 MiB, each
+/// bare, with commit-ahead (1 MiB, or 8 MiB for 2 MiB granules: a fault
+/// commits a growing run of granules), and with commit-ahead plus populate
+/// (the run is also faulted in by `MADV_POPULATE_WRITE` at once).
+pub fn fault_options() -> Vec<(String, RegionOptions)> {
+    let mut v = Vec::new();
+    for (granule, ahead) in [
+        (4usize << 10, 1usize << 20),
+        (64 << 10, 1 << 20),
+        (2 << 20, 8 << 20),
+    ] {
+        let g = if granule >= 1 << 20 {
+            format!("{} MiB", granule >> 20)
+        } else {
+            format!("{} KiB", granule >> 10)
+        };
+        let bare = RegionOptions::default().granule(granule);
+        v.push((g.clone(), bare));
+        v.push((format!("{g} +ahead"), bare.commit_ahead(ahead)));
+        v.push((
+            format!("{g} +ahead +populate"),
+            bare.commit_ahead(ahead).populate(true),
+        ));
+    }
+    v
+}
+
+/// Every first-touch subject: native demand paging (plain and with
+/// `MADV_HUGEPAGE`), then each of `fault_options` speculative and classic.
+pub fn fault_variants() -> Vec<(String, Touched)> {
+    let mut v = vec![
+        ("native".to_owned(), Touched::Native { huge: false }),
+        ("native THP".to_owned(), Touched::Native { huge: true }),
+    ];
+    for (name, opts) in fault_options() {
+        for (mode, m) in [(Mode::Speculative, "spec"), (Mode::Classic, "classic")] {
+            v.push((format!("{m} {name}"), Touched::Spf { mode, opts }));
+        }
+    }
+    v
+}
