@@ -5,7 +5,7 @@
 //! itself against the kernel's demand paging.
 //!
 //! ```text
-//! cargo bench --bench alloc                   # everything (about 10 minutes on 2 cores)
+//! cargo bench --bench alloc                   # everything (about 12 minutes on 2 cores)
 //! cargo bench --bench alloc -- 'small pair'   # one group
 //! cargo bench --bench alloc -- 'first touch'  # the fault path
 //! ```
@@ -104,7 +104,7 @@ fn fault_path(c: &mut Criterion) {
     g.sample_size(10)
         .sampling_mode(SamplingMode::Flat)
         .measurement_time(Duration::from_secs(6));
-    for threads in [1usize, 2] {
+    for threads in [1usize, 2, 4] {
         for (name, what) in fault_variants() {
             g.bench_with_input(BenchmarkId::new(name, threads), &threads, |b, &t| {
                 b.iter_custom(|n| (0..n).map(|_| first_touch(what, LEN, t).0).sum())

@@ -6,7 +6,7 @@
 //! against the kernel's demand paging.
 //!
 //! ```text
-//! cargo run --release --example alloc_bench -- [--runs 5] [--mib 256] [--threshold]
+//! cargo run --release --example alloc_bench -- [--runs 5] [--mib 256] [--threads 1,2,4] [--threshold]
 //! ```
 //!
 //! Times are medians of `--runs` runs, the allocators interleaved run by run
@@ -28,6 +28,7 @@ use workloads::*;
 struct Args {
     runs: usize,
     mib: usize,
+    threads: Vec<usize>,
     threshold: bool,
     child: Option<(String, String)>,
 }
@@ -36,6 +37,7 @@ fn parse_args() -> Args {
     let mut a = Args {
         runs: 5,
         mib: 256,
+        threads: vec![1, 2, 4],
         threshold: false,
         child: None,
     };
@@ -50,6 +52,18 @@ fn parse_args() -> Args {
         match flag.as_str() {
             "--runs" => a.runs = number(&mut it, "--runs"),
             "--mib" => a.mib = number(&mut it, "--mib").max(4),
+            "--threads" => {
+                a.threads = it
+                    .next()
+                    .map(|v| {
+                        v.split(',')
+                            .filter_map(|t| t.parse().ok())
+                            .filter(|&t| t > 0)
+                            .collect()
+                    })
+                    .filter(|t: &Vec<usize>| !t.is_empty())
+                    .unwrap_or_else(|| usage("--threads needs a list such as 1,2,4"))
+            }
             "--threshold" => a.threshold = true,
             "--child" => match (it.next(), it.next()) {
                 (Some(row), Some(subject)) => a.child = Some((row, subject)),
@@ -62,7 +76,7 @@ fn parse_args() -> Args {
 }
 
 fn usage(msg: &str) -> ! {
-    eprintln!("alloc_bench: {msg}\nusage: alloc_bench [--runs N] [--mib MIB] [--threshold]");
+    eprintln!("alloc_bench: {msg}\nusage: alloc_bench [--runs N] [--mib MIB] [--threads 1,2,4] [--threshold]");
     std::process::exit(2)
 }
 
@@ -305,65 +319,62 @@ fn touch_rate(what: Touched, len: usize, threads: usize, runs: usize) -> (f64, u
 
 fn fault_table(args: &Args) {
     let len = args.mib << 20;
+    let threads = &args.threads;
     println!(
         "\n### First touch of a fresh {} MiB region, one byte per 4 KiB page: GiB/s (median of {} runs)\n",
         args.mib, args.runs
     );
-    println!("| granule, options | 1 thread: spec | classic | spec vs native | faults | 2 threads: spec | classic | spec vs native |");
-    println!("|---|---|---|---|---|---|---|---|");
-    let threads = [1usize, 2];
-    let native: Vec<f64> = threads
-        .iter()
-        .map(|&t| touch_rate(Touched::Native { huge: false }, len, t, args.runs).0)
-        .collect();
-    let thp: Vec<f64> = threads
-        .iter()
-        .map(|&t| touch_rate(Touched::Native { huge: true }, len, t, args.runs).0)
-        .collect();
-    for (name, rates) in [
+    let mut header = "| granule, options | faults (1 thread) |".to_owned();
+    for t in threads {
+        header += &format!(" {t} thr: spec | classic | spec / classic | spec / native |");
+    }
+    println!("{header}");
+    println!("|---|---|{}", "---|---|---|---|".repeat(threads.len()));
+    let rates = |what: Touched| -> Vec<f64> {
+        threads
+            .iter()
+            .map(|&t| touch_rate(what, len, t, args.runs).0)
+            .collect()
+    };
+    let native = rates(Touched::Native { huge: false });
+    let thp = rates(Touched::Native { huge: true });
+    for (name, r) in [
         ("native (kernel demand paging)", &native),
         ("native + MADV_HUGEPAGE", &thp),
     ] {
-        println!(
-            "| {name} | {:.2} | | {:.2}× | | {:.2} | | {:.2}× |",
-            rates[0],
-            rates[0] / native[0],
-            rates[1],
-            rates[1] / native[1]
-        );
+        let cells: Vec<String> = (0..threads.len())
+            .map(|i| format!("{:.2} | | | {:.2}×", r[i], r[i] / native[i]))
+            .collect();
+        println!("| {name} | | {} |", cells.join(" | "));
     }
     for (name, opts) in fault_options() {
+        let mut faults = 0;
         let mut cells = Vec::new();
         for (i, &t) in threads.iter().enumerate() {
-            let (spec, faults) = touch_rate(
-                Touched::Spf {
-                    mode: Mode::Speculative,
-                    opts,
-                },
-                len,
-                t,
-                args.runs,
-            );
-            let (classic, _) = touch_rate(
-                Touched::Spf {
-                    mode: Mode::Classic,
-                    opts,
-                },
-                len,
-                t,
-                args.runs,
-            );
+            let spec_mode = Touched::Spf {
+                mode: Mode::Speculative,
+                opts,
+            };
+            let classic_mode = Touched::Spf {
+                mode: Mode::Classic,
+                opts,
+            };
+            let (spec, f) = touch_rate(spec_mode, len, t, args.runs);
+            let (classic, _) = touch_rate(classic_mode, len, t, args.runs);
+            if i == 0 {
+                faults = f;
+            }
             cells.push(format!(
-                "{spec:.2} | {classic:.2} | {:.2}×",
+                "{spec:.2} | {classic:.2} | {:.2}× | {:.2}×",
+                spec / classic,
                 spec / native[i]
             ));
-            if i == 0 {
-                cells.push(faults.to_string());
-            }
         }
-        println!("| {name} | {} |", cells.join(" | "));
+        println!("| {name} | {faults} | {} |", cells.join(" | "));
     }
-    println!("\n+ahead: commit-ahead of 1 MiB (8 MiB for 2 MiB granules); +populate: each run faulted in by MADV_POPULATE_WRITE.");
+    println!(
+        "\n+ahead: commit-ahead of 1 MiB (8 MiB for 2 MiB granules); +populate: each run faulted in by MADV_POPULATE_WRITE."
+    );
 }
 
 /// Blocks of random sizes in `(max/2, max]`, 64 kept live and replaced in
