@@ -1,7 +1,8 @@
 //! Misuse of the allocator that spf can recognise ends the process with a
 //! message naming the pointer, instead of handing memory out twice: a
 //! double free of a large block, and a large free of a pointer spf never
-//! gave out.
+//! gave out; a write past the end of a large block into spf's uncommitted
+//! space is reported as an overflow, not committed.
 
 mod common;
 
@@ -32,6 +33,49 @@ fn child_entry() {
             "foreign" => {
                 let mut local = [0u8; 64];
                 dealloc(local.as_mut_ptr(), layout);
+            }
+            "overflow" => {
+                // Find a block with free (uncommitted, unmapped) space after
+                // it: the next extent may hold another live region, and an
+                // access there cannot be told from a legitimate one.
+                let mut block = p;
+                let mut held = Vec::new();
+                while spf::region_at(block.add(layout.size())).is_some() {
+                    held.push(block);
+                    block = alloc(layout);
+                    assert!(held.len() < 64, "no block with free space after it");
+                }
+                eprintln!("overflowing {block:p}");
+                block.add(layout.size() + 100).write_volatile(1);
+            }
+            "small_double_free" | "small_interior" | "small_foreign" | "small_remote_double" => {
+                // A class nothing else here uses, so that the block is not
+                // handed out again between the two frees (spawning a thread
+                // allocates).
+                let small = Layout::from_size_align(5000, 8).unwrap();
+                let q = alloc(small);
+                eprintln!("small block at {q:p}");
+                match scenario.as_str() {
+                    "small_double_free" => {
+                        dealloc(q, small);
+                        dealloc(q, small);
+                    }
+                    "small_interior" => dealloc(q.add(16), small),
+                    "small_foreign" => {
+                        let mut local = [0u8; 64];
+                        eprintln!("foreign {:p}", local.as_mut_ptr());
+                        dealloc(local.as_mut_ptr(), small);
+                    }
+                    _ => {
+                        // The second free comes from another thread: the
+                        // remote path checks too.
+                        dealloc(q, small);
+                        let q = q as usize;
+                        std::thread::spawn(move || dealloc(q as *mut u8, small))
+                            .join()
+                            .unwrap();
+                    }
+                }
             }
             other => panic!("unknown scenario {other}"),
         }
@@ -66,4 +110,78 @@ fn a_foreign_pointer_is_reported() {
         "{stderr}"
     );
     assert_eq!(signal_of(&out), Some(libc::SIGABRT));
+}
+
+#[test]
+fn an_overflow_past_a_large_block_is_reported_not_committed() {
+    let out = run_child("child_entry", "overflow");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let block = stderr
+        .split("overflowing ")
+        .nth(1)
+        .and_then(|r| r.lines().next())
+        .and_then(|a| usize::from_str_radix(a.trim_start_matches("0x"), 16).ok())
+        .unwrap_or_else(|| panic!("{stderr}"));
+    let end = block + (1 << 20);
+    assert!(
+        stderr.contains(&format!(
+            "spf: fatal write at {:#x}: 100 bytes past the end of the region [{block:#x}, {end:#x})",
+            end + 100
+        )),
+        "{stderr}"
+    );
+    assert_eq!(signal_of(&out), Some(libc::SIGSEGV));
+}
+
+/// The pointer a child printed after `label`.
+#[cfg(debug_assertions)]
+fn printed(stderr: &str, label: &str) -> String {
+    stderr
+        .split(label)
+        .nth(1)
+        .and_then(|r| r.lines().next())
+        .unwrap_or_else(|| panic!("no {label:?} in {stderr}"))
+        .to_owned()
+}
+
+/// Small and medium blocks are checked in debug builds only (release
+/// builds would pay for it on the fast path).
+#[cfg(debug_assertions)]
+#[test]
+fn small_block_misuse_is_reported_in_debug_builds() {
+    for (scenario, message) in [
+        (
+            "small_double_free",
+            "double free of a small block (it is already free)",
+        ),
+        (
+            "small_remote_double",
+            "double free of a small block (it is already free)",
+        ),
+        (
+            "small_interior",
+            "free of a pointer that is not the start of a small block",
+        ),
+        (
+            "small_foreign",
+            "free of a pointer that is not a small block from spf",
+        ),
+    ] {
+        let out = run_child("child_entry", scenario);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let ptr = match scenario {
+            "small_foreign" => printed(&stderr, "foreign "),
+            "small_interior" => {
+                let p = printed(&stderr, "small block at ");
+                let p = usize::from_str_radix(p.trim_start_matches("0x"), 16).unwrap();
+                format!("{:#x}", p + 16)
+            }
+            _ => printed(&stderr, "small block at "),
+        };
+        assert!(
+            stderr.contains(&format!("spf: {message}")) && stderr.contains(&ptr),
+            "{scenario}: {stderr}"
+        );
+        assert_eq!(signal_of(&out), Some(libc::SIGABRT), "{scenario}: {stderr}");
+    }
 }

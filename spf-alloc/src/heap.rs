@@ -41,7 +41,7 @@ use crate::segment::{
     self, Block, Page, PageList, Segment, MEDIUM_PAGE_SIZE, PAGE_SIZE, SEGMENT_SIZE,
 };
 use crate::size_class::{block_size, is_small, CLASSES};
-use crate::{large, thread};
+use crate::{large, misuse, thread};
 use core::cell::Cell;
 use core::ptr::null_mut;
 use core::sync::atomic::{AtomicI64, AtomicPtr, AtomicUsize, Ordering};
@@ -276,6 +276,7 @@ fn pop(h: &Heap, p: &Page, class: usize) -> *mut u8 {
     debug_assert!(!b.is_null());
     // SAFETY: a free block of our page.
     p.free.set(unsafe { (*b).next });
+    misuse::on_alloc(p, b as *const u8);
     p.used.set(p.used.get() + 1);
     h.add_allocated(block_size(class) as i64);
     b as *mut u8
@@ -438,11 +439,13 @@ pub fn page_of(ptr: *mut u8, class: usize) -> *mut Page {
 /// Frees a block of `class`.
 #[inline]
 pub fn dealloc(ptr: *mut u8, class: usize) {
+    misuse::check_in_segment(ptr);
     let page = page_of(ptr, class);
     // SAFETY: a live page (it holds our block).
     let p = unsafe { &*page };
     let heap = thread::heap();
     let block = ptr as *mut Block;
+    misuse::on_free(p, ptr);
     if p.heap.load(Ordering::Relaxed) == heap && thread::is_live(heap) {
         // SAFETY: our heap, our page.
         let h = unsafe { &*heap };

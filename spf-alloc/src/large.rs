@@ -268,17 +268,11 @@ fn check_live(ptr: *mut u8, len: usize) {
             .any(|c| c.ptr == ptr as usize)
     };
     if cached {
-        misuse(ptr, "double free of a large block (it is already free)");
+        crate::misuse::report(ptr, "double free of a large block (it is already free)");
     }
     if !live {
-        misuse(ptr, "free of a pointer that is not a live large block from spf (double free, a foreign pointer, or a wrong Layout)");
+        crate::misuse::report(ptr, "free of a pointer that is not a live large block from spf (double free, a foreign pointer, or a wrong Layout)");
     }
-}
-
-#[cold]
-fn misuse(ptr: *mut u8, what: &str) -> ! {
-    spf_core::report(format_args!("spf: {what}: {ptr:p}\n"));
-    std::process::abort();
 }
 
 fn purge(c: &mut Cached) {

@@ -25,6 +25,7 @@ mod global;
 mod heap;
 mod large;
 mod lock;
+mod misuse;
 mod options;
 mod segment;
 mod size_class;

@@ -88,7 +88,19 @@ pub struct Page {
     pub heap: AtomicPtr<crate::heap::Heap>,
     /// Blocks freed by other threads, pushed with a CAS, taken with a swap.
     pub thread_free: AtomicPtr<Block>,
+    /// Debug builds: one bit per block, set while it is allocated (the
+    /// block ledger of `misuse`).
+    #[cfg(debug_assertions)]
+    pub ledger: [core::sync::atomic::AtomicU64; LEDGER_WORDS],
 }
+
+/// Words of the block ledger: one bit for each block of the page with the
+/// most blocks (64 KiB of 16-byte blocks).
+#[cfg(debug_assertions)]
+pub const LEDGER_WORDS: usize = PAGE_SIZE / 16 / 64;
+
+// The page descriptors live in the segment's first 64 KiB page.
+const _: () = assert!(core::mem::size_of::<Segment>() <= PAGE_SIZE);
 
 #[repr(C)]
 pub struct Segment {
@@ -115,6 +127,10 @@ impl Page {
         self.free.set(null_mut());
         self.used.set(0);
         self.capacity.set(0);
+        #[cfg(debug_assertions)]
+        for word in &self.ledger {
+            word.store(0, Ordering::Relaxed);
+        }
         self.reserved.set((len / size) as u32);
         self.class.set(class as u32);
         self.next.set(null_mut());

@@ -22,7 +22,7 @@ use crate::lock::SpinLock;
 use crate::{large, segment};
 use core::cell::Cell;
 use core::ptr::null_mut;
-use core::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 use spf_core::{Region, RegionOptions};
 
 const UNSET: usize = 0;
@@ -128,7 +128,8 @@ fn exit_key() -> Option<libc::pthread_key_t> {
                 // Start spf-core first, so that its fork handlers are
                 // registered before ours and ours run first in `prepare`:
                 // our locks are taken before the space lock, as in use.
-                if spf_core::init().is_err() {
+                if let Err(e) = spf_core::init() {
+                    report_start_failure(e);
                     KEY_STATE.store(KEY_UNSET, Ordering::Release);
                     return None;
                 }
@@ -151,6 +152,17 @@ fn exit_key() -> Option<libc::pthread_key_t> {
             Err(KEY_READY) => return Some(KEY.load(Ordering::Relaxed)),
             Err(_) => std::thread::yield_now(),
         }
+    }
+}
+
+/// Says once why spf could not start; every allocation then returns null
+/// (and Rust's `handle_alloc_error` ends the program) — a start failure is
+/// final, since the reservation is the whole of spf's space.
+#[cold]
+fn report_start_failure(e: spf_core::Error) {
+    static REPORTED: AtomicBool = AtomicBool::new(false);
+    if !REPORTED.swap(true, Ordering::Relaxed) {
+        spf_core::report(format_args!("{e} (the allocator cannot start)\n"));
     }
 }
 

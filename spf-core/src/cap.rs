@@ -20,10 +20,14 @@
 //! - C2: `faults` counts the slots held on that CPU; after `frozen` is set
 //!   and seen zero on every CPU, no fault holds a granule lock.
 
+use crate::primitive::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crate::stats;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+#[cfg(not(loom))]
 const CPUS: usize = 256;
+/// A model has at most two CPUs; fewer atomics keep each execution small.
+#[cfg(loom)]
+const CPUS: usize = 2;
 
 #[repr(align(128))]
 struct CpuBudget {
@@ -31,13 +35,26 @@ struct CpuBudget {
     faults: AtomicU64,
 }
 
+#[cfg(not(loom))]
 static BUDGET: [CpuBudget; CPUS] = [const {
     CpuBudget {
         bytes: AtomicU64::new(0),
         faults: AtomicU64::new(0),
     }
 }; CPUS];
+#[cfg(not(loom))]
 static FROZEN: AtomicBool = AtomicBool::new(false);
+
+// Under loom, atomics belong to one execution: the same statics, made
+// afresh for each (see `primitive`).
+#[cfg(loom)]
+loom::lazy_static! {
+    static ref BUDGET: [CpuBudget; CPUS] = core::array::from_fn(|_| CpuBudget {
+        bytes: AtomicU64::new(0),
+        faults: AtomicU64::new(0),
+    });
+    static ref FROZEN: AtomicBool = AtomicBool::new(false);
+}
 
 /// A speculative fault's slot on one CPU; released on drop.
 pub struct InflightSlot {
@@ -62,6 +79,7 @@ impl InflightSlot {
             b.faults.fetch_sub(1, Ordering::SeqCst);
             return Err(SlotRefused::Frozen);
         }
+        // Relaxed: only a statistic.
         stats::note_inflight(b.bytes.load(Ordering::Relaxed), faults);
         Ok(InflightSlot {
             cpu: cpu % CPUS,
@@ -101,6 +119,7 @@ impl Drop for InflightSlot {
     fn drop(&mut self) {
         let b = &BUDGET[self.cpu];
         if self.charge > 0 {
+            // Relaxed: as in `try_charge`, the budget guards no other memory.
             b.bytes.fetch_sub(self.charge, Ordering::Relaxed);
         }
         b.faults.fetch_sub(1, Ordering::SeqCst);
@@ -110,7 +129,7 @@ impl Drop for InflightSlot {
 /// Stops new speculative faults and waits for those in flight (fork prepare).
 pub fn freeze() {
     FROZEN.store(true, Ordering::SeqCst);
-    for b in &BUDGET {
+    for b in BUDGET.iter() {
         let mut spins = 0;
         while b.faults.load(Ordering::SeqCst) != 0 {
             crate::granule::backoff(&mut spins);
@@ -123,7 +142,20 @@ pub fn thaw() {
     FROZEN.store(false, Ordering::SeqCst);
 }
 
-#[cfg(test)]
+/// What `cpu` has in flight now: (bytes charged, slots held). For the
+/// model's final checks (C1, C2); loom builds only.
+#[cfg(loom)]
+#[allow(dead_code)] // used by tests/loom_protocol.rs, not by the library
+pub fn in_flight(cpu: usize) -> (u64, u64) {
+    let b = &BUDGET[cpu % CPUS];
+    (
+        b.bytes.load(Ordering::SeqCst),
+        b.faults.load(Ordering::SeqCst),
+    )
+}
+
+// Not under loom: loom's atomics work only inside a model.
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 

@@ -3,9 +3,11 @@
 //!
 //! The fault handler never pins (DESIGN: `pin()` can allocate and is not
 //! reentrant); it is protected by type-stable descriptors and sequence
-//! counts instead. Epochs protect the *normal* paths that read a descriptor
-//! without the space lock ([`crate::region_at`]): while such a reader is
-//! pinned, the region it found is not recycled under it.
+//! counts instead, and so is [`crate::region_at`], which allocators call
+//! from `dealloc` (a pin there could free epoch garbage through that same
+//! `dealloc`, recursively, at thread exit). The grace period is for code
+//! that pins around its use of a region's range: while it is pinned, the
+//! range is not handed to a new region.
 //!
 //! Invariant P1: spf-core never pins while holding the space lock, because
 //! deferred functions (run by whichever thread pins next) take it. A

@@ -93,6 +93,13 @@ impl fmt::Display for Error {
                          commits: use larger granules or commit-ahead"
                     )?;
                 }
+                if errno.0 == libc::ENOMEM && call == "mmap (reservation)" {
+                    write!(
+                        f,
+                        "; the address space may be limited (ulimit -v): set SPF_RESERVE \
+                         below the default 256g"
+                    )?;
+                }
                 Ok(())
             }
             Error::Unsupported { reason } => write!(f, "spf: unsupported: {reason}"),

@@ -57,6 +57,7 @@ use crate::descriptor::Snapshot;
 use crate::granule::GranuleState;
 use crate::handler_guard;
 use crate::options::{self, CapPolicy, Mode};
+use crate::primitive::thread_local;
 use crate::space::Space;
 use crate::stats::{self, Counter};
 use crate::sys::{self, Errno};
@@ -87,6 +88,9 @@ pub enum Outcome {
 pub enum FatalFault {
     /// No live region holds the address (freed, or never handed out).
     NoRegion,
+    /// No live region holds the address, and it lies just past the end of
+    /// the live region `[start, end)`: most likely a buffer overflow.
+    PastEnd { start: usize, end: usize },
     /// A write to a read-only region.
     WriteToReadOnly { start: usize, end: usize },
     /// `mprotect` failed even under the lock.
@@ -254,6 +258,10 @@ fn repeats(head: usize) -> bool {
     count_repeat(head) > 2
 }
 
+/// How far below an unmapped address the classic path looks for the
+/// region it overran.
+const OVERFLOW_REACH: usize = 1 << 20;
+
 /// The classic path: the same steps under the space lock, where nothing can
 /// change the region and the verdict is final.
 fn classic(space: &Space, addr: usize, access: AccessKind) -> Outcome {
@@ -263,7 +271,12 @@ fn classic(space: &Space, addr: usize, access: AccessKind) -> Outcome {
     }
     let _held = space.lock.lock(tid);
     let Some(idx) = space.map.lookup(addr) else {
-        return Outcome::Fatal(FatalFault::NoRegion);
+        // Under the lock the map is settled: name the region the access
+        // overran, if one ends shortly below it.
+        return Outcome::Fatal(match space.region_ending_below(addr, OVERFLOW_REACH) {
+            Some((start, end)) => FatalFault::PastEnd { start, end },
+            None => FatalFault::NoRegion,
+        });
     };
     let Some((mut plan, snap)) = space.plan_locked(idx, addr) else {
         return Outcome::Fatal(FatalFault::NoRegion);

@@ -16,8 +16,9 @@
 //! - G3: the table is mapped for the life of the process, so reading it is
 //!   always safe, from any thread or handler.
 
+use crate::primitive::hint;
+use crate::primitive::sync::atomic::{AtomicU8, Ordering};
 use crate::sys;
-use core::sync::atomic::{AtomicU8, Ordering};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -39,17 +40,33 @@ impl GranuleState {
 
 pub struct GranuleTable {
     base: usize,
+    #[cfg(not(loom))]
     words: &'static [AtomicU8],
+    /// Under loom, atomics cannot be conjured from zeroed memory: the model's
+    /// table owns ordinary loom atomics (see `primitive`).
+    #[cfg(loom)]
+    words: Box<[AtomicU8]>,
 }
 
 impl GranuleTable {
     /// A table for `pages` pages of the reservation starting at `base`.
+    #[cfg(not(loom))]
     pub fn new(base: usize, pages: usize) -> Result<GranuleTable, sys::Errno> {
         let table = sys::map_table(pages)?;
         // SAFETY: `map_table` returned `pages` zeroed, writable bytes that are
         // never unmapped (G3); AtomicU8 has the layout of u8, and zero is
         // `Uncommitted`.
         let words = unsafe { core::slice::from_raw_parts(table as *const AtomicU8, pages) };
+        Ok(GranuleTable { base, words })
+    }
+
+    /// The model's table (loom builds only): `pages` fresh `Uncommitted`
+    /// words, owned rather than mapped.
+    #[cfg(loom)]
+    pub fn new(base: usize, pages: usize) -> Result<GranuleTable, sys::Errno> {
+        let words = (0..pages)
+            .map(|_| AtomicU8::new(GranuleState::Uncommitted as u8))
+            .collect();
         Ok(GranuleTable { base, words })
     }
 
@@ -132,7 +149,7 @@ impl GranuleTable {
 #[inline]
 pub fn backoff(spins: &mut u32) {
     if *spins < 16 {
-        core::hint::spin_loop();
+        hint::spin_loop();
     } else {
         sys::yield_now();
     }

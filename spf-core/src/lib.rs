@@ -30,9 +30,11 @@ mod extent;
 mod fault;
 mod granule;
 mod handler_guard;
+mod inject;
 mod lock;
 mod map;
 mod options;
+mod primitive;
 mod region;
 mod report;
 mod seq;
@@ -73,6 +75,13 @@ pub mod testing {
     #[cfg(debug_assertions)]
     pub use crate::handler_guard::set_allocate_in_handler;
     pub use crate::sys::probe_readable;
+
+    /// Failure injection into `mmap`, `mprotect` and `madvise` (feature
+    /// `fault-injection`); see the `inject` module.
+    #[cfg(feature = "fault-injection")]
+    pub mod inject {
+        pub use crate::inject::{clear, fail, injected, Call};
+    }
 
     /// Steps 2–3 of the fault path alone (map lookup, descriptor snapshot,
     /// bounds check), for measuring what a lookup costs.

@@ -384,15 +384,19 @@ pub struct RegionInfo {
     pub read_only: bool,
 }
 
-/// The region that holds `addr`, if any: a lock-free lookup, pinned in
-/// spf-core's epoch so the region found is not recycled while it is read.
+/// The region that holds `addr`, if any, at one moment: a lock-free lookup
+/// validated by the region's sequence count, as the fault handler's is.
+/// It neither pins an epoch nor allocates, so an allocator may call it from
+/// `dealloc`, even while a thread exits (pinning there could free epoch
+/// garbage through that same `dealloc`). Descriptors are type-stable: one
+/// recycled meanwhile describes its new region, which does not contain
+/// `addr`, so the answer is still right for the moment it was read.
 pub fn region_at(addr: *const u8) -> Option<RegionInfo> {
     let space = Space::ready()?;
     let addr = addr as usize;
     if !space.contains(addr) {
         return None;
     }
-    let _pin = crate::epoch::pin();
     loop {
         let idx = space.map.lookup(addr)?;
         let desc = space.descs.get(idx);

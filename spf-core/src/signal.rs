@@ -61,13 +61,21 @@ pub(crate) fn install() -> Result<(), Error> {
 }
 
 /// Installs the handler again if someone replaced it. Caller holds the
-/// space lock (H1). The check costs a system call, so it runs at most every
-/// 10 ms: a handler installed over ours is noticed by the first lazy region
+/// space lock (H1). The check costs a system call. Displacement happens in
+/// practice at start-up (std's runtime installs its stack-overflow handler
+/// over ours when our first allocation came inside its initialisation), so
+/// the first 64 calls always check; after that a check runs at most every
+/// 10 ms, and a handler installed over ours is noticed by the first region
 /// made after that.
 pub(crate) fn ensure_installed() {
+    const ALWAYS_FIRST: u64 = 64;
+    static CHECKS: AtomicU64 = AtomicU64::new(0);
     static NEXT_CHECK_NS: AtomicU64 = AtomicU64::new(0);
     let now = sys::monotonic_ns();
-    if now < NEXT_CHECK_NS.load(Ordering::Relaxed) {
+    // Relaxed: both words are only hints for how often to check; the
+    // caller's lock orders the reinstallation itself (H1).
+    let early = CHECKS.fetch_add(1, Ordering::Relaxed) < ALWAYS_FIRST;
+    if !early && now < NEXT_CHECK_NS.load(Ordering::Relaxed) {
         return;
     }
     NEXT_CHECK_NS.store(now + 10_000_000, Ordering::Relaxed);
@@ -130,6 +138,11 @@ fn report_fatal(addr: usize, access: AccessKind, why: FatalFault) {
         FatalFault::NoRegion => report!(
             "spf: fatal {what} at {addr:#x}: the address is in spf's reservation but in no live \
              region (a destroyed region, or memory never handed out)\n"
+        ),
+        FatalFault::PastEnd { start, end } => report!(
+            "spf: fatal {what} at {addr:#x}: {} bytes past the end of the region [{start:#x}, \
+             {end:#x}), in spf's uncommitted space — a buffer overflow? nothing was committed\n",
+            addr - end
         ),
         FatalFault::WriteToReadOnly { start, end } => report!(
             "spf: fatal {what} at {addr:#x}: write to the read-only region [{start:#x}, {end:#x})\n"

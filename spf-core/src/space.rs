@@ -243,10 +243,9 @@ impl Space {
                     limit: self.descs.capacity(),
                 });
             };
-            if !opts.eager {
-                // A lazy region will fault: make sure the faults reach us.
-                crate::signal::ensure_installed();
-            }
+            // Any region may fault (a lazy one on first touch, an eager one
+            // after decommit or when overrun): make sure faults reach us.
+            crate::signal::ensure_installed();
             let start = self.base + page as usize * PAGE_SIZE;
             let desc = self.descs.get(idx);
             desc.seq.write_begin();
@@ -414,12 +413,7 @@ impl Space {
             h += granule;
         }
         if committed > 0 {
-            // The range is ours (A1), so discarding cannot fail for a reason
-            // we could act on; making it inaccessible can (ENOMEM when the
-            // kernel cannot split a mapping), and then granule states could
-            // no longer describe the pages: end with a message.
-            let _ = sys::discard(from, to - from);
-            crate::commit::revert_protection(from, to - from);
+            drop_pages(from, to - from);
         }
         let mut h = from;
         while h < to {
@@ -428,6 +422,22 @@ impl Space {
         }
         desc.committed.fetch_sub(committed, Ordering::Relaxed);
         stats::add_committed(-(committed as i64));
+    }
+
+    /// The live region ending at most `reach` bytes below `addr`, if no
+    /// region lies between: `(start, end)`. Lock-free lookups, so
+    /// async-signal-safe; exact when the caller holds the space lock.
+    pub fn region_ending_below(&self, addr: usize, reach: usize) -> Option<(usize, usize)> {
+        let lowest = addr.saturating_sub(reach).max(self.base);
+        let mut page = addr & !(PAGE_SIZE - 1);
+        while page > lowest {
+            page -= PAGE_SIZE;
+            if let Some(idx) = self.map.lookup(page) {
+                let snap = self.descs.get(idx).snapshot()?;
+                return (snap.flags.live() && snap.end <= addr).then_some((snap.start, snap.end));
+            }
+        }
+        None
     }
 
     /// Changes a region's access; committed granules change with it.
@@ -663,4 +673,28 @@ extern "C" fn fork_child() {
     // hold its epoch back forever: the child starts a collector of its own.
     epoch::renew_after_fork();
     fork_parent();
+}
+
+/// Drops the pages of `[addr, addr + len)` and makes it inaccessible, so
+/// that whatever commits it next reads zeros. `madvise` first; if it fails,
+/// the range is replaced by fresh reserved memory (one `mmap`, which both
+/// drops and revokes). If that fails too, granule states could no longer
+/// describe the pages, or old data would reappear in a later region: end
+/// with a message.
+fn drop_pages(addr: usize, len: usize) {
+    if sys::discard(addr, len).is_ok() {
+        // Revoking can fail (ENOMEM when the kernel cannot split a
+        // mapping); `revert_protection` then ends the process.
+        crate::commit::revert_protection(addr, len);
+        return;
+    }
+    stats::count(Counter::Mprotect);
+    if let Err(errno) = sys::replace_reserved(addr, len) {
+        crate::report::report!(
+            "spf: fatal: cannot drop the pages of [{addr:#x}, {:#x}): madvise and mmap both \
+             failed (mmap: {errno}); the kernel's vm.max_map_count may be exhausted\n",
+            addr + len
+        );
+        sys::abort();
+    }
 }

@@ -9,7 +9,11 @@
 //! - I1: every function taking `(addr, len)` expects `addr` and `len` to be
 //!   multiples of [`PAGE_SIZE`]; callers guarantee it (debug-asserted here).
 //! - I2: nothing here allocates from the global allocator.
+//! - I3: `mmap`, `mprotect` and `madvise` go through `inject::check` first,
+//!   so tests can make them fail (feature `fault-injection`; a no-op
+//!   without it).
 
+use crate::inject::{self, Call};
 use core::ffi::CStr;
 use core::fmt;
 use core::ptr;
@@ -100,6 +104,7 @@ pub fn kernel_page_size() -> usize {
 /// (a power of two). The mapping is `MAP_NORESERVE`, so it costs no commit
 /// charge until pages are made accessible and touched.
 pub fn reserve(len: usize, align: usize) -> Result<usize, Errno> {
+    inject::check(Call::Mmap)?;
     let total = len.checked_add(align).ok_or(Errno(libc::ENOMEM))?;
     // SAFETY: an anonymous private mapping at an address of the kernel's
     // choosing cannot alias any existing memory.
@@ -137,14 +142,20 @@ pub fn reserve(len: usize, align: usize) -> Result<usize, Errno> {
 /// kernel's demand paging makes it resident as it is touched; spf never
 /// unmaps it, so a signal handler may read it at any time.
 pub fn map_table(len: usize) -> Result<usize, Errno> {
+    inject::check(Call::Mmap)?;
     let len = len.next_multiple_of(PAGE_SIZE);
+    // Miri's `mmap` takes no flag beyond these two (and reserves nothing
+    // anyway): without `MAP_NORESERVE` there, the table-backed logic of
+    // `map` and `extent` runs under Miri (docs/reliability.md).
+    let flags =
+        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | if cfg!(miri) { 0 } else { libc::MAP_NORESERVE };
     // SAFETY: as in `reserve`, a fresh anonymous mapping aliases nothing.
     let p = unsafe {
         libc::mmap(
             ptr::null_mut(),
             len,
             libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            flags,
             -1,
             0,
         )
@@ -156,9 +167,41 @@ pub fn map_table(len: usize) -> Result<usize, Errno> {
     }
 }
 
+/// Replaces `[addr, addr + len)` with fresh inaccessible memory, as the
+/// reservation was made: the pages are dropped (they read as zero when
+/// next committed) and access is revoked in one call. The way to drop pages
+/// when `madvise` cannot. Async-signal-safe.
+pub fn replace_reserved(addr: usize, len: usize) -> Result<(), Errno> {
+    check_range(addr, len);
+    inject::check(Call::Mmap)?;
+    // SAFETY: callers only pass ranges inside spf's reservation (I1) whose
+    // contents they have decided to drop; MAP_FIXED replaces exactly that
+    // range, and no Rust reference points into lazy memory.
+    let p = unsafe {
+        libc::mmap(
+            addr as *mut _,
+            len,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        Err(Errno::last())
+    } else {
+        Ok(())
+    }
+}
+
 /// Changes the protection of `[addr, addr + len)`. Async-signal-safe.
 pub fn protect(addr: usize, len: usize, prot: Prot) -> Result<(), Errno> {
     check_range(addr, len);
+    inject::check(if prot == Prot::None {
+        Call::MprotectRevoke
+    } else {
+        Call::MprotectCommit
+    })?;
     // SAFETY: callers only pass ranges inside spf's reservation, which spf
     // owns; changing their protection affects no memory Rust code borrows
     // (lazy memory is reached only through raw pointers).
@@ -173,6 +216,7 @@ pub fn protect(addr: usize, len: usize, prot: Prot) -> Result<(), Errno> {
 /// `madvise` over a range spf owns. Async-signal-safe.
 fn advise(addr: usize, len: usize, advice: libc::c_int) -> Result<(), Errno> {
     check_range(addr, len);
+    inject::check(Call::Madvise)?;
     // SAFETY: callers only pass ranges inside spf's reservation (I1), and
     // only advice that the caller has decided is safe for its contents.
     let rc = unsafe { libc::madvise(addr as *mut _, len, advice) };

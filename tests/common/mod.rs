@@ -90,3 +90,6 @@ pub fn signal_of(out: &Output) -> Option<i32> {
     use std::os::unix::process::ExitStatusExt;
     out.status.signal()
 }
+
+/// The pattern of the soak test, cheap to write and check in debug builds.
+pub mod stamped;
