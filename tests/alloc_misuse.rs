@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{child_scenario, run_child, signal_of};
+use common::{child_scenario, printed_addr, run_child, signal_of};
 use spf::SpfAlloc;
 use std::alloc::{alloc, dealloc, Layout};
 
@@ -87,11 +87,7 @@ fn child_entry() {
 fn a_double_free_of_a_large_block_is_reported() {
     let out = run_child("child_entry", "double_free");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let block = stderr
-        .split("block at ")
-        .nth(1)
-        .and_then(|r| r.lines().next())
-        .unwrap_or("?");
+    let (block, _) = printed_addr(&stderr, "block at ");
     assert!(
         stderr.contains(&format!(
             "spf: double free of a large block (it is already free): {block}"
@@ -116,12 +112,7 @@ fn a_foreign_pointer_is_reported() {
 fn an_overflow_past_a_large_block_is_reported_not_committed() {
     let out = run_child("child_entry", "overflow");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let block = stderr
-        .split("overflowing ")
-        .nth(1)
-        .and_then(|r| r.lines().next())
-        .and_then(|a| usize::from_str_radix(a.trim_start_matches("0x"), 16).ok())
-        .unwrap_or_else(|| panic!("{stderr}"));
+    let (_, block) = printed_addr(&stderr, "overflowing ");
     let end = block + (1 << 20);
     assert!(
         stderr.contains(&format!(
@@ -131,17 +122,6 @@ fn an_overflow_past_a_large_block_is_reported_not_committed() {
         "{stderr}"
     );
     assert_eq!(signal_of(&out), Some(libc::SIGSEGV));
-}
-
-/// The pointer a child printed after `label`.
-#[cfg(debug_assertions)]
-fn printed(stderr: &str, label: &str) -> String {
-    stderr
-        .split(label)
-        .nth(1)
-        .and_then(|r| r.lines().next())
-        .unwrap_or_else(|| panic!("no {label:?} in {stderr}"))
-        .to_owned()
 }
 
 /// Small and medium blocks are checked in debug builds only (release
@@ -170,13 +150,9 @@ fn small_block_misuse_is_reported_in_debug_builds() {
         let out = run_child("child_entry", scenario);
         let stderr = String::from_utf8_lossy(&out.stderr);
         let ptr = match scenario {
-            "small_foreign" => printed(&stderr, "foreign "),
-            "small_interior" => {
-                let p = printed(&stderr, "small block at ");
-                let p = usize::from_str_radix(p.trim_start_matches("0x"), 16).unwrap();
-                format!("{:#x}", p + 16)
-            }
-            _ => printed(&stderr, "small block at "),
+            "small_foreign" => printed_addr(&stderr, "foreign ").0,
+            "small_interior" => format!("{:#x}", printed_addr(&stderr, "small block at ").1 + 16),
+            _ => printed_addr(&stderr, "small block at ").0,
         };
         assert!(
             stderr.contains(&format!("spf: {message}")) && stderr.contains(&ptr),

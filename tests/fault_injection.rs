@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{child_scenario, fill, run_child, signal_of};
+use common::{child_scenario, fill, printed_addr, run_child, signal_of};
 use spf::testing::inject::{self, Call};
 use spf::{Region, RegionOptions, SpfAlloc};
 use std::alloc::{GlobalAlloc, Layout};
@@ -327,11 +327,7 @@ fn madvise_failures_lose_nothing_and_leak_no_old_data() {
 fn a_commit_that_never_succeeds_is_reported_once() {
     let out = run_child("child_entry", "fault_commit_always");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let region = stderr
-        .split("region at ")
-        .nth(1)
-        .and_then(|r| r.lines().next())
-        .unwrap_or("?");
+    let (region, _) = printed_addr(&stderr, "region at ");
     assert_eq!(signal_of(&out), Some(libc::SIGSEGV), "{stderr}");
     assert_eq!(stderr.matches("spf: fatal").count(), 1, "{stderr}");
     assert!(

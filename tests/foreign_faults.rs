@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{child_scenario, run_child, signal_of};
+use common::{child_scenario, printed_addr, run_child, signal_of};
 use spf::{HandlerAllocGuard, Protection, Region, RegionOptions};
 use std::alloc::System;
 use std::process::Output;
@@ -130,23 +130,11 @@ fn a_null_dereference_dies_by_sigsegv_without_an_spf_message() {
     assert!(!stderr.contains("spf:"), "{stderr}");
 }
 
-/// The region start the child printed before faulting, as text and number.
-fn printed_region_start(stderr: &str) -> (String, usize) {
-    let text = stderr
-        .split("region at ")
-        .nth(1)
-        .and_then(|rest| rest.lines().next())
-        .unwrap_or_else(|| panic!("the child printed no region: {stderr}"))
-        .to_owned();
-    let addr = usize::from_str_radix(text.trim_start_matches("0x"), 16).unwrap();
-    (text, addr)
-}
-
 #[test]
 fn a_write_to_a_read_only_region_names_the_region() {
     let (out, stderr) = child("read_only_write");
     assert_eq!(signal_of(&out), Some(libc::SIGSEGV), "{stderr}");
-    let (start, base) = printed_region_start(&stderr);
+    let (start, base) = printed_addr(&stderr, "region at ");
     let addr = base + 70_000;
     let expected =
         format!("spf: fatal write at {addr:#x}: write to the read-only region [{start}, ");
@@ -157,7 +145,7 @@ fn a_write_to_a_read_only_region_names_the_region() {
 fn touching_a_destroyed_region_is_reported() {
     let (out, stderr) = child("destroyed");
     assert_eq!(signal_of(&out), Some(libc::SIGSEGV), "{stderr}");
-    let addr = printed_region_start(&stderr).1 + 4096;
+    let addr = printed_addr(&stderr, "region at ").1 + 4096;
     let expected = format!(
         "spf: fatal write at {addr:#x}: the address is in spf's reservation but in no live region"
     );

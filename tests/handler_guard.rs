@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{child_scenario, fill, serial, verify, SendPtr};
+use common::{fill, serial, verify, SendPtr};
 use spf::{HandlerAllocGuard, Mode, Region, RegionOptions};
 use std::alloc::System;
 
@@ -60,11 +60,8 @@ fn normal_faults_never_trip_the_guard() {
 #[test]
 #[ignore = "child-process entry point, run by the other tests of this file"]
 fn child_entry() {
-    if child_scenario().as_deref() != Some("allocate_in_handler") {
-        return;
-    }
     #[cfg(debug_assertions)]
-    {
+    if common::child_scenario().as_deref() == Some("allocate_in_handler") {
         let r = Region::reserve(1 << 20, RegionOptions::default()).unwrap();
         spf::testing::set_allocate_in_handler(true);
         // SAFETY: inside the live region; the fault is the point.

@@ -93,3 +93,18 @@ pub fn signal_of(out: &Output) -> Option<i32> {
 
 /// The pattern of the soak test, cheap to write and check in debug builds.
 pub mod stamped;
+
+/// The address a child printed after `label` (e.g. `"region at "`), as the
+/// text it printed and as a number; panics with the whole output if the
+/// child printed none.
+pub fn printed_addr(output: &str, label: &str) -> (String, usize) {
+    let text = output
+        .split(label)
+        .nth(1)
+        .and_then(|rest| rest.lines().next())
+        .unwrap_or_else(|| panic!("the child printed no {label:?}: {output}"))
+        .to_owned();
+    let addr = usize::from_str_radix(text.trim_start_matches("0x"), 16)
+        .unwrap_or_else(|_| panic!("not an address after {label:?}: {text}"));
+    (text, addr)
+}
