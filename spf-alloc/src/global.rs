@@ -44,7 +44,11 @@ impl SpfAlloc {
     /// The allocator with large blocks committed on first touch by the
     /// speculative fault path. Memory from it must be touched (or
     /// prefaulted) before a system call writes into it: the kernel answers
-    /// such a call with `EFAULT`.
+    /// such a call with `EFAULT`. That holds for `alloc_zeroed` too (so
+    /// for `vec![0; n]`): a fresh region reads as zero without being
+    /// touched, so a zeroed large block comes back untouched; write to it
+    /// (e.g. `resize` with zeros, or one byte per page) before a `read()`
+    /// or `recv()` into it.
     pub const fn lazy() -> Self {
         SpfAlloc {
             commit: Commit::Touch,
