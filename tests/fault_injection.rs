@@ -7,10 +7,14 @@
 //! the failure clears the process goes on allocating.
 //!
 //! Plans are process-wide, so each scenario runs alone in a child process.
+//! The scenarios target `mprotect` and `madvise`, so the children run the
+//! `mprotect` commit backend whatever `SPF_BACKEND` says; the userfaultfd
+//! backend's failures (`UFFDIO_COPY`, `userfaultfd()` refused,
+//! `UFFDIO_REGISTER`) are in `backends.rs` and `backend_start.rs`.
 
 mod common;
 
-use common::{child_scenario, fill, printed_addr, run_child, signal_of};
+use common::{child_scenario, fill, printed_addr, run_child_with_env, signal_of};
 use spf::testing::inject::{self, Call};
 use spf::{Region, RegionOptions, SpfAlloc};
 use std::alloc::{GlobalAlloc, Layout};
@@ -284,6 +288,11 @@ fn child_entry() {
         other => panic!("unknown scenario {other}"),
     }
     println!("scenario done");
+}
+
+/// A scenario in a child running the `mprotect` backend.
+fn run_child(entry: &str, scenario: &str) -> Output {
+    run_child_with_env(entry, scenario, &[("SPF_BACKEND", "mprotect")])
 }
 
 fn survives(scenario: &str) -> Output {

@@ -57,6 +57,8 @@ pub struct Args {
     pub ltp_rng: bool,
     /// `--granule`: the granule of `-m` regions.
     pub granule: usize,
+    /// No flags were given: the seed's comparison (see [`parse`]).
+    pub showcase: bool,
 }
 
 impl Args {
@@ -79,7 +81,10 @@ impl Args {
             native: false,
             alloc: AllocArg::Spf,
             ltp_rng: false,
-            granule: 4096,
+            // spf's default granule: one signal per 16 pages. At 4 KiB
+            // every backend is bound by one signal per page.
+            granule: 64 << 10,
+            showcase: false,
         }
     }
 }
@@ -109,8 +114,25 @@ fn number(flag: &str, value: Option<String>) -> Result<usize, UsageError> {
     Ok(n)
 }
 
+/// The flags of the run with no arguments: the seed's comparison — `-m`
+/// buffers committed on touch, BASE then SPF, then the kernel's own mmap —
+/// short enough (3 × 5 s) to show the speculative path at work in a minute.
+pub const SHOWCASE: &[&str] = &["-mTR", "--native", "-S", "5"];
+
 /// Parses ebizzy's flags. Single-letter flags may be bundled (`-mTRp`).
+/// With no flags at all, runs [`SHOWCASE`]; any flag gives LTP's defaults
+/// for everything not set.
 pub fn parse(argv: impl IntoIterator<Item = String>, cpus: usize) -> Result<Args, UsageError> {
+    let argv: Vec<String> = argv.into_iter().collect();
+    if argv.is_empty() {
+        let mut a = parse_flags(SHOWCASE.iter().map(|s| s.to_string()).collect(), cpus)?;
+        a.showcase = true;
+        return Ok(a);
+    }
+    parse_flags(argv, cpus)
+}
+
+fn parse_flags(argv: Vec<String>, cpus: usize) -> Result<Args, UsageError> {
     let mut a = Args::defaults(cpus);
     let mut it = argv.into_iter();
     while let Some(arg) = it.next() {
@@ -217,12 +239,20 @@ mod tests {
 
     #[test]
     fn defaults_are_ebizzys() {
-        let a = p("").unwrap();
+        let a = p("-v").unwrap();
         assert_eq!(
             (a.chunks, a.chunk_size, a.seconds, a.threads),
             (10, 512 << 10, 10.0, 4)
         );
         assert_eq!(a.mode, ModeArg::Both);
+        assert!(!a.mmap && !a.showcase);
+    }
+
+    #[test]
+    fn no_flags_run_the_seeds_comparison() {
+        let a = p("").unwrap();
+        assert!(a.showcase && a.mmap && a.touch_only && a.random_size && a.native);
+        assert_eq!((a.seconds, a.mode, a.granule), (5.0, ModeArg::Both, 64 << 10));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! (LTP `utils/benchmark/ebizzy-0.3`), with spf regions as its mappings.
 //!
 //! ```text
-//! cargo run --release --example ebizzy                  # defaults, BASE vs SPF table
+//! cargo run --release --example ebizzy                  # the seed's comparison: -mTR --native -S 5
 //! cargo run --release --example ebizzy -- -mTRp -t 16 -S 5 --native
 //! ```
 //!
@@ -59,6 +59,25 @@ fn main() {
     };
     if a.verbose {
         eprintln!("ebizzy: {a:?}");
+    }
+    // The backend is chosen when the space starts; start it now to name it.
+    let backend = match spf::init() {
+        Ok(()) => spf::backend().map_or("none", |b| b.name()),
+        Err(e) => {
+            eprintln!("ebizzy: {e}");
+            std::process::exit(1);
+        }
+    };
+    if a.showcase {
+        println!(
+            "ebizzy with no flags: the seed's comparison `ebizzy {}` ({} threads, {} KiB \
+             granules, commit backend {backend}); pass any flag for LTP's defaults",
+            args::SHOWCASE.join(" "),
+            a.threads,
+            a.granule >> 10
+        );
+    } else {
+        println!("ebizzy: commit backend {backend}");
     }
     if a.no_malloc_mmap && a.alloc != args::AllocArg::System {
         eprintln!(

@@ -1,6 +1,7 @@
 //! The commit step shared by both fault paths: which granules a fault
-//! commits (its own, plus commit-ahead), locking them, and the one
-//! `mprotect` (plus optional populate) that makes them accessible.
+//! commits (its own, plus commit-ahead), locking them, and the one backend
+//! call (`mprotect`, `UFFDIO_COPY` or `MADV_GUARD_REMOVE`, see `backend`)
+//! that makes them accessible.
 //!
 //! Commit-ahead works like readahead, but without per-stream state: a fault
 //! whose granule directly follows `k` committed granules is continuing a
@@ -12,16 +13,17 @@
 //! fault, never correctness: every granule is locked before it is committed
 //! and the lock run stops at the first granule that is not `Uncommitted`
 //! (DESIGN: commit-ahead locks every granule it commits, all in one region,
-//! before the one `mprotect`).
+//! before the one commit call).
 //!
 //! Invariant K1: a `LockedRun` owns the granule locks of `[head, head +
 //! count × granule)`; dropping it without `publish` returns them to
 //! `Uncommitted`, so no early return can leak a lock.
 
+use crate::backend::{self, Backend};
 use crate::descriptor::{RegionDesc, Snapshot};
 use crate::granule::{GranuleState, GranuleTable};
 use crate::stats::{self, Counter};
-use crate::sys::{self, Errno, Prot, PAGE_SIZE};
+use crate::sys::{Errno, Prot, PAGE_SIZE};
 use core::sync::atomic::Ordering::Relaxed;
 
 /// What one fault intends to commit.
@@ -67,9 +69,11 @@ impl CommitPlan {
     }
 
     /// Bytes committed or populated beyond what the faulting access needs:
-    /// what the per-CPU cap bounds.
+    /// what the per-CPU cap bounds. Under userfaultfd a commit allocates
+    /// every page of the run at once, so everything past the faulting page
+    /// is memory allocated ahead of touch, as with populate.
     pub fn charge(&self) -> u64 {
-        let beyond = if self.populate {
+        let beyond = if self.populate || backend::at(self.head) == Backend::Uffd {
             self.len() - PAGE_SIZE
         } else {
             self.len() - self.granule
@@ -113,22 +117,13 @@ pub struct LockedRun<'t> {
 }
 
 impl LockedRun<'_> {
-    /// Makes the run accessible: one `mprotect`, then populate if asked
-    /// (a populate failure, e.g. before Linux 5.14, only costs the faults
-    /// it would have saved). On failure the run is made inaccessible again,
-    /// since a failed `mprotect` may have changed part of it, and the
-    /// granules go back to `Uncommitted` when the run is dropped.
+    /// Makes the run accessible with one backend call (plus populate if
+    /// asked). On failure the granules go back to `Uncommitted` when the run
+    /// is dropped; what the backend did part-way is its business (see
+    /// `backend`: reverted under `mprotect`, kept for the retry otherwise).
     pub fn apply(&self) -> Result<(), Errno> {
         let p = &self.plan;
-        stats::count(Counter::Mprotect);
-        if let Err(errno) = sys::protect(p.head, p.len(), p.prot) {
-            revert_protection(p.head, p.len());
-            return Err(errno);
-        }
-        if p.populate {
-            let _ = sys::populate(p.head, p.len(), p.prot == Prot::ReadWrite);
-        }
-        Ok(())
+        backend::commit(p.head, p.len(), p.prot, p.populate)
     }
 
     /// Publishes the run as committed and accounts it (D2).
@@ -140,26 +135,12 @@ impl LockedRun<'_> {
         if p.count > 1 {
             stats::count(Counter::CommitAhead);
         }
+        stats::add(Counter::AheadBytes, p.charge());
         for i in 0..p.count {
             self.table
                 .unlock(p.head + i * p.granule, GranuleState::Committed);
         }
         self.published = true;
-    }
-}
-
-/// Makes `[addr, addr + len)` inaccessible after a failed commit. If even
-/// that fails, granule states could no longer describe the pages, so the
-/// process ends with a message (async-signal-safe: `write` and `abort`).
-pub fn revert_protection(addr: usize, len: usize) {
-    stats::count(Counter::Mprotect);
-    if let Err(errno) = sys::protect(addr, len, Prot::None) {
-        crate::report::report!(
-            "spf: fatal: cannot make [{addr:#x}, {:#x}) inaccessible after a failed commit: \
-             mprotect failed with {errno}; the kernel's vm.max_map_count may be exhausted\n",
-            addr + len
-        );
-        sys::abort();
     }
 }
 

@@ -34,6 +34,12 @@ pub enum Error {
     System { call: &'static str, errno: Errno },
     /// This machine cannot run spf.
     Unsupported { reason: &'static str },
+    /// The commit backend asked for (`SPF_BACKEND`) cannot run here.
+    BackendUnavailable {
+        backend: &'static str,
+        reason: &'static str,
+        errno: Option<Errno>,
+    },
 }
 
 impl fmt::Display for Error {
@@ -103,6 +109,21 @@ impl fmt::Display for Error {
                 Ok(())
             }
             Error::Unsupported { reason } => write!(f, "spf: unsupported: {reason}"),
+            Error::BackendUnavailable {
+                backend,
+                reason,
+                errno,
+            } => {
+                write!(f, "spf: the {backend} commit backend cannot run here: {reason}")?;
+                if let Some(errno) = errno {
+                    write!(f, " ({errno})")?;
+                }
+                write!(
+                    f,
+                    "; set SPF_BACKEND=auto (the first that works) or SPF_BACKEND=mprotect \
+                     (works everywhere)"
+                )
+            }
         }
     }
 }

@@ -3,17 +3,20 @@
 //!
 //! [`handle`] reads top-down as the steps of DESIGN.md:
 //!
-//! 1. classify: outside the reservation → [`Outcome::NotOurs`];
+//! 1. classify: outside the reservation (or a `SIGBUS` outside the
+//!    userfaultfd zone) → [`Outcome::NotOurs`];
 //! 2. find the region in the map (no lock, no allocation);
 //! 3. snapshot its sequence count and fields (odd or torn → `spf_vma_changed`);
 //! 4. check the snapshot: address inside, region live, access allowed
 //!    (`spf_vma_access`), speculation allowed (`spf_vma_notsup`);
 //! 5. take an in-flight slot on this CPU and charge commit-ahead/populate
 //!    against the cap (over it → `spf_cap`: shrink the plan, or go classic);
-//! 6. lock the granules (`Committed` → someone else won, retry the access;
-//!    `Committing` → `spf_pte_lock`, wait for it to settle, retry), then
-//!    re-check the sequence count (S3);
-//! 7. `mprotect` the run (plus populate);
+//! 6. lock the granules (`Committed` → someone else won, retry the access —
+//!    or, for a missing page of a committed granule, which only a purge in
+//!    the userfaultfd zone leaves, refill it; `Committing` → `spf_pte_lock`,
+//!    wait for it to settle, retry), then re-check the sequence count (S3);
+//! 7. commit the run with the backend (`mprotect`, `UFFDIO_COPY` or
+//!    `MADV_GUARD_REMOVE`, see `backend`);
 //! 8. publish `Committed` and account the bytes;
 //! 9. release the slot (on drop); the access restarts.
 //!
@@ -48,12 +51,14 @@
 //!   the lock reports the bug instead of deadlocking);
 //! - its thread-local state is `const`-initialised and has no destructor, so
 //!   touching it never runs lazy initialisation;
-//! - its system calls (`mprotect`, `madvise`, `futex`, `sched_yield`,
-//!   `sched_getcpu`, `gettid`, `write`) are async-signal-safe.
+//! - its system calls (`mprotect`, `madvise`, `ioctl(UFFDIO_COPY)`,
+//!   `futex`, `sched_yield`, `sched_getcpu`, `gettid`, `write`) are
+//!   async-signal-safe.
 
+use crate::backend;
 use crate::cap::InflightSlot;
 use crate::commit::{CommitPlan, LockedRun};
-use crate::descriptor::Snapshot;
+use crate::descriptor::{RegionDesc, Snapshot};
 use crate::granule::GranuleState;
 use crate::handler_guard;
 use crate::options::{self, CapPolicy, Mode};
@@ -70,6 +75,16 @@ pub enum AccessKind {
     Read,
     Write,
     Unknown,
+}
+
+/// What the kernel said is wrong with the page, by the signal it sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trap {
+    /// `SIGSEGV`: the page is inaccessible (`PROT_NONE`, a guard marker) or
+    /// does not allow this access.
+    Protection,
+    /// `SIGBUS` from userfaultfd: the page is missing.
+    Missing,
 }
 
 /// The verdict on one fault.
@@ -93,7 +108,7 @@ pub enum FatalFault {
     PastEnd { start: usize, end: usize },
     /// A write to a read-only region.
     WriteToReadOnly { start: usize, end: usize },
-    /// `mprotect` failed even under the lock.
+    /// The backend's commit failed even under the lock.
     CommitFailed {
         start: usize,
         end: usize,
@@ -128,15 +143,16 @@ thread_local! {
 const REPEAT_LIMIT: u32 = 10_000;
 
 /// Serves one fault at `addr`. Async-signal-safe (see the module docs).
-pub fn handle(space: &Space, addr: usize, access: AccessKind) -> Outcome {
-    // Step 1: classify.
-    if !space.contains(addr) {
+pub fn handle(space: &Space, addr: usize, access: AccessKind, trap: Trap) -> Outcome {
+    // Step 1: classify. A `SIGBUS` is ours only where userfaultfd raises it.
+    if !space.contains(addr) || (trap == Trap::Missing && !backend::missing_page_possible(addr))
+    {
         return Outcome::NotOurs;
     }
     let cpu = sys::current_cpu();
     stats::count_on(cpu, Counter::Faults);
     if likely(options::mode() == Mode::Speculative) {
-        match speculative(space, addr, access, cpu) {
+        match speculative(space, addr, access, trap, cpu) {
             Ok(()) => {
                 stats::count_on(cpu, Counter::Spf);
                 return Outcome::Handled;
@@ -144,7 +160,7 @@ pub fn handle(space: &Space, addr: usize, access: AccessKind) -> Outcome {
             Err(reason) => stats::count_on(cpu, fallback_counter(reason)),
         }
     }
-    let outcome = classic(space, addr, access);
+    let outcome = classic(space, addr, access, trap);
     let counter = match outcome {
         Outcome::Fatal(_) => Counter::Fatal,
         _ => Counter::Classic,
@@ -165,7 +181,13 @@ fn fallback_counter(reason: Fallback) -> Counter {
 }
 
 /// Steps 2–9, without the space lock.
-fn speculative(space: &Space, addr: usize, access: AccessKind, cpu: usize) -> Result<(), Fallback> {
+fn speculative(
+    space: &Space,
+    addr: usize,
+    access: AccessKind,
+    trap: Trap,
+    cpu: usize,
+) -> Result<(), Fallback> {
     // Step 2: find.
     let idx = space.map.lookup(addr).ok_or(Fallback::NoRegion)?;
     let desc = space.descs.get(idx);
@@ -188,6 +210,9 @@ fn speculative(space: &Space, addr: usize, access: AccessKind, cpu: usize) -> Re
     // Step 6: lock the granules, then the S3 re-check.
     let run = match plan.lock(&space.granules) {
         Ok(run) => run,
+        Err(GranuleState::Committed) if trap == Trap::Missing => {
+            return refill(space, desc, snap.seq, &plan, cpu);
+        }
         Err(state) => return settle(space, plan.head, state, cpu),
     };
     if unlikely(!desc.seq.unchanged_since(snap.seq)) {
@@ -214,6 +239,30 @@ fn check(snap: &Snapshot, addr: usize, access: AccessKind) -> Result<(), Fallbac
     if unlikely(!snap.flags.speculative()) {
         return Err(Fallback::NotSupported);
     }
+    Ok(())
+}
+
+/// Steps 6–8 for a missing page of a `Committed` granule (a purge dropped
+/// it, userfaultfd zone): own the word, re-check, fill what is missing, and
+/// hand the word back as `Committed`. Present pages are kept.
+fn refill(
+    space: &Space,
+    desc: &RegionDesc,
+    seq: u64,
+    plan: &CommitPlan,
+    cpu: usize,
+) -> Result<(), Fallback> {
+    if let Err(state) = space.granules.try_lock_committed(plan.head) {
+        return settle(space, plan.head, state, cpu);
+    }
+    let filled = if desc.seq.unchanged_since(seq) {
+        backend::refill(plan.head, plan.granule).map_err(|_| Fallback::CommitFailed)
+    } else {
+        Err(Fallback::Changed)
+    };
+    space.granules.unlock(plan.head, GranuleState::Committed);
+    filled?;
+    forget_repeats();
     Ok(())
 }
 
@@ -264,7 +313,7 @@ const OVERFLOW_REACH: usize = 1 << 20;
 
 /// The classic path: the same steps under the space lock, where nothing can
 /// change the region and the verdict is final.
-fn classic(space: &Space, addr: usize, access: AccessKind) -> Outcome {
+fn classic(space: &Space, addr: usize, access: AccessKind, trap: Trap) -> Outcome {
     let tid = sys::thread_id();
     if unlikely(space.lock.held_by(tid)) {
         return Outcome::Fatal(FatalFault::LockHeldBySelf);
@@ -301,6 +350,25 @@ fn classic(space: &Space, addr: usize, access: AccessKind) -> Outcome {
                 // A speculative fault owns it; it needs no lock to finish.
                 space.granules.wait_settled(plan.head);
                 continue;
+            }
+            Err(GranuleState::Committed) if trap == Trap::Missing => {
+                if space.granules.try_lock_committed(plan.head).is_err() {
+                    if handler_guard::nested() {
+                        return Outcome::Fatal(FatalFault::Nested);
+                    }
+                    // A speculative refill owns it; it needs no lock.
+                    space.granules.wait_settled(plan.head);
+                    continue;
+                }
+                let filled = backend::refill(plan.head, plan.granule);
+                space
+                    .granules
+                    .unlock(plan.head, GranuleState::Committed);
+                if let Err(errno) = filled {
+                    return Outcome::Fatal(FatalFault::CommitFailed { start, end, errno });
+                }
+                forget_repeats();
+                return Outcome::Handled;
             }
             Err(_) => {
                 let n = count_repeat(plan.head);

@@ -9,10 +9,13 @@
 //!
 //! Invariants:
 //! - G1: a word is `Committing` only while one thread owns it: a fault that
-//!   won the CAS from `Uncommitted`, or a writer that won it from any settled
-//!   state. Only the owner writes the word next.
+//!   won the CAS from `Uncommitted` (a commit) or from `Committed` (a refill
+//!   of pages a purge dropped, userfaultfd zone only), or a writer that won
+//!   it from any settled state. Only the owner writes the word next.
 //! - G2: a head word is `Committed` iff its granule is accessible in a live
-//!   region; every other word is `Uncommitted` (or briefly owned, G1).
+//!   region (in the userfaultfd zone: present, or missing after a purge and
+//!   refilled by the fault that touches it); every other word is
+//!   `Uncommitted` (or briefly owned, G1).
 //! - G3: the table is mapped for the life of the process, so reading it is
 //!   always safe, from any thread or handler.
 
@@ -89,6 +92,22 @@ impl GranuleTable {
         self.word(head)
             .compare_exchange(
                 GranuleState::Uncommitted as u8,
+                GranuleState::Committing as u8,
+                Ordering::SeqCst,
+                Ordering::Acquire,
+            )
+            .map(|_| ())
+            .map_err(GranuleState::from_raw)
+    }
+
+    /// A refilling fault's lock: `Committed` → `Committing` (G1). Returns the
+    /// state found when the lock is not taken.
+    #[inline]
+    pub fn try_lock_committed(&self, head: usize) -> Result<(), GranuleState> {
+        // SeqCst, as `try_lock_uncommitted`: the fault's S3 re-check follows.
+        self.word(head)
+            .compare_exchange(
+                GranuleState::Committed as u8,
                 GranuleState::Committing as u8,
                 Ordering::SeqCst,
                 Ordering::Acquire,

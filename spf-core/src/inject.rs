@@ -30,9 +30,22 @@ pub enum Call {
     MprotectCommit,
     /// `mprotect` to `PROT_NONE` (decommit, destroy, revert).
     MprotectRevoke,
-    /// `madvise` (discard, populate, huge pages).
+    /// `madvise` (discard, populate, huge pages, guard markers).
     Madvise,
+    /// `userfaultfd()` and its `UFFDIO_API` handshake.
+    Userfaultfd,
+    /// `UFFDIO_REGISTER` of the userfaultfd zone.
+    UffdRegister,
+    /// `UFFDIO_COPY`: a commit under the userfaultfd backend.
+    UffdCopy,
+    /// `MADV_GUARD_REMOVE`: a commit under the guard backend (checked before
+    /// the `madvise` plan).
+    GuardRemove,
 }
+
+/// How many kinds of call a plan can target.
+#[cfg(feature = "fault-injection")]
+const CALLS: usize = Call::GuardRemove as usize + 1;
 
 #[cfg(feature = "fault-injection")]
 mod plan {
@@ -55,7 +68,7 @@ mod plan {
         injected: AtomicU64::new(0),
     };
 
-    static PLANS: [Plan; 4] = [IDLE; 4];
+    static PLANS: [Plan; super::CALLS] = [IDLE; super::CALLS];
 
     fn plan(call: Call) -> &'static Plan {
         &PLANS[call as usize]

@@ -5,9 +5,10 @@
 //! A process has one *space*: a large `PROT_NONE` reservation from which
 //! [`Region`]s are carved. A region's granules are committed on first touch
 //! by spf's `SIGSEGV` handler, which finds the region without a lock,
-//! validates it with a per-region sequence count and commits with
-//! `mprotect`, falling back to a classic path under the space lock when it
-//! sees a concurrent change. See `docs/ARCHITECTURE.md` for the map of the
+//! validates it with a per-region sequence count and commits through a
+//! backend chosen at start (userfaultfd's `UFFDIO_COPY`, guard markers, or
+//! `mprotect`; see [`Backend`]), falling back to a classic path under the
+//! space lock when it sees a concurrent change. See `docs/ARCHITECTURE.md` for the map of the
 //! modules and the path of one fault.
 //!
 //! ```
@@ -21,6 +22,7 @@
 //! ```
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
+mod backend;
 mod cap;
 mod commit;
 mod descriptor;
@@ -43,6 +45,7 @@ mod space;
 mod stats;
 mod sys;
 
+pub use backend::{set_backend, Backend, BackendChoice};
 pub use error::Error;
 pub use handler_guard::{in_fault_handler, HandlerAllocGuard};
 pub use options::{
@@ -58,6 +61,11 @@ pub use sys::{env as getenv, monotonic_ns, resident_bytes, Errno, PAGE_SIZE};
 /// the handler) instead of on the first `Region::reserve`.
 pub fn init() -> Result<(), Error> {
     space::Space::get().map(|_| ())
+}
+
+/// The commit backend in use, once the space has started (`None` before).
+pub fn backend() -> Option<Backend> {
+    space::Space::ready().map(|_| backend::active())
 }
 
 /// Checks every structure against the others (map, descriptors, granule

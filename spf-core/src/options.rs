@@ -8,8 +8,9 @@
 //! | `SPF_CAP_POLICY`  | `shrink`, `classic`            | `shrink` |
 //! | `SPF_GRANULE`     | `4k` … `2m`, a power of two    | `64k`    |
 //! | `SPF_STATS`       | `0`, `1`                       | `0`      |
-//! | `SPF_RESERVE`     | bytes of address space         | `256g`   |
+//! | `SPF_RESERVE`     | bytes of address space per zone (`backend`) | `256g` |
 //! | `SPF_MAX_REGIONS` | live regions at once           | `1048576`|
+//! | `SPF_BACKEND`     | `auto`, `uffd`, `guard`, `mprotect` | `auto` |
 //!
 //! Variables are read once, when the space starts, without allocating. A
 //! bad value prints a message naming the variable and the accepted values,
@@ -193,6 +194,16 @@ pub(crate) fn load_from_env() {
             // Page numbers are 32-bit in the extent allocator: at most 16 TiB.
             Some(n) if (1 << 30..=8 << 40).contains(&n) => RESERVE.store(n, Relaxed),
             _ => bad_value("SPF_RESERVE", v, "a size from 1g to 8t", "256g"),
+        }
+    }
+    if let Some(v) = sys::env(c"SPF_BACKEND") {
+        use crate::backend::{set_backend, Backend, BackendChoice};
+        match v {
+            b"auto" => set_backend(BackendChoice::Auto),
+            b"uffd" | b"userfaultfd" => set_backend(BackendChoice::Only(Backend::Uffd)),
+            b"guard" => set_backend(BackendChoice::Only(Backend::Guard)),
+            b"mprotect" => set_backend(BackendChoice::Only(Backend::Mprotect)),
+            _ => bad_value("SPF_BACKEND", v, "auto, uffd, guard, mprotect", "auto"),
         }
     }
     if let Some(v) = sys::env(c"SPF_MAX_REGIONS") {

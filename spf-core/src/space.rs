@@ -20,10 +20,13 @@
 //!
 //! Invariants:
 //! - A1: the reservation `[base, base + len)` is never unmapped.
-//! - A2: `extents` is touched only with the space lock held.
+//! - A2: a zone's `extents` is touched only with the space lock held.
 //! - A3: live regions and free extents are disjoint and never overlap; pages
 //!   of a destroyed region stay out of both until its grace period ends.
+//! - A4: a region lies wholly inside one zone (see `backend`): the zone's
+//!   extent allocator carved it, and grows it only from its own pages.
 
+use crate::backend::{self, Backend, BackendChoice};
 use crate::commit::CommitPlan;
 use crate::descriptor::{DescriptorTable, RegionFlags};
 use crate::epoch;
@@ -47,11 +50,55 @@ pub struct Space {
     pub map: RegionMap,
     pub granules: GranuleTable,
     pub descs: DescriptorTable,
+    /// Eager and huge-granule regions, and everything under `mprotect`.
+    protected: Zone,
+    /// Lazy regions under `uffd` or `guard` (see `backend`).
+    lazy: Option<Zone>,
+}
+
+/// One zone of the reservation and the free ranges in it.
+struct Zone {
+    start: usize,
+    len: usize,
     extents: UnsafeCell<ExtentAllocator>,
 }
 
+impl Zone {
+    fn new(start: usize, len: usize, max_regions: usize) -> Result<Zone, sys::Errno> {
+        let pages = (len / PAGE_SIZE) as u32;
+        Ok(Zone {
+            start,
+            len,
+            extents: UnsafeCell::new(ExtentAllocator::new(
+                (start / PAGE_SIZE) as u64,
+                pages,
+                2 * max_regions + 64,
+            )?),
+        })
+    }
+
+    fn contains(&self, addr: usize) -> bool {
+        addr.wrapping_sub(self.start) < self.len
+    }
+
+    fn page_of(&self, addr: usize) -> u32 {
+        ((addr - self.start) / PAGE_SIZE) as u32
+    }
+
+    fn addr_of(&self, page: u32) -> usize {
+        self.start + page as usize * PAGE_SIZE
+    }
+
+    #[allow(clippy::mut_from_ref)]
+    fn extents<'g>(&'g self, _held: &'g SpaceGuard<'_>) -> &'g mut ExtentAllocator {
+        // SAFETY: A2 — the caller holds the space lock, proven by `_held`,
+        // and the borrow cannot outlive it.
+        unsafe { &mut *self.extents.get() }
+    }
+}
+
 // SAFETY: every field is either immutable after start, atomic, or (the
-// extent allocator) accessed only under the space lock (A2).
+// zones' extent allocators) accessed only under the space lock (A2).
 unsafe impl Sync for Space {}
 
 const UNINIT: u8 = 0;
@@ -143,11 +190,38 @@ impl Space {
                 reason: "spf is built for 4 KiB base pages",
             });
         }
-        let len = options::reserve_bytes().next_multiple_of(CHUNK);
+        // Each zone (see `backend`) is SPF_RESERVE bytes of whole chunks;
+        // the lazy zone is given back if the backend has none.
+        let zone_len = options::reserve_bytes().next_multiple_of(CHUNK);
+        let choice = backend::choice();
+        let zones = if choice == BackendChoice::Only(Backend::Mprotect) {
+            1
+        } else {
+            2
+        };
         let sys_err = |call| move |errno| Error::System { call, errno };
+        let mut len = zones * zone_len;
         let base = sys::reserve(len, CHUNK).map_err(sys_err("mmap (reservation)"))?;
-        let pages = len / PAGE_SIZE;
         let max_regions = options::max_regions();
+        let backend = backend::start(base, len, choice)?;
+        if backend == Backend::Mprotect && zones == 2 {
+            sys::unreserve(base + zone_len, zone_len);
+            len = zone_len;
+        }
+        let pages = len / PAGE_SIZE;
+        let (lazy_start, lazy_end) = backend::lazy_zone();
+        let extent_err = sys_err("mmap (extent table)");
+        let (protected, lazy) = if backend == Backend::Mprotect {
+            (Zone::new(base, len, max_regions).map_err(extent_err)?, None)
+        } else {
+            (
+                Zone::new(base, lazy_start - base, max_regions).map_err(extent_err)?,
+                Some(
+                    Zone::new(lazy_start, lazy_end - lazy_start, max_regions)
+                        .map_err(extent_err)?,
+                ),
+            )
+        };
         Ok(Space {
             base,
             len,
@@ -155,15 +229,22 @@ impl Space {
             map: RegionMap::new(base, len).map_err(sys_err("mmap (region map)"))?,
             granules: GranuleTable::new(base, pages).map_err(sys_err("mmap (granule table)"))?,
             descs: DescriptorTable::new(max_regions).map_err(sys_err("mmap (descriptors)"))?,
-            extents: UnsafeCell::new(
-                ExtentAllocator::new(
-                    (base / PAGE_SIZE) as u64,
-                    pages as u32,
-                    2 * max_regions + 64,
-                )
-                .map_err(sys_err("mmap (extent table)"))?,
-            ),
+            protected,
+            lazy,
         })
+    }
+
+    /// The zone holding `addr` (an address of the reservation).
+    fn zone_of(&self, addr: usize) -> &Zone {
+        match &self.lazy {
+            Some(lazy) if lazy.contains(addr) => lazy,
+            _ => &self.protected,
+        }
+    }
+
+    /// The zones, protected first.
+    fn zones(&self) -> impl Iterator<Item = &Zone> {
+        core::iter::once(&self.protected).chain(self.lazy.as_ref())
     }
 
     /// Whether `addr` lies in the reservation. Async-signal-safe.
@@ -175,17 +256,6 @@ impl Space {
     /// Takes the space lock.
     pub fn lock(&self) -> SpaceGuard<'_> {
         self.lock.lock(sys::thread_id())
-    }
-
-    #[allow(clippy::mut_from_ref)]
-    fn extents<'g>(&'g self, _held: &'g SpaceGuard<'_>) -> &'g mut ExtentAllocator {
-        // SAFETY: A2 — the caller holds the space lock, proven by `_held`,
-        // and the borrow cannot outlive it.
-        unsafe { &mut *self.extents.get() }
-    }
-
-    fn page_of(&self, addr: usize) -> u32 {
-        ((addr - self.base) / PAGE_SIZE) as u32
     }
 
     /// Reserves a region of `len` bytes (rounded up to the granule).
@@ -214,10 +284,14 @@ impl Space {
         )
         .with_eager(opts.eager);
         let ahead = (opts.commit_ahead / granule).min(u32::MAX as usize) as u32;
+        let zone = match &self.lazy {
+            Some(lazy) if backend::wants_lazy_zone(opts.eager, flags.huge()) => lazy,
+            _ => &self.protected,
+        };
         for attempt in 0..4 {
             let held = self.lock();
-            let Some(page) = self.extents(&held).alloc(pages, align) else {
-                let free = self.extents(&held).free_pages() as usize * PAGE_SIZE;
+            let Some(page) = zone.extents(&held).alloc(pages, align) else {
+                let free = zone.extents(&held).free_pages() as usize * PAGE_SIZE;
                 drop(held);
                 if attempt < 3 {
                     // Ranges may be waiting out their grace period: let the
@@ -229,11 +303,11 @@ impl Space {
                 return Err(Error::ReservationExhausted {
                     requested: len,
                     free,
-                    reserved: self.len,
+                    reserved: zone.len,
                 });
             };
             let Some(idx) = self.descs.alloc() else {
-                self.extents(&held).free(page, pages);
+                zone.extents(&held).free(page, pages);
                 drop(held);
                 if attempt < 3 {
                     epoch::pin().flush();
@@ -246,7 +320,7 @@ impl Space {
             // Any region may fault (a lazy one on first touch, an eager one
             // after decommit or when overrun): make sure faults reach us.
             crate::signal::ensure_installed();
-            let start = self.base + page as usize * PAGE_SIZE;
+            let start = zone.addr_of(page);
             let desc = self.descs.get(idx);
             desc.seq.write_begin();
             desc.init(start, len, flags, ahead);
@@ -254,7 +328,15 @@ impl Space {
                 // Only a hint: without THP the region still works with 4 KiB pages.
                 let _ = sys::advise_huge(start, len);
             }
-            let committed = if opts.eager {
+            let prepared = backend::prepare(start, len, flags.prot()).map_err(|errno| {
+                Error::System {
+                    call: "madvise (guard markers)",
+                    errno,
+                }
+            });
+            let committed = if prepared.is_err() {
+                prepared
+            } else if opts.eager {
                 self.commit_locked(idx, start, start + len)
             } else {
                 Ok(())
@@ -282,6 +364,7 @@ impl Space {
             let (start, end) = (desc.start(), desc.start() + desc.len());
             desc.seq.write_begin();
             self.decommit_locked(idx, start, end);
+            self.restore_zone_protection(desc.flags(), start, end);
             self.map.remove(start, end);
             desc.set_flags(desc.flags().dead());
             desc.seq.write_end();
@@ -299,7 +382,8 @@ impl Space {
         let held = self.lock();
         let desc = self.descs.get(idx);
         let pages = (desc.len() / PAGE_SIZE) as u32;
-        self.extents(&held).free(self.page_of(desc.start()), pages);
+        let zone = self.zone_of(desc.start());
+        zone.extents(&held).free(zone.page_of(desc.start()), pages);
         // A dead descriptor with a length is still in its grace period;
         // zero marks it retired (for `check_invariants`).
         desc.seq.write_begin();
@@ -309,9 +393,10 @@ impl Space {
     }
 
     /// The end of a shrunk tail's grace period.
-    fn release_range(&self, page: u32, pages: u32) {
+    fn release_range(&self, start: usize, pages: u32) {
         let held = self.lock();
-        self.extents(&held).free(page, pages);
+        let zone = self.zone_of(start);
+        zone.extents(&held).free(zone.page_of(start), pages);
     }
 
     /// Drops the pages of `[from, to)` without changing what is committed
@@ -329,9 +414,9 @@ impl Space {
         self.commit_locked(idx, from, to)
     }
 
-    /// Commits every `Uncommitted` granule of `[from, to)`, one `mprotect`
-    /// per run. Under the lock; `seq` need not be odd because each granule
-    /// is locked (faults on it wait, G1).
+    /// Commits every `Uncommitted` granule of `[from, to)`, one backend
+    /// call per run. Under the lock; `seq` need not be odd because each
+    /// granule is locked (faults on it wait, G1).
     fn commit_locked(&self, idx: RegionIdx, from: usize, to: usize) -> Result<(), Error> {
         let desc = self.descs.get(idx);
         let flags = desc.flags();
@@ -343,21 +428,16 @@ impl Space {
             if run_end == run_start {
                 return;
             }
-            stats::count(Counter::Mprotect);
-            let ok = match sys::protect(run_start, run_end - run_start, flags.prot()) {
+            let len = run_end - run_start;
+            let ok = match backend::commit(run_start, len, flags.prot(), flags.populate()) {
                 Ok(()) => {
-                    if flags.populate() {
-                        let _ = sys::populate(run_start, run_end - run_start, !flags.read_only());
-                    }
-                    desc.committed
-                        .fetch_add(run_end - run_start, Ordering::Relaxed);
-                    stats::add_committed((run_end - run_start) as i64);
+                    desc.committed.fetch_add(len, Ordering::Relaxed);
+                    stats::add_committed(len as i64);
                     true
                 }
                 Err(errno) => {
-                    crate::commit::revert_protection(run_start, run_end - run_start);
                     *result = Err(Error::System {
-                        call: "mprotect",
+                        call: backend::commit_call(run_start),
                         errno,
                     });
                     false
@@ -389,6 +469,24 @@ impl Space {
         result
     }
 
+    /// Gives `[from, to)`, leaving a read-only region, back the protection
+    /// of its zone: in the lazy zone pages keep their protection after a
+    /// decommit (they are missing or guarded), and the next region carved
+    /// there must not inherit read-only pages. Under the lock.
+    fn restore_zone_protection(&self, flags: RegionFlags, from: usize, to: usize) {
+        if !flags.read_only() {
+            return;
+        }
+        if let Some(Err(errno)) = backend::protect_region(from, to, sys::Prot::ReadWrite) {
+            crate::report::report!(
+                "spf: fatal: cannot make [{from:#x}, {to:#x}) writable again after a read-only \
+                 region: mprotect failed with {errno}; the kernel's vm.max_map_count may be \
+                 exhausted\n"
+            );
+            sys::abort();
+        }
+    }
+
     /// Decommits `[from, to)` of region `idx` (granule aligned).
     pub fn decommit(&self, idx: RegionIdx, from: usize, to: usize) {
         let _held = self.lock();
@@ -412,8 +510,10 @@ impl Space {
             }
             h += granule;
         }
-        if committed > 0 {
-            drop_pages(from, to - from);
+        // Outside the protected zone a failed commit may have left pages in
+        // `Uncommitted` granules (B2): always drop there.
+        if committed > 0 || backend::at(from) != Backend::Mprotect {
+            backend::drop_pages(from, to - from);
         }
         let mut h = from;
         while h < to {
@@ -449,6 +549,25 @@ impl Space {
         let (start, end) = (desc.start(), desc.start() + desc.len());
         desc.seq.write_begin();
         desc.set_flags(flags);
+        if backend::at(start) != Backend::Mprotect {
+            // Wait for the faults committing in the region, then change the
+            // whole region at once: uncommitted pages stay missing or
+            // guarded whatever their protection.
+            let mut states = start;
+            while states < end {
+                let s = self.granules.lock_settled(states);
+                self.granules.unlock(states, s);
+                states += granule;
+            }
+            let result = backend::protect_region(start, end, flags.prot())
+                .unwrap_or(Ok(()))
+                .map_err(|errno| Error::System {
+                    call: "mprotect",
+                    errno,
+                });
+            desc.seq.write_end();
+            return result;
+        }
         let mut result = Ok(());
         let mut run_start = start;
         let mut at = start;
@@ -493,8 +612,16 @@ impl Space {
         }
         let end = start + len;
         let extra = ((new_len - len) / PAGE_SIZE) as u32;
-        if !self.contains(end) || !self.extents(&held).take_at(self.page_of(end), extra) {
+        let zone = self.zone_of(start);
+        if !zone.contains(end) || !zone.extents(&held).take_at(zone.page_of(end), extra) {
             return Err(Error::CannotGrowInPlace { len, new_len });
+        }
+        if let Err(errno) = backend::prepare(end, new_len - len, desc.flags().prot()) {
+            zone.extents(&held).free(zone.page_of(end), extra);
+            return Err(Error::System {
+                call: "madvise (guard markers)",
+                errno,
+            });
         }
         desc.seq.write_begin();
         desc.set_len(new_len);
@@ -507,7 +634,7 @@ impl Space {
     /// at least one granule). The tail is decommitted now and reused after
     /// a grace period.
     pub fn shrink(&self, idx: RegionIdx, new_len: usize) -> usize {
-        let (tail_page, tail_pages, kept) = {
+        let (tail_start, tail_pages, kept) = {
             let _held = self.lock();
             let desc = self.descs.get(idx);
             let granule = desc.flags().granule();
@@ -518,18 +645,19 @@ impl Space {
             }
             desc.seq.write_begin();
             self.decommit_locked(idx, start + new_len, start + len);
+            self.restore_zone_protection(desc.flags(), start + new_len, start + len);
             self.map.remove(start + new_len, start + len);
             desc.set_len(new_len);
             desc.seq.write_end();
             (
-                self.page_of(start + new_len),
+                start + new_len,
                 ((len - new_len) / PAGE_SIZE) as u32,
                 new_len,
             )
         };
         let guard = epoch::pin();
         let space: &'static Space = Space::ready().expect("a region implies a space");
-        guard.defer(move || space.release_range(tail_page, tail_pages));
+        guard.defer(move || space.release_range(tail_start, tail_pages));
         guard.flush();
         kept
     }
@@ -599,7 +727,9 @@ impl Space {
                 match self.granules.state(h) {
                     GranuleState::Committed => {
                         committed += granule;
-                        if !sys::probe_readable(h) {
+                        // A purge drops the pages of committed granules in
+                        // the userfaultfd zone; the next touch refills them.
+                        if !backend::missing_page_possible(h) && !sys::probe_readable(h) {
                             return Err(format!("granule {h:#x} is Committed but not readable"));
                         }
                     }
@@ -629,19 +759,21 @@ impl Space {
             ));
         }
         let mut bad = None;
-        self.extents(&held).for_each_free(|page, pages| {
-            let start = self.base + page as usize * PAGE_SIZE;
-            let last = start + (pages as usize - 1) * PAGE_SIZE;
-            for probe in [start, last] {
-                if self.map.lookup(probe).is_some() {
-                    bad = Some(format!("free page {probe:#x} is in the map"));
-                } else if self.granules.state(probe) != GranuleState::Uncommitted {
-                    bad = Some(format!("free page {probe:#x} has a granule state"));
-                } else if sys::probe_readable(probe) {
-                    bad = Some(format!("free page {probe:#x} is accessible"));
+        for zone in self.zones() {
+            zone.extents(&held).for_each_free(|page, pages| {
+                let start = zone.addr_of(page);
+                let last = start + (pages as usize - 1) * PAGE_SIZE;
+                for probe in [start, last] {
+                    if self.map.lookup(probe).is_some() {
+                        bad = Some(format!("free page {probe:#x} is in the map"));
+                    } else if self.granules.state(probe) != GranuleState::Uncommitted {
+                        bad = Some(format!("free page {probe:#x} has a granule state"));
+                    } else if sys::probe_readable(probe) {
+                        bad = Some(format!("free page {probe:#x} is accessible"));
+                    }
                 }
-            }
-        });
+            });
+        }
         bad.map_or(Ok(()), Err)
     }
 }
@@ -672,29 +804,8 @@ extern "C" fn fork_child() {
     // Threads pinned in the parent's collector do not exist here and would
     // hold its epoch back forever: the child starts a collector of its own.
     epoch::renew_after_fork();
+    // The child's lazy zone is no longer registered with userfaultfd: it
+    // registers again before anything can fault (B1).
+    backend::after_fork_in_child();
     fork_parent();
-}
-
-/// Drops the pages of `[addr, addr + len)` and makes it inaccessible, so
-/// that whatever commits it next reads zeros. `madvise` first; if it fails,
-/// the range is replaced by fresh reserved memory (one `mmap`, which both
-/// drops and revokes). If that fails too, granule states could no longer
-/// describe the pages, or old data would reappear in a later region: end
-/// with a message.
-fn drop_pages(addr: usize, len: usize) {
-    if sys::discard(addr, len).is_ok() {
-        // Revoking can fail (ENOMEM when the kernel cannot split a
-        // mapping); `revert_protection` then ends the process.
-        crate::commit::revert_protection(addr, len);
-        return;
-    }
-    stats::count(Counter::Mprotect);
-    if let Err(errno) = sys::replace_reserved(addr, len) {
-        crate::report::report!(
-            "spf: fatal: cannot drop the pages of [{addr:#x}, {:#x}): madvise and mmap both \
-             failed (mmap: {errno}); the kernel's vm.max_map_count may be exhausted\n",
-            addr + len
-        );
-        sys::abort();
-    }
 }

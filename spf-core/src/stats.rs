@@ -17,6 +17,7 @@
 //! - I2: everything here is a plain atomic in a `static`: safe to update from
 //!   the fault handler.
 
+use crate::backend::{self, Backend};
 use crate::sys;
 use core::fmt;
 use core::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
@@ -47,9 +48,16 @@ pub enum Counter {
     Mprotect,
     /// Faults that committed more than their own granule (commit-ahead).
     CommitAhead,
+    /// `UFFDIO_COPY` calls made by spf (the `uffd` backend's commits).
+    UffdCopy,
+    /// `MADV_GUARD_REMOVE` calls made by spf (the `guard` backend's commits).
+    GuardRemove,
+    /// Bytes that faults allocated or populated beyond the faulting page
+    /// (what the per-CPU cap bounds), summed.
+    AheadBytes,
 }
 
-const COUNTERS: usize = Counter::CommitAhead as usize + 1;
+const COUNTERS: usize = Counter::AheadBytes as usize + 1;
 const SHARDS: usize = 64;
 
 #[repr(align(128))]
@@ -72,6 +80,14 @@ pub(crate) fn count_on(cpu: usize, counter: Counter) {
 #[inline]
 pub(crate) fn count(counter: Counter) {
     count_on(sys::current_cpu(), counter);
+}
+
+/// Adds `n` to `counter` in the current CPU's shard. Async-signal-safe.
+#[inline]
+pub(crate) fn add(counter: Counter, n: u64) {
+    if n > 0 {
+        SHARD[sys::current_cpu() % SHARDS].0[counter as usize].fetch_add(n, Relaxed);
+    }
 }
 
 /// Records `bytes` newly committed (negative: decommitted).
@@ -105,6 +121,8 @@ pub fn reset_peaks() {
 /// A copy of the counters and gauges at one moment.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
+    /// The commit backend in use.
+    pub backend: Backend,
     /// Faults inside spf's reservation.
     pub faults: u64,
     /// Faults completed speculatively, without the space lock.
@@ -127,6 +145,13 @@ pub struct Stats {
     pub commit_ahead: u64,
     /// `mprotect` calls made by spf.
     pub mprotect_calls: u64,
+    /// `UFFDIO_COPY` calls made by spf.
+    pub uffd_copy_calls: u64,
+    /// `MADV_GUARD_REMOVE` calls made by spf.
+    pub guard_remove_calls: u64,
+    /// Bytes faults allocated (or populated) beyond the faulting page: the
+    /// speculative allocation ahead of touch that the per-CPU cap bounds.
+    pub ahead_bytes: u64,
     /// Bytes committed now (accessible in live regions).
     pub committed_bytes: u64,
     /// The most bytes committed at once.
@@ -148,6 +173,7 @@ pub fn stats() -> Stats {
         }
     }
     Stats {
+        backend: backend::active(),
         faults: sum[Counter::Faults as usize],
         spf: sum[Counter::Spf as usize],
         classic: sum[Counter::Classic as usize],
@@ -159,6 +185,9 @@ pub fn stats() -> Stats {
         spf_cap: sum[Counter::Cap as usize],
         commit_ahead: sum[Counter::CommitAhead as usize],
         mprotect_calls: sum[Counter::Mprotect as usize],
+        uffd_copy_calls: sum[Counter::UffdCopy as usize],
+        guard_remove_calls: sum[Counter::GuardRemove as usize],
+        ahead_bytes: sum[Counter::AheadBytes as usize],
         committed_bytes: COMMITTED.load(Relaxed).max(0) as u64,
         peak_committed_bytes: PEAK_COMMITTED.load(Relaxed),
         max_inflight_bytes: MAX_INFLIGHT_BYTES.load(Relaxed),
@@ -183,6 +212,9 @@ impl Stats {
             spf_cap: self.spf_cap - earlier.spf_cap,
             commit_ahead: self.commit_ahead - earlier.commit_ahead,
             mprotect_calls: self.mprotect_calls - earlier.mprotect_calls,
+            uffd_copy_calls: self.uffd_copy_calls - earlier.uffd_copy_calls,
+            guard_remove_calls: self.guard_remove_calls - earlier.guard_remove_calls,
+            ahead_bytes: self.ahead_bytes - earlier.ahead_bytes,
             ..*self
         }
     }
@@ -191,8 +223,12 @@ impl Stats {
 /// `perf stat` style, one counter per line.
 impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, " Performance counter stats for spf:")?;
-        let rows: [(u64, &str); 16] = [
+        writeln!(
+            f,
+            " Performance counter stats for spf (commit backend: {}):",
+            self.backend
+        )?;
+        let rows: [(u64, &str); 19] = [
             (self.faults, "faults"),
             (self.spf, "spf"),
             (self.classic, "classic"),
@@ -204,6 +240,9 @@ impl fmt::Display for Stats {
             (self.spf_cap, "pagefault:spf_cap"),
             (self.commit_ahead, "commit_ahead"),
             (self.mprotect_calls, "mprotect"),
+            (self.uffd_copy_calls, "uffdio_copy"),
+            (self.guard_remove_calls, "madv_guard_remove"),
+            (self.ahead_bytes, "bytes_allocated_ahead"),
             (self.committed_bytes, "bytes_committed"),
             (self.peak_committed_bytes, "bytes_committed_peak"),
             (self.max_inflight_bytes, "inflight_bytes_max_per_cpu"),

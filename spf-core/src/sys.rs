@@ -45,6 +45,8 @@ impl Errno {
             libc::EFAULT => "EFAULT",
             libc::EPERM => "EPERM",
             libc::EACCES => "EACCES",
+            libc::EEXIST => "EEXIST",
+            libc::ENOSYS => "ENOSYS",
             _ => "errno",
         }
     }
@@ -136,6 +138,15 @@ pub fn reserve(len: usize, align: usize) -> Result<usize, Errno> {
         }
     }
     Ok(start)
+}
+
+/// Gives back part of a reservation at start, before anything uses it
+/// (the lazy zone when no backend needs one).
+pub fn unreserve(addr: usize, len: usize) {
+    check_range(addr, len);
+    // SAFETY: the range is part of the reservation just made, which nothing
+    // has used or published yet.
+    unsafe { libc::munmap(addr as *mut _, len) };
 }
 
 /// Maps `len` bytes of zeroed read/write memory for spf's own tables. The
@@ -244,9 +255,235 @@ pub fn populate(addr: usize, len: usize, write: bool) -> Result<(), Errno> {
     advise(addr, len, advice)
 }
 
+/// `MADV_GUARD_INSTALL` / `MADV_GUARD_REMOVE` (Linux 6.13): guard markers
+/// in the page tables, which fault like `PROT_NONE` without splitting the
+/// kernel's mapping.
+const MADV_GUARD_INSTALL: libc::c_int = 102;
+const MADV_GUARD_REMOVE: libc::c_int = 103;
+
+/// Installs guard markers on `[addr, addr + len)`: its pages are dropped and
+/// every access faults (`SIGSEGV`) until the markers are removed. Takes the
+/// kernel's `mmap_lock` for read only. Async-signal-safe. `EINVAL` before
+/// Linux 6.13.
+pub fn guard_install(addr: usize, len: usize) -> Result<(), Errno> {
+    advise(addr, len, MADV_GUARD_INSTALL)
+}
+
+/// Removes the guard markers of `[addr, addr + len)`; the next access takes
+/// an ordinary demand fault. Async-signal-safe.
+pub fn guard_remove(addr: usize, len: usize) -> Result<(), Errno> {
+    inject::check(Call::GuardRemove)?;
+    advise(addr, len, MADV_GUARD_REMOVE)
+}
+
 /// Asks for transparent huge pages on `[addr, addr + len)`.
 pub fn advise_huge(addr: usize, len: usize) -> Result<(), Errno> {
     advise(addr, len, libc::MADV_HUGEPAGE)
+}
+
+// --- userfaultfd ------------------------------------------------------------
+//
+// The uapi constants (`linux/userfaultfd.h`; the libc crate has none of
+// them). The ioctl numbers are `_IOWR(0xAA, nr, struct)`, the same on every
+// architecture spf builds for.
+
+const UFFD_API: u64 = 0xAA;
+/// `UFFD_USER_MODE_ONLY` (Linux 5.11): only faults taken in user mode are
+/// reported, which is what lets an unprivileged process open the fd.
+const UFFD_USER_MODE_ONLY: libc::c_int = 1;
+/// `UFFD_FEATURE_SIGBUS`: a missing page raises `SIGBUS` in the faulting
+/// thread instead of queueing a message for a reader thread.
+const UFFD_FEATURE_SIGBUS: u64 = 1 << 7;
+const UFFDIO_API: libc::c_ulong = 0xc018_aa3f;
+const UFFDIO_REGISTER: libc::c_ulong = 0xc020_aa00;
+const UFFDIO_COPY: libc::c_ulong = 0xc028_aa03;
+const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
+/// No thread sleeps on a fault in `SIGBUS` mode, so none needs waking.
+const UFFDIO_COPY_MODE_DONTWAKE: u64 = 1;
+
+#[repr(C)]
+struct UffdioApi {
+    api: u64,
+    features: u64,
+    ioctls: u64,
+}
+
+#[repr(C)]
+struct UffdioRange {
+    start: u64,
+    len: u64,
+}
+
+#[repr(C)]
+struct UffdioRegister {
+    range: UffdioRange,
+    mode: u64,
+    ioctls: u64,
+}
+
+#[repr(C)]
+struct UffdioCopy {
+    dst: u64,
+    src: u64,
+    len: u64,
+    mode: u64,
+    copy: i64,
+}
+
+/// Opens a userfaultfd in `SIGBUS` mode (user-mode faults only, so no
+/// privilege is needed). Not signal-safe in spirit (used at start and in a
+/// fork child), though every call in it is a plain system call.
+pub fn uffd_open() -> Result<i32, Errno> {
+    inject::check(Call::Userfaultfd)?;
+    // SAFETY: userfaultfd takes only flags and returns a new descriptor.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_userfaultfd,
+            libc::O_CLOEXEC | libc::O_NONBLOCK | UFFD_USER_MODE_ONLY,
+        )
+    };
+    if fd < 0 {
+        return Err(Errno::last());
+    }
+    let fd = fd as i32;
+    let mut api = UffdioApi {
+        api: UFFD_API,
+        features: UFFD_FEATURE_SIGBUS,
+        ioctls: 0,
+    };
+    // SAFETY: `api` is a valid uffdio_api for the kernel to read and fill.
+    if unsafe { libc::ioctl(fd, UFFDIO_API, &mut api) } != 0 {
+        let errno = Errno::last();
+        close(fd);
+        return Err(errno);
+    }
+    Ok(fd)
+}
+
+/// Registers `[addr, addr + len)` with `fd` for missing-page faults.
+pub fn uffd_register(fd: i32, addr: usize, len: usize) -> Result<(), Errno> {
+    check_range(addr, len);
+    inject::check(Call::UffdRegister)?;
+    let mut reg = UffdioRegister {
+        range: UffdioRange {
+            start: addr as u64,
+            len: len as u64,
+        },
+        mode: UFFDIO_REGISTER_MODE_MISSING,
+        ioctls: 0,
+    };
+    // SAFETY: `reg` is a valid uffdio_register; the range is spf's own
+    // read/write reservation.
+    if unsafe { libc::ioctl(fd, UFFDIO_REGISTER, &mut reg) } != 0 {
+        return Err(Errno::last());
+    }
+    Ok(())
+}
+
+/// Why a `UFFDIO_COPY` stopped, and how far it got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CopyStopped {
+    pub errno: Errno,
+    /// Bytes copied before it stopped.
+    pub copied: usize,
+}
+
+/// Fills the missing pages of `[dst, dst + len)` with a copy of
+/// `[src, src + len)`, allocating them at once. Stops at the first page
+/// that is already present (`EEXIST`), or part-way with `EAGAIN`; `copied`
+/// says how far it got. Takes the kernel's per-VMA lock for read, never
+/// `mmap_lock` for write. Async-signal-safe.
+pub fn uffd_copy(fd: i32, dst: usize, src: usize, len: usize) -> Result<(), CopyStopped> {
+    check_range(dst, len);
+    if let Err(errno) = inject::check(Call::UffdCopy) {
+        return Err(CopyStopped { errno, copied: 0 });
+    }
+    let mut copy = UffdioCopy {
+        dst: dst as u64,
+        src: src as u64,
+        len: len as u64,
+        mode: UFFDIO_COPY_MODE_DONTWAKE,
+        copy: 0,
+    };
+    // SAFETY: `copy` is a valid uffdio_copy; `dst` is a registered range spf
+    // owns, `src` is readable memory of at least `len` bytes (callers pass
+    // spf's zero source).
+    if unsafe { libc::ioctl(fd, UFFDIO_COPY, &mut copy) } == 0 {
+        return Ok(());
+    }
+    Err(CopyStopped {
+        errno: Errno::last(),
+        copied: copy.copy.max(0) as usize,
+    })
+}
+
+/// Closes a descriptor. Async-signal-safe.
+pub fn close(fd: i32) {
+    // SAFETY: closing a descriptor spf opened and owns.
+    unsafe { libc::close(fd) };
+}
+
+/// Replaces `[addr, addr + len)` with fresh read/write memory that costs no
+/// commit charge until touched (`MAP_NORESERVE`): the userfaultfd zone's
+/// mapping. Dropping what was there.
+pub fn map_lazy_readwrite(addr: usize, len: usize) -> Result<(), Errno> {
+    check_range(addr, len);
+    inject::check(Call::Mmap)?;
+    // SAFETY: callers pass a range of spf's own reservation that holds
+    // nothing anyone still uses; MAP_FIXED replaces exactly that range.
+    let p = unsafe {
+        libc::mmap(
+            addr as *mut _,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        Err(Errno::last())
+    } else {
+        Ok(())
+    }
+}
+
+/// Maps `len` bytes that read as zero and are never written: the source of
+/// `UFFDIO_COPY`. Reads of it map the kernel's shared zero page, so it costs
+/// no memory.
+pub fn map_zero_source(len: usize) -> Result<usize, Errno> {
+    inject::check(Call::Mmap)?;
+    // SAFETY: a fresh anonymous mapping aliases nothing.
+    let p = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        Err(Errno::last())
+    } else {
+        Ok(p as usize)
+    }
+}
+
+/// The first byte of a small `/proc` or `/sys` file (e.g. `b'2'` for
+/// `vm.overcommit_memory` in strict mode), read without allocating.
+pub fn read_first_byte(path: &CStr) -> Option<u8> {
+    // SAFETY: a NUL-terminated path; the descriptor is closed below.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return None;
+    }
+    let mut byte = 0u8;
+    // SAFETY: one writable byte.
+    let n = unsafe { libc::read(fd, (&mut byte as *mut u8).cast(), 1) };
+    close(fd);
+    (n == 1).then_some(byte)
 }
 
 /// The CPU this thread runs on (a vDSO call; async-signal-safe). Returns 0
@@ -418,7 +655,8 @@ pub type SigAction = libc::sigaction;
 /// The signature of an `SA_SIGINFO` handler.
 pub type SigInfoHandler = extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void);
 
-/// Installs `handler` for `SIGSEGV` and returns the action it replaced.
+/// Installs `handler` for `sig` (`SIGSEGV` or `SIGBUS`) and returns the
+/// action it replaced.
 ///
 /// Flags:
 /// - `SA_SIGINFO`: the handler needs `si_addr` and the register context.
@@ -427,7 +665,7 @@ pub type SigInfoHandler = extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut 
 /// - `SA_NODEFER`: a fault raised while the handler runs (inside a chained
 ///   handler, say) must be delivered rather than blocked: a blocked
 ///   synchronous `SIGSEGV` makes the kernel kill the process silently.
-pub fn install_segv_handler(handler: SigInfoHandler) -> Result<SigAction, Errno> {
+pub fn install_handler(sig: libc::c_int, handler: SigInfoHandler) -> Result<SigAction, Errno> {
     // SAFETY: a zeroed sigaction is a valid value to fill in; sigemptyset and
     // sigaction are given valid pointers.
     unsafe {
@@ -436,41 +674,47 @@ pub fn install_segv_handler(handler: SigInfoHandler) -> Result<SigAction, Errno>
         new.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_NODEFER;
         libc::sigemptyset(&mut new.sa_mask);
         let mut old: libc::sigaction = core::mem::zeroed();
-        if libc::sigaction(libc::SIGSEGV, &new, &mut old) != 0 {
+        if libc::sigaction(sig, &new, &mut old) != 0 {
             return Err(Errno::last());
         }
         Ok(old)
     }
 }
 
-/// The handler address installed for `SIGSEGV` now.
-pub fn current_segv_handler() -> usize {
+/// The handler address installed for `sig` now.
+pub fn current_handler(sig: libc::c_int) -> usize {
     // SAFETY: a zeroed sigaction is valid to fill in; a null new action
     // only queries.
     unsafe {
         let mut now: libc::sigaction = core::mem::zeroed();
-        libc::sigaction(libc::SIGSEGV, ptr::null(), &mut now);
+        libc::sigaction(sig, ptr::null(), &mut now);
         now.sa_sigaction
     }
 }
 
-/// Restores `action` for `SIGSEGV`. Async-signal-safe.
-pub fn restore_segv_handler(action: &SigAction) {
+/// Restores `action` for `sig`. Async-signal-safe.
+pub fn restore_handler(sig: libc::c_int, action: &SigAction) {
     // SAFETY: `action` is a disposition previously returned by sigaction.
-    unsafe { libc::sigaction(libc::SIGSEGV, action, ptr::null_mut()) };
+    unsafe { libc::sigaction(sig, action, ptr::null_mut()) };
 }
 
-/// Resets `SIGSEGV` to the default disposition. Async-signal-safe.
-pub fn default_segv() {
+/// Resets `sig` to the default disposition. Async-signal-safe.
+pub fn default_handler(sig: libc::c_int) {
     // SAFETY: a zeroed sigaction with SIG_DFL is a valid disposition.
     unsafe {
         let mut dfl: libc::sigaction = core::mem::zeroed();
         dfl.sa_sigaction = libc::SIG_DFL;
-        libc::sigaction(libc::SIGSEGV, &dfl, ptr::null_mut());
+        libc::sigaction(sig, &dfl, ptr::null_mut());
     }
 }
 
-/// What the previous `SIGSEGV` disposition was, for chaining.
+/// Sends `sig` to the calling thread. Async-signal-safe.
+pub fn raise(sig: libc::c_int) {
+    // SAFETY: raise has no preconditions.
+    unsafe { libc::raise(sig) };
+}
+
+/// What the previous disposition of a signal was, for chaining.
 pub enum PreviousHandler {
     /// `SIG_DFL` or `SIG_IGN`: restore it and return; the access re-executes
     /// and the kernel applies it (an ignored synchronous fault kills anyway).
@@ -495,14 +739,25 @@ pub fn classify_previous(action: &SigAction) -> PreviousHandler {
     }
 }
 
-/// The faulting address of a `SIGSEGV`. Async-signal-safe.
+/// The faulting address of a `SIGSEGV` or `SIGBUS`. Async-signal-safe.
 ///
 /// # Safety
 /// `info` must be the `siginfo_t` the kernel passed to the handler.
 pub unsafe fn fault_address(info: *const libc::siginfo_t) -> usize {
-    // SAFETY: the caller passes the kernel's siginfo for a SIGSEGV, whose
-    // si_addr field is valid.
+    // SAFETY: the caller passes the kernel's siginfo for a SIGSEGV or
+    // SIGBUS, whose si_addr field is valid.
     unsafe { (*info).si_addr() as usize }
+}
+
+/// Whether the signal was sent by a process (`kill`, `raise`, `sigqueue`,
+/// `tgkill`: `si_code <= 0`) rather than raised by the kernel for a fault.
+/// Async-signal-safe.
+///
+/// # Safety
+/// `info` must be the `siginfo_t` the kernel passed to the handler.
+pub unsafe fn sent_by_process(info: *const libc::siginfo_t) -> bool {
+    // SAFETY: si_code is valid in every siginfo.
+    unsafe { (*info).si_code <= 0 }
 }
 
 /// Whether the faulting access was a write, where the architecture says so.
