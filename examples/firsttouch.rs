@@ -6,7 +6,13 @@
 //!
 //! ```text
 //! cargo run --release --example firsttouch -- [--runs 7] [--mib 256] [--threads 1,2]
+//! cargo run --release --example firsttouch -- --backends uffd,guard,mprotect --threads 1,2,4
 //! ```
+//!
+//! `--backends` compares commit backends: the commit backend is chosen once
+//! per process, so the example runs itself once per backend (with
+//! `SPF_BACKEND` set) and each child prints the 4 KiB / 64 KiB / 2 MiB rows
+//! beside native demand paging measured in that same child.
 //!
 //! Prints markdown tables of medians. Timings are wall-clock on whatever
 //! machine runs it: compare rows of one run, not runs of different machines.
@@ -22,6 +28,8 @@ struct Args {
     runs: usize,
     mib: usize,
     threads: Vec<usize>,
+    backends: Vec<String>,
+    compact: bool,
 }
 
 fn parse_args() -> Args {
@@ -29,9 +37,15 @@ fn parse_args() -> Args {
         runs: 7,
         mib: 256,
         threads: vec![1, 2],
+        backends: Vec::new(),
+        compact: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--compact" {
+            a.compact = true;
+            continue;
+        }
         let value = it
             .next()
             .unwrap_or_else(|| usage(&format!("{flag} needs a value")));
@@ -43,6 +57,7 @@ fn parse_args() -> Args {
             "--runs" => a.runs = num(&value).max(1),
             "--mib" => a.mib = num(&value).max(2),
             "--threads" => a.threads = value.split(',').map(num).collect(),
+            "--backends" => a.backends = value.split(',').map(str::to_owned).collect(),
             _ => usage(&format!("unknown flag {flag}")),
         }
     }
@@ -50,7 +65,10 @@ fn parse_args() -> Args {
 }
 
 fn usage(msg: &str) -> ! {
-    eprintln!("firsttouch: {msg}\nusage: firsttouch [--runs N] [--mib MIB] [--threads 1,2,...]");
+    eprintln!(
+        "firsttouch: {msg}\nusage: firsttouch [--runs N] [--mib MIB] [--threads 1,2,...] \
+         [--backends uffd,guard,mprotect]"
+    );
     std::process::exit(2)
 }
 
@@ -66,6 +84,18 @@ fn measure(what: Touched, len: usize, threads: usize) -> (f64, u64) {
 }
 
 fn row(name: &str, subject: Touched, args: &Args, threads: usize, native: Option<f64>) -> f64 {
+    row_as(None, name, subject, args, threads, native)
+}
+
+/// A row, prefixed with the backend's column when there is one.
+fn row_as(
+    backend: Option<&str>,
+    name: &str,
+    subject: Touched,
+    args: &Args,
+    threads: usize,
+    native: Option<f64>,
+) -> f64 {
     let len = args.mib << 20;
     let mut ns = Vec::new();
     let mut faults = 0;
@@ -81,8 +111,65 @@ fn row(name: &str, subject: Touched, args: &Args, threads: usize, native: Option
     } else {
         "—".to_owned()
     };
-    println!("| {name} | {threads} | {m:.0} | {per_fault} | {faults} | {vs} |");
+    let lead = backend.map_or(String::new(), |b| format!("| {b} "));
+    println!("{lead}| {name} | {threads} | {m:.0} | {per_fault} | {faults} | {vs} |");
     m
+}
+
+/// One backend's rows (this process runs it): native, then bare granules
+/// of 4 KiB, 64 KiB and 2 MiB, speculative.
+fn compact_rows(args: &Args) {
+    let backend = spf::backend().map_or("none", |b| b.name());
+    for &t in &args.threads {
+        let native = row_as(
+            Some(backend),
+            "native",
+            Touched::Native { huge: false },
+            args,
+            t,
+            None,
+        );
+        for (name, kib) in [("spf 4 KiB", 4), ("spf 64 KiB", 64), ("spf 2 MiB", 2048)] {
+            let opts = RegionOptions::default().granule(kib << 10);
+            let subject = Touched::Spf {
+                mode: Mode::Speculative,
+                opts,
+            };
+            row_as(Some(backend), name, subject, args, t, Some(native));
+        }
+    }
+}
+
+/// Runs this example once per backend (`SPF_BACKEND`), `--compact`.
+fn backends_table(args: &Args) {
+    println!(
+        "\n### First touch of a fresh {} MiB mapping per commit backend (median of {} runs)\n",
+        args.mib, args.runs
+    );
+    println!(
+        "| backend | subject | threads | ns per 4 KiB page | ns per fault | faults | vs native |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    let threads: Vec<String> = args.threads.iter().map(usize::to_string).collect();
+    for backend in &args.backends {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--compact", "--runs", &args.runs.to_string()])
+            .args([
+                "--mib",
+                &args.mib.to_string(),
+                "--threads",
+                &threads.join(","),
+            ])
+            .env("SPF_BACKEND", backend)
+            .output()
+            .expect("run firsttouch");
+        if out.status.success() {
+            print!("{}", String::from_utf8_lossy(&out.stdout));
+        } else {
+            let why = String::from_utf8_lossy(&out.stderr);
+            println!("| {backend} | refused here: {} | | | | | |", why.trim());
+        }
+    }
 }
 
 fn first_touch_table(args: &Args) {
@@ -255,13 +342,25 @@ fn lookup_table() {
 
 fn main() {
     let args = parse_args();
-    spf::init().expect("spf starts");
+    if let Err(e) = spf::init() {
+        eprintln!("{e}");
+        std::process::exit(1);
+    }
+    if args.compact {
+        compact_rows(&args);
+        return;
+    }
+    if !args.backends.is_empty() {
+        backends_table(&args);
+        return;
+    }
     println!(
-        "spf firsttouch: {} CPUs, kernel {}",
+        "spf firsttouch: {} CPUs, kernel {}, commit backend {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .unwrap_or_default()
-            .trim()
+            .trim(),
+        spf::backend().map_or("none", |b| b.name())
     );
     first_touch_table(&args);
     cap_table(&args);

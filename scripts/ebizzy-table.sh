@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the ebizzy example over thread counts and variants and prints the
 # README's markdown tables: records/s for BASE (classic), SPF and the
-# kernel's own mmap, and the malloc path for each allocator.
+# kernel's own mmap per commit backend (SPF_BACKENDS, default "uffd guard
+# mprotect"), and the malloc path for each allocator.
 #   scripts/ebizzy-table.sh [seconds per run] [thread counts...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,18 +16,25 @@ rate() { # the records/s of the run named $1 in the output on stdin
     grep -E "^$1" | head -1 | sed -E 's/.*: ([0-9]+) records\/s/\1/'
 }
 
-echo "ebizzy on $(nproc) CPUs, kernel $(uname -r), ${secs} s per run"
+backends=${SPF_BACKENDS:-uffd guard mprotect}
+echo "ebizzy on $(nproc) CPUs, kernel $(uname -r), ${secs} s per run, granule 64 KiB"
 echo
-echo "| flags | threads | BASE | SPF | SPF/BASE | native |"
-echo "|---|---|---|---|---|---|"
-for flags in "-mT" "-mTR" "-mTRp" "-mTRp --ltp-rng"; do
-    for t in $threads; do
-        out=$($bin $flags -t "$t" -S "$secs" --mode both --native)
-        base=$(rate "BASE" <<<"$out")
-        spf=$(rate "SPF" <<<"$out")
-        native=$(rate "native" <<<"$out")
-        ratio=$(awk -v a="$spf" -v b="$base" 'BEGIN { printf "%.2f", a / b }')
-        echo "| \`$flags\` | $t | $base | $spf | $ratio | $native |"
+echo "| backend | flags | threads | BASE | SPF | SPF/BASE | native | SPF/native |"
+echo "|---|---|---|---|---|---|---|---|"
+for backend in $backends; do
+    for flags in "-mTR" "-mTRp"; do
+        for t in $threads; do
+            if ! out=$(SPF_BACKEND=$backend $bin $flags -t "$t" -S "$secs" --mode both --native 2>&1); then
+                echo "| $backend | \`$flags\` | $t | refused: $(grep -m1 spf: <<<"$out") | | | | |"
+                continue
+            fi
+            base=$(rate "BASE" <<<"$out")
+            spf=$(rate "SPF" <<<"$out")
+            native=$(rate "native" <<<"$out")
+            ratio=$(awk -v a="$spf" -v b="$base" 'BEGIN { printf "%.2f", a / b }')
+            vs=$(awk -v a="$spf" -v b="$native" 'BEGIN { printf "%.2f", a / b }')
+            echo "| $backend | \`$flags\` | $t | $base | $spf | $ratio | $native | $vs |"
+        done
     done
 done
 echo

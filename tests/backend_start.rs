@@ -65,8 +65,9 @@ fn run(scenario: &str, backend: &str) -> String {
 fn a_refused_userfaultfd_is_an_error_naming_the_cause_when_asked_for() {
     let out = run("uffd-refused", "uffd");
     assert!(
-        out.contains("refused: spf: the uffd commit backend cannot run here: userfaultfd() was refused")
-            && out.contains("EPERM")
+        out.contains(
+            "refused: spf: the uffd commit backend cannot run here: userfaultfd() was refused"
+        ) && out.contains("EPERM")
             && out.contains("SPF_BACKEND=auto"),
         "{out}"
     );

@@ -101,7 +101,10 @@ fn lazy(len: usize, granule: usize) -> Region {
 }
 
 fn maps_lines() -> usize {
-    std::fs::read_to_string("/proc/self/maps").unwrap().lines().count()
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .count()
 }
 
 /// Every other page of 800 MiB, in a scattered order: 100,000 commits.
@@ -278,7 +281,10 @@ fn foreign_sigbus(with_handler: bool) {
     } as *const u8;
     assert_ne!(p as *mut libc::c_void, libc::MAP_FAILED);
     std::fs::remove_file(&path).unwrap();
-    println!("reading past the end of the file at {:p}", p.wrapping_add(4096));
+    println!(
+        "reading past the end of the file at {:p}",
+        p.wrapping_add(4096)
+    );
     // SAFETY: the second page lies past the end of the file: SIGBUS.
     let v = unsafe { std::ptr::read_volatile(p.add(4096)) };
     println!("no SIGBUS? read {v}");
@@ -470,9 +476,7 @@ fn a_failed_uffd_copy_falls_back_or_ends_with_one_message() {
     assert_eq!(signal_of(&out), Some(libc::SIGSEGV), "{stdout}\n{stderr}");
     assert!(!stdout.contains("survived"), "{stdout}");
     assert_eq!(
-        stderr
-            .matches("cannot commit in region")
-            .count(),
+        stderr.matches("cannot commit in region").count(),
         1,
         "one message, no loop: {stderr}"
     );

@@ -96,7 +96,7 @@ fn bad_values_are_named_and_the_defaults_kept() {
 fn spf_stats_prints_the_counters_at_exit() {
     let (_, stderr) = child(&[("SPF_STATS", "1")]);
     assert!(
-        stderr.contains("Performance counter stats for spf:"),
+        stderr.contains("Performance counter stats for spf (commit backend: "),
         "{stderr}"
     );
     let faults = stderr

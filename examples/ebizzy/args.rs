@@ -252,7 +252,10 @@ mod tests {
     fn no_flags_run_the_seeds_comparison() {
         let a = p("").unwrap();
         assert!(a.showcase && a.mmap && a.touch_only && a.random_size && a.native);
-        assert_eq!((a.seconds, a.mode, a.granule), (5.0, ModeArg::Both, 64 << 10));
+        assert_eq!(
+            (a.seconds, a.mode, a.granule),
+            (5.0, ModeArg::Both, 64 << 10)
+        );
     }
 
     #[test]

@@ -437,10 +437,20 @@ pub(crate) fn drop_pages(addr: usize, len: usize) {
                 return;
             }
             let fd = UFFD.load(Relaxed);
-            let fresh = sys::map_lazy_readwrite(addr, len)
-                .and_then(|()| if fd < 0 { Ok(()) } else { sys::uffd_register(fd, addr, len) });
+            let fresh = sys::map_lazy_readwrite(addr, len).and_then(|()| {
+                if fd < 0 {
+                    Ok(())
+                } else {
+                    sys::uffd_register(fd, addr, len)
+                }
+            });
             if let Err(errno) = fresh {
-                fatal_drop(addr, len, "madvise, then mmap + UFFDIO_REGISTER failed", errno);
+                fatal_drop(
+                    addr,
+                    len,
+                    "madvise, then mmap + UFFDIO_REGISTER failed",
+                    errno,
+                );
             }
         }
         Backend::Guard => {

@@ -114,7 +114,10 @@ impl fmt::Display for Error {
                 reason,
                 errno,
             } => {
-                write!(f, "spf: the {backend} commit backend cannot run here: {reason}")?;
+                write!(
+                    f,
+                    "spf: the {backend} commit backend cannot run here: {reason}"
+                )?;
                 if let Some(errno) = errno {
                     write!(f, " ({errno})")?;
                 }

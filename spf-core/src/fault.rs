@@ -145,8 +145,7 @@ const REPEAT_LIMIT: u32 = 10_000;
 /// Serves one fault at `addr`. Async-signal-safe (see the module docs).
 pub fn handle(space: &Space, addr: usize, access: AccessKind, trap: Trap) -> Outcome {
     // Step 1: classify. A `SIGBUS` is ours only where userfaultfd raises it.
-    if !space.contains(addr) || (trap == Trap::Missing && !backend::missing_page_possible(addr))
-    {
+    if !space.contains(addr) || (trap == Trap::Missing && !backend::missing_page_possible(addr)) {
         return Outcome::NotOurs;
     }
     let cpu = sys::current_cpu();
@@ -361,9 +360,7 @@ fn classic(space: &Space, addr: usize, access: AccessKind, trap: Trap) -> Outcom
                     continue;
                 }
                 let filled = backend::refill(plan.head, plan.granule);
-                space
-                    .granules
-                    .unlock(plan.head, GranuleState::Committed);
+                space.granules.unlock(plan.head, GranuleState::Committed);
                 if let Err(errno) = filled {
                     return Outcome::Fatal(FatalFault::CommitFailed { start, end, errno });
                 }

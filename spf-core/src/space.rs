@@ -328,12 +328,11 @@ impl Space {
                 // Only a hint: without THP the region still works with 4 KiB pages.
                 let _ = sys::advise_huge(start, len);
             }
-            let prepared = backend::prepare(start, len, flags.prot()).map_err(|errno| {
-                Error::System {
+            let prepared =
+                backend::prepare(start, len, flags.prot()).map_err(|errno| Error::System {
                     call: "madvise (guard markers)",
                     errno,
-                }
-            });
+                });
             let committed = if prepared.is_err() {
                 prepared
             } else if opts.eager {

@@ -24,7 +24,8 @@
 //! - `cap.rs` — `InflightSlot::take`/`try_charge`/drop, `freeze`, `thaw`
 //!   (C1, C2), real;
 //! - `commit.rs` — `CommitPlan::for_fault`/`charge`/`shrink`/`lock`,
-//!   `LockedRun::apply`/`publish`/drop (K1), `revert_protection`, real;
+//!   `LockedRun::apply`/`publish`/drop (K1), real, committing through the
+//!   `backend` stand-in below (the `mprotect` backend, mirrored);
 //! - `descriptor.rs` — `RegionDesc::snapshot`/`init`/`set_*`, real (its
 //!   fields are `core` atomics, so loom schedules around the sequence count
 //!   but does not explore weak-memory outcomes of the field loads: S2's
@@ -370,8 +371,11 @@ mod stats {
         Cap,
         Mprotect,
         CommitAhead,
+        UffdCopy,
+        GuardRemove,
+        AheadBytes,
     }
-    const COUNTERS: usize = Counter::CommitAhead as usize + 1;
+    const COUNTERS: usize = Counter::AheadBytes as usize + 1;
 
     loom::lazy_static! {
         static ref COUNTS: [AtomicU64; COUNTERS] = Default::default();
@@ -383,6 +387,9 @@ mod stats {
     }
     pub(crate) fn count(counter: Counter) {
         count_on(0, counter);
+    }
+    pub(crate) fn add(counter: Counter, n: u64) {
+        COUNTS[counter as usize].fetch_add(n, Relaxed);
     }
     pub(crate) fn add_committed(bytes: i64) {
         COMMITTED.fetch_add(bytes, Relaxed);
@@ -402,6 +409,55 @@ mod stats {
     }
     pub fn committed() -> i64 {
         COMMITTED.load(Relaxed)
+    }
+}
+
+/// The commit backend: the model runs the `mprotect` backend, whose
+/// branch of `backend.rs` is mirrored here line for line (the
+/// userfaultfd and guard branches are not modelled).
+mod backend {
+    use crate::stats::{self, Counter};
+    use crate::sys::{self, Errno, Prot};
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Backend {
+        Uffd,
+        Guard,
+        Mprotect,
+    }
+
+    pub(crate) fn at(_addr: usize) -> Backend {
+        Backend::Mprotect
+    }
+
+    pub(crate) fn missing_page_possible(_addr: usize) -> bool {
+        false
+    }
+
+    /// Mirror of `backend::commit`'s `mprotect` branch.
+    pub(crate) fn commit(addr: usize, len: usize, prot: Prot, populate: bool) -> Result<(), Errno> {
+        stats::count(Counter::Mprotect);
+        if let Err(errno) = sys::protect(addr, len, prot) {
+            revert_protection(addr, len);
+            return Err(errno);
+        }
+        if populate {
+            let _ = sys::populate(addr, len, prot == Prot::ReadWrite);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn refill(_addr: usize, _len: usize) -> Result<(), Errno> {
+        unreachable!("no missing pages under mprotect")
+    }
+
+    /// Mirror of `backend::revert_protection`.
+    pub(crate) fn revert_protection(addr: usize, len: usize) {
+        stats::count(Counter::Mprotect);
+        if let Err(errno) = sys::protect(addr, len, Prot::None) {
+            crate::report::report!("spf: fatal: cannot revert {addr:#x}+{len}: {errno}\n");
+            sys::abort();
+        }
     }
 }
 
@@ -705,7 +761,7 @@ mod space {
     /// Mirror of `space.rs`'s `drop_pages`.
     fn drop_pages(addr: usize, len: usize) {
         if sys::discard(addr, len).is_ok() {
-            crate::commit::revert_protection(addr, len);
+            crate::backend::revert_protection(addr, len);
             return;
         }
         stats::count(stats::Counter::Mprotect);
@@ -752,7 +808,7 @@ fn write(space: &Space, addr: usize) -> End {
         if kernel::allows(addr, true) {
             return End::Accessed;
         }
-        match fault::handle(space, addr, AccessKind::Write) {
+        match fault::handle(space, addr, AccessKind::Write, fault::Trap::Protection) {
             Outcome::Handled => continue,
             Outcome::Fatal(f) => return End::Reported(f),
             Outcome::NotOurs => panic!("{addr:#x} is in the reservation"),
