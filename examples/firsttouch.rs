@@ -84,18 +84,6 @@ fn measure(what: Touched, len: usize, threads: usize) -> (f64, u64) {
 }
 
 fn row(name: &str, subject: Touched, args: &Args, threads: usize, native: Option<f64>) -> f64 {
-    row_as(None, name, subject, args, threads, native)
-}
-
-/// A row, prefixed with the backend's column when there is one.
-fn row_as(
-    backend: Option<&str>,
-    name: &str,
-    subject: Touched,
-    args: &Args,
-    threads: usize,
-    native: Option<f64>,
-) -> f64 {
     let len = args.mib << 20;
     let mut ns = Vec::new();
     let mut faults = 0;
@@ -111,31 +99,54 @@ fn row_as(
     } else {
         "—".to_owned()
     };
-    let lead = backend.map_or(String::new(), |b| format!("| {b} "));
-    println!("{lead}| {name} | {threads} | {m:.0} | {per_fault} | {faults} | {vs} |");
+    println!("| {name} | {threads} | {m:.0} | {per_fault} | {faults} | {vs} |");
     m
 }
 
 /// One backend's rows (this process runs it): native, then bare granules
-/// of 4 KiB, 64 KiB and 2 MiB, speculative.
+/// of 4 KiB, 64 KiB and 2 MiB, speculative. The subjects are measured
+/// interleaved — one run of each per round — so that a slow spell of the
+/// machine hits all of them alike, after touching and dropping 320 MiB
+/// once (a VM hands free memory back to its host; the first touch of such
+/// memory also pays the host's fault).
 fn compact_rows(args: &Args) {
     let backend = spf::backend().map_or("none", |b| b.name());
+    let len = args.mib << 20;
+    first_touch(Touched::Native { huge: false }, 320 << 20, 1);
+    let spf_at = |kib: usize| Touched::Spf {
+        mode: Mode::Speculative,
+        opts: RegionOptions::default().granule(kib << 10),
+    };
+    let subjects = [
+        ("native", Touched::Native { huge: false }),
+        ("spf 4 KiB", spf_at(4)),
+        ("spf 64 KiB", spf_at(64)),
+        ("spf 2 MiB", spf_at(2048)),
+    ];
     for &t in &args.threads {
-        let native = row_as(
-            Some(backend),
-            "native",
-            Touched::Native { huge: false },
-            args,
-            t,
-            None,
-        );
-        for (name, kib) in [("spf 4 KiB", 4), ("spf 64 KiB", 64), ("spf 2 MiB", 2048)] {
-            let opts = RegionOptions::default().granule(kib << 10);
-            let subject = Touched::Spf {
-                mode: Mode::Speculative,
-                opts,
-            };
-            row_as(Some(backend), name, subject, args, t, Some(native));
+        let mut ns = vec![Vec::new(); subjects.len()];
+        let mut faults = vec![0; subjects.len()];
+        for _ in 0..args.runs {
+            for (i, &(_, subject)) in subjects.iter().enumerate() {
+                let (n, f) = measure(subject, len, t);
+                ns[i].push(n);
+                faults[i] = f;
+            }
+        }
+        let spread = |v: &[f64]| {
+            let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+            let max = v.iter().copied().fold(0.0, f64::max);
+            format!("{min:.0}–{max:.0}")
+        };
+        let native = median(ns[0].clone());
+        for (i, &(name, _)) in subjects.iter().enumerate() {
+            let m = median(ns[i].clone());
+            println!(
+                "| {backend} | {name} | {t} | {m:.0} | {} | {} | {:.2}× |",
+                spread(&ns[i]),
+                faults[i],
+                m / native
+            );
         }
     }
 }

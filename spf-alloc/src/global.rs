@@ -48,7 +48,10 @@ impl SpfAlloc {
     /// for `vec![0; n]`): a fresh region reads as zero without being
     /// touched, so a zeroed large block comes back untouched; write to it
     /// (e.g. `resize` with zeros, or one byte per page) before a `read()`
-    /// or `recv()` into it.
+    /// or `recv()` into it. Under the userfaultfd commit backend this also
+    /// holds for a large block reused from the cache after decay purged it:
+    /// its pages are missing until touched. (Blocks from [`SpfAlloc::new`]
+    /// never have this problem under any backend.)
     pub const fn lazy() -> Self {
         SpfAlloc {
             commit: Commit::Touch,

@@ -12,6 +12,22 @@
 //! when a *system call* touches such a page: `read(fd, ptr, n)` into an
 //! untouched granule fails with `EFAULT`. Before handing lazy memory to the
 //! kernel, commit it with [`Region::commit`] (the prefault), or touch it.
+//! Under the userfaultfd backend (the default where the kernel allows it)
+//! the same holds after [`Region::purge`]: a purged page of a lazy region is
+//! *missing* again until touched (the touch refills it with zeros), so
+//! touch or `commit` purged lazy memory before a system call writes into
+//! it. Eager regions never have this problem: they live where a purged
+//! page reads back as zero for system calls too (see [`Backend`]).
+//!
+//! # Blocked signals
+//!
+//! Lazy memory is committed by a signal handler (`SIGBUS` under the
+//! userfaultfd backend, `SIGSEGV` otherwise). A thread that blocks those
+//! signals and touches an uncommitted granule is killed by the kernel,
+//! which forces a blocked synchronous fault signal to its default action.
+//! Threads that block signals should `commit` the memory they will touch.
+//!
+//! [`Backend`]: crate::Backend
 //!
 //! ```
 //! use spf_core::{Region, RegionOptions};
@@ -247,9 +263,12 @@ impl Region {
     }
 
     /// Gives the pages of `range` back to the kernel but keeps them
-    /// committed: they stay accessible and read as zero, and the next touch
-    /// takes an ordinary kernel page fault, not spf's. `range` must be page
-    /// aligned; its contents are lost.
+    /// committed: they stay accessible and read as zero. `range` must be
+    /// page aligned; its contents are lost. The next touch takes an
+    /// ordinary kernel page fault, except in a lazy region under the
+    /// userfaultfd backend, where it takes spf's fault, which refills the
+    /// granule (and where a system call writing into a purged page fails
+    /// with `EFAULT` until then: the `EFAULT` rule above).
     pub fn purge(&self, range: Range<usize>) -> Result<(), Error> {
         let bad = Error::BadRange {
             offset: range.start,
