@@ -3,8 +3,8 @@
 //! says why and what to set instead. The refusals are made with the
 //! `fault-injection` hooks (`userfaultfd()` refused with `EPERM` as under a
 //! container's seccomp filter, `UFFDIO_REGISTER` failing, guard markers
-//! unknown to the kernel), each in a child process whose spf has not
-//! started yet.
+//! unknown to the kernel, the two-zone reservation refused as under
+//! `ulimit -v`), each in a child process whose spf has not started yet.
 //!
 //! The global allocator here is the system's, so spf starts only when the
 //! child asks it to.
@@ -29,6 +29,7 @@ fn child_entry() {
         "uffd-refused" => inject::fail(Call::Userfaultfd, libc::EPERM, 0, 1),
         "register-fails" => inject::fail(Call::UffdRegister, libc::ENOMEM, 0, 1),
         "guard-unknown" => inject::fail(Call::Madvise, libc::EINVAL, 0, 1),
+        "two-zones-too-big" => inject::fail(Call::Mmap, libc::ENOMEM, 0, 1),
         "both-refused" => {
             inject::fail(Call::Userfaultfd, libc::EPERM, 0, 1);
             inject::fail(Call::Madvise, libc::EINVAL, 0, 1);
@@ -80,6 +81,9 @@ fn auto_falls_back_past_a_refused_userfaultfd() {
     let out = run("register-fails", "auto");
     assert!(out.contains("started: guard"), "{out}");
     let out = run("both-refused", "auto");
+    assert!(out.contains("started: mprotect"), "{out}");
+    // Address space for two zones refused (ulimit -v): one zone, mprotect.
+    let out = run("two-zones-too-big", "auto");
     assert!(out.contains("started: mprotect"), "{out}");
 }
 

@@ -23,7 +23,9 @@ fn child_entry() {
     if child_scenario().is_none() {
         return;
     }
-    inject::fail(Call::Mmap, libc::ENOMEM, 0, 1);
+    // Two failures: with SPF_BACKEND=auto a failed two-zone reservation is
+    // retried with one zone (for address-space limits) before giving up.
+    inject::fail(Call::Mmap, libc::ENOMEM, 0, 2);
     let err = spf::init().expect_err("the reservation fails");
     inject::clear(Call::Mmap);
     println!("init: {err}");

@@ -136,7 +136,6 @@ extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, context: *m
         chain(sig, info, context);
         return;
     }
-    let _scope = HandlerScope::enter();
     // SAFETY: the kernel passes a valid siginfo and ucontext to a SA_SIGINFO handler.
     let (addr, write) = unsafe { (sys::fault_address(info), sys::fault_is_write(context)) };
     let access = match write {
@@ -149,9 +148,17 @@ extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, context: *m
     } else {
         Trap::Protection
     };
-    let outcome = match Space::ready() {
-        Some(space) => fault::handle(space, addr, access, trap),
-        None => Outcome::NotOurs,
+    // The "in the handler" mark covers spf's own work only, not the
+    // chained handler: that one may leave by `siglongjmp` (a program's own
+    // handler recovering from its fault) and never return here, which
+    // would leave the thread marked for good — every later allocation
+    // refused in debug builds, every later fault taken as nested.
+    let outcome = {
+        let _scope = HandlerScope::enter();
+        match Space::ready() {
+            Some(space) => fault::handle(space, addr, access, trap),
+            None => Outcome::NotOurs,
+        }
     };
     match outcome {
         Outcome::Handled => {}

@@ -201,10 +201,21 @@ impl Space {
         };
         let sys_err = |call| move |errno| Error::System { call, errno };
         let mut len = zones * zone_len;
-        let base = sys::reserve(len, CHUNK).map_err(sys_err("mmap (reservation)"))?;
+        let mut choice = choice;
+        let base = match sys::reserve(len, CHUNK) {
+            Ok(base) => base,
+            // Address space may be limited (ulimit -v): `auto` settles for
+            // one zone and the backend that needs no other.
+            Err(_) if zones == 2 && choice == BackendChoice::Auto => {
+                len = zone_len;
+                choice = BackendChoice::Only(Backend::Mprotect);
+                sys::reserve(len, CHUNK).map_err(sys_err("mmap (reservation)"))?
+            }
+            Err(errno) => return Err(sys_err("mmap (reservation)")(errno)),
+        };
         let max_regions = options::max_regions();
         let backend = backend::start(base, len, choice)?;
-        if backend == Backend::Mprotect && zones == 2 {
+        if backend == Backend::Mprotect && len == 2 * zone_len {
             sys::unreserve(base + zone_len, zone_len);
             len = zone_len;
         }
