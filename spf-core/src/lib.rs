@@ -42,6 +42,7 @@ mod report;
 mod seq;
 mod signal;
 mod space;
+mod startup;
 mod stats;
 mod sys;
 

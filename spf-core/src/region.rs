@@ -43,7 +43,7 @@
 use crate::error::Error;
 use crate::granule::GranuleState;
 use crate::map::RegionIdx;
-use crate::space::Space;
+use crate::space::{RegionSpec, Space};
 use core::ops::Range;
 use core::sync::atomic::Ordering;
 
@@ -192,7 +192,17 @@ impl Region {
     /// committed on first touch unless the options say `eager`.
     pub fn reserve(len: usize, options: RegionOptions) -> Result<Region, Error> {
         let space = Space::get()?;
-        let (idx, start, len) = space.create(len, &options)?;
+        let granule = options.granule_bytes()?;
+        let spec = RegionSpec {
+            granule,
+            align: options.align_bytes(granule)?,
+            read_only: options.read_only,
+            populate: options.populate,
+            speculative: options.speculative,
+            eager: options.eager,
+            commit_ahead: options.commit_ahead,
+        };
+        let (idx, start, len) = space.create(len, &spec)?;
         Ok(Region {
             idx,
             start,

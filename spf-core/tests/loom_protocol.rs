@@ -50,13 +50,14 @@
 //! - `map` — the region map, one `AtomicU32` per page with `map.rs`'s
 //!   orderings (Acquire lookups, Release stores under the lock) in place of
 //!   its two-level table;
-//! - `space` — `Space` holds the real granule table and real descriptors;
-//!   its writers `create` (the lazy case), `destroy`, `retire`, `shrink`,
-//!   `protect`, `decommit_locked` with `drop_pages`, and the classic path's
-//!   helpers `plan_locked` and `region_ending_below` are *mirrored* from
-//!   `space.rs` line for line, minus the extent allocator and the epoch
+//! - `space` — `Space` holds the real granule table and real descriptors,
+//!   and its writers run the *real* write sections of `space/write.rs`
+//!   (`WriteSection`: `destroy`, `shrink`, `protect`, `decommit`, compiled
+//!   unchanged); around them, `create` (the lazy case) and `retire` are
+//!   mirrored from `space/mod.rs` minus the extent allocator and the epoch
 //!   grace period (the fault handler never pins, so the grace period is no
-//!   part of its protocol);
+//!   part of its protocol), and so are the classic path's helpers
+//!   `plan_locked` and `region_ending_below`;
 //! - `options`, `stats`, `handler_guard`, `report` — per-thread settings,
 //!   counters (whose `note_inflight` asserts C1 at every admission), no
 //!   nesting, `eprint!`.
@@ -91,8 +92,8 @@
 //! The real modules are compiled as they are in the working tree, so a
 //! change to the fault path is checked by the next run. When they start to
 //! call something new from another module, the stand-in for that module
-//! needs it too (the compile error names it); when a writer in `space.rs`
-//! changes, its mirror here must change with it.
+//! needs it too (the compile error names it); when a writer in `space/mod.rs`
+//! changes outside `space/write.rs`, its mirror here must change with it.
 //!
 //! # Not modelled
 //!
@@ -130,6 +131,9 @@ mod primitive;
 #[allow(dead_code)]
 #[path = "../src/seq.rs"]
 mod seq;
+#[allow(dead_code)]
+#[path = "../src/space/write.rs"]
+mod write;
 
 // ---------------------------------------------------------------------------
 // Stand-ins for what the real code calls.
@@ -359,6 +363,7 @@ mod stats {
 
     #[derive(Clone, Copy, Debug)]
     #[repr(usize)]
+    #[allow(dead_code)] // the same list as `stats.rs`, some unused here
     pub enum Counter {
         Faults,
         Spf,
@@ -420,6 +425,7 @@ mod backend {
     use crate::sys::{self, Errno, Prot};
 
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    #[allow(dead_code)] // the real enum's variants; the model runs `Mprotect`
     pub enum Backend {
         Uffd,
         Guard,
@@ -449,6 +455,28 @@ mod backend {
 
     pub(crate) fn refill(_addr: usize, _len: usize) -> Result<(), Errno> {
         unreachable!("no missing pages under mprotect")
+    }
+
+    /// Mirror of `backend::drop_pages`'s `mprotect` branch.
+    pub(crate) fn drop_pages(addr: usize, len: usize) {
+        if sys::discard(addr, len).is_ok() {
+            revert_protection(addr, len);
+            return;
+        }
+        stats::count(Counter::Mprotect);
+        if let Err(errno) = sys::replace_reserved(addr, len) {
+            crate::report::report!("spf: fatal: cannot drop {addr:#x}+{len}: {errno}\n");
+            sys::abort();
+        }
+    }
+
+    /// The protected zone changes only committed runs.
+    pub(crate) fn protect_region(
+        _start: usize,
+        _end: usize,
+        _prot: Prot,
+    ) -> Option<Result<(), Errno>> {
+        None
     }
 
     /// Mirror of `backend::revert_protection`.
@@ -552,18 +580,19 @@ mod lock {
     }
 }
 
-/// `Space` with the real granule table and descriptors; the writers are
-/// mirrored from `space.rs` (see the file's docs).
+/// `Space` with the real granule table and descriptors, and the real write
+/// sections of `space/write.rs`; `create`'s extent and descriptor
+/// allocation and the grace period are left out (see the file's docs).
 mod space {
+    use crate::write::WriteSection;
+
     use crate::commit::CommitPlan;
     use crate::descriptor::{RegionDesc, RegionFlags, Snapshot};
-    use crate::granule::{GranuleState, GranuleTable};
+    use crate::granule::GranuleTable;
     use crate::kernel::{BASE, PAGES};
     use crate::lock::{SpaceGuard, SpaceLock};
     use crate::map::{RegionIdx, RegionMap};
-    use crate::stats;
     use crate::sys::{self, PAGE_SIZE};
-    use core::sync::atomic::Ordering;
 
     pub struct DescriptorTable {
         descs: Box<[RegionDesc]>,
@@ -600,7 +629,7 @@ mod space {
             }
         }
 
-        /// As `space.rs`.
+        /// As `space/mod.rs`.
         pub fn contains(&self, addr: usize) -> bool {
             addr.wrapping_sub(self.base) < self.len
         }
@@ -620,114 +649,46 @@ mod space {
             flags: RegionFlags,
             ahead: u32,
         ) {
-            let _held = self.lock();
+            let held = self.lock();
             let desc = self.descs.get(idx);
-            desc.seq.write_begin();
+            let section = WriteSection::open(&held, desc, &self.granules, &self.map);
             desc.init(start, len, flags, ahead);
             self.map.insert(start, start + len, idx);
-            desc.seq.write_end();
+            drop(section);
         }
 
-        /// Mirror of `Space::destroy` up to the grace period.
+        /// `Space::destroy` up to the grace period: the real write section.
         pub fn destroy(&self, idx: RegionIdx) {
-            let _held = self.lock();
+            let held = self.lock();
             let desc = self.descs.get(idx);
             debug_assert!(desc.flags().live(), "destroying a dead region");
-            let (start, end) = (desc.start(), desc.start() + desc.len());
-            desc.seq.write_begin();
-            self.decommit_locked(idx, start, end);
-            self.map.remove(start, end);
-            desc.set_flags(desc.flags().dead());
-            desc.seq.write_end();
+            WriteSection::open(&held, desc, &self.granules, &self.map).destroy();
         }
 
         /// Mirror of `Space::retire`'s descriptor part (the end of the grace
         /// period; the range's return to the extents is not modelled).
         pub fn retire(&self, idx: RegionIdx) {
-            let _held = self.lock();
+            let held = self.lock();
             let desc = self.descs.get(idx);
-            desc.seq.write_begin();
+            let section = WriteSection::open(&held, desc, &self.granules, &self.map);
             desc.set_len(0);
-            desc.seq.write_end();
+            drop(section);
         }
 
-        /// Mirror of `Space::shrink`'s write section.
+        /// `Space::shrink`'s write section, real.
         pub fn shrink(&self, idx: RegionIdx, new_len: usize) {
-            let _held = self.lock();
+            let held = self.lock();
             let desc = self.descs.get(idx);
-            let granule = desc.flags().granule();
-            let (start, len) = (desc.start(), desc.len());
-            let new_len = new_len.max(1).next_multiple_of(granule);
-            if new_len >= len {
-                return;
-            }
-            desc.seq.write_begin();
-            self.decommit_locked(idx, start + new_len, start + len);
-            self.map.remove(start + new_len, start + len);
-            desc.set_len(new_len);
-            desc.seq.write_end();
+            let _ = WriteSection::open(&held, desc, &self.granules, &self.map).shrink(new_len);
         }
 
-        /// Mirror of `Space::protect`.
+        /// `Space::protect`'s write section, real.
         pub fn protect(&self, idx: RegionIdx, read_only: bool) -> Result<(), sys::Errno> {
-            let _held = self.lock();
-            let desc = self.descs.get(idx);
-            let flags = desc.flags().with_read_only(read_only);
-            let granule = flags.granule();
-            let (start, end) = (desc.start(), desc.start() + desc.len());
-            desc.seq.write_begin();
-            desc.set_flags(flags);
-            let mut result = Ok(());
-            let mut run_start = start;
-            let mut at = start;
-            while at <= end {
-                let committed =
-                    at < end && self.granules.lock_settled(at) == GranuleState::Committed;
-                if !committed {
-                    if at > run_start {
-                        stats::count(stats::Counter::Mprotect);
-                        if let Err(errno) = sys::protect(run_start, at - run_start, flags.prot()) {
-                            result = Err(errno);
-                        }
-                        let mut h = run_start;
-                        while h < at {
-                            self.granules.unlock(h, GranuleState::Committed);
-                            h += granule;
-                        }
-                    }
-                    if at < end {
-                        self.granules.unlock(at, GranuleState::Uncommitted);
-                    }
-                    run_start = at + granule;
-                }
-                at += granule;
-            }
-            desc.seq.write_end();
+            let held = self.lock();
+            let section = WriteSection::open(&held, self.descs.get(idx), &self.granules, &self.map);
+            let result = section.protect(read_only);
+            drop(section);
             result
-        }
-
-        /// Mirror of `Space::decommit_locked`.
-        fn decommit_locked(&self, idx: RegionIdx, from: usize, to: usize) {
-            let desc = self.descs.get(idx);
-            let granule = desc.flags().granule();
-            let mut committed = 0;
-            let mut h = from;
-            while h < to {
-                if self.granules.lock_settled(h) == GranuleState::Committed {
-                    committed += granule;
-                }
-                h += granule;
-            }
-            if committed > 0 {
-                drop_pages(from, to - from);
-            }
-            let mut h = from;
-            while h < to {
-                self.granules.unlock(h, GranuleState::Uncommitted);
-                h += granule;
-            }
-            desc.committed.fetch_sub(committed, Ordering::Relaxed);
-            stats::add_committed(-(committed as i64));
         }
 
         /// Mirror of `Space::region_ending_below`.
@@ -755,18 +716,6 @@ mod space {
             let snap = desc.snapshot()?;
             snap.contains(addr)
                 .then(|| (CommitPlan::for_fault(&snap, &self.granules, addr), snap))
-        }
-    }
-
-    /// Mirror of `space.rs`'s `drop_pages`.
-    fn drop_pages(addr: usize, len: usize) {
-        if sys::discard(addr, len).is_ok() {
-            crate::backend::revert_protection(addr, len);
-            return;
-        }
-        stats::count(stats::Counter::Mprotect);
-        if let Err(errno) = sys::replace_reserved(addr, len) {
-            panic!("spf: fatal: cannot drop the pages of {addr:#x}: {errno}");
         }
     }
 }

@@ -1,0 +1,181 @@
+//! Write sections: what a region writer does to one region between making
+//! its sequence count odd and even again, under the space lock.
+//!
+//! A [`WriteSection`] is the guard of steps 2–5 of the writer pattern (see
+//! the `space` module docs): opening it makes `seq` odd (S1 — from then on
+//! no speculative fault can start a commit in the region, S3), dropping it
+//! makes `seq` even. Its methods lock the granule words of the range they
+//! change, waiting for the faults committing there (G1), change the
+//! kernel's view through `backend`, the descriptor and the map, and unlock
+//! the words with their new states.
+//!
+//! This file needs nothing but the descriptor, the granule table, the map,
+//! the backend and the counters — no extent allocator, no epoch, no signal
+//! handler — so the loom model (`tests/loom_protocol.rs`) compiles it
+//! unchanged and checks these very writers against racing faults.
+//!
+//! Invariant W1: a section is opened only with the space lock held (the
+//! `SpaceGuard` borrow proves it) and on a descriptor of a region that is
+//! live when the section opens.
+
+use crate::backend::{self, Backend};
+use crate::descriptor::RegionDesc;
+use crate::granule::{GranuleState, GranuleTable};
+use crate::lock::SpaceGuard;
+use crate::map::RegionMap;
+use crate::stats;
+use crate::sys::{self, Errno, Prot};
+use core::sync::atomic::Ordering;
+
+/// One region's write section (W1).
+pub(crate) struct WriteSection<'a> {
+    desc: &'a RegionDesc,
+    granules: &'a GranuleTable,
+    map: &'a RegionMap,
+}
+
+impl<'a> WriteSection<'a> {
+    /// Opens the section: `seq` becomes odd (S1).
+    pub(crate) fn open(
+        _held: &'a SpaceGuard<'_>,
+        desc: &'a RegionDesc,
+        granules: &'a GranuleTable,
+        map: &'a RegionMap,
+    ) -> WriteSection<'a> {
+        desc.seq.write_begin();
+        WriteSection {
+            desc,
+            granules,
+            map,
+        }
+    }
+
+    /// Drops the pages of `[from, to)` (granule aligned, inside the region)
+    /// and makes the range fault to us again; the granules end
+    /// `Uncommitted` and the committed bytes are given back.
+    pub(crate) fn decommit(&self, from: usize, to: usize) {
+        let granule = self.desc.flags().granule();
+        let mut committed = 0;
+        let mut h = from;
+        while h < to {
+            if self.granules.lock_settled(h) == GranuleState::Committed {
+                committed += granule;
+            }
+            h += granule;
+        }
+        // Outside the protected zone a failed commit may have left pages in
+        // `Uncommitted` granules (B2): always drop there.
+        if committed > 0 || backend::at(from) != Backend::Mprotect {
+            backend::drop_pages(from, to - from);
+        }
+        let mut h = from;
+        while h < to {
+            self.granules.unlock(h, GranuleState::Uncommitted);
+            h += granule;
+        }
+        self.desc.committed.fetch_sub(committed, Ordering::Relaxed);
+        stats::add_committed(-(committed as i64));
+    }
+
+    /// Destroys the region: everything decommitted, the range given its
+    /// zone's protection back, out of the map, the descriptor dead. The
+    /// range and descriptor wait out a grace period (the caller's part).
+    pub(crate) fn destroy(self) {
+        let (start, end) = (self.desc.start(), self.desc.start() + self.desc.len());
+        self.decommit(start, end);
+        self.restore_zone_protection(start, end);
+        self.map.remove(start, end);
+        self.desc.set_flags(self.desc.flags().dead());
+    }
+
+    /// Shrinks the region to `new_len` (rounded up to the granule, at least
+    /// one): the tail is decommitted and leaves the map. Returns the tail
+    /// `(start, len)`, or `None` if `new_len` does not shrink it.
+    pub(crate) fn shrink(&self, new_len: usize) -> Option<(usize, usize)> {
+        let granule = self.desc.flags().granule();
+        let (start, len) = (self.desc.start(), self.desc.len());
+        let new_len = new_len.max(1).next_multiple_of(granule);
+        if new_len >= len {
+            return None;
+        }
+        self.decommit(start + new_len, start + len);
+        self.restore_zone_protection(start + new_len, start + len);
+        self.map.remove(start + new_len, start + len);
+        self.desc.set_len(new_len);
+        Some((start + new_len, len - new_len))
+    }
+
+    /// Makes the region read-only or read/write; committed memory changes
+    /// with it. On failure the flags are changed but some committed runs
+    /// may keep the old protection (the error says which call failed).
+    pub(crate) fn protect(&self, read_only: bool) -> Result<(), Errno> {
+        let flags = self.desc.flags().with_read_only(read_only);
+        let granule = flags.granule();
+        let (start, end) = (self.desc.start(), self.desc.start() + self.desc.len());
+        self.desc.set_flags(flags);
+        if backend::at(start) != Backend::Mprotect {
+            // Wait for the faults committing in the region, then change the
+            // whole region at once: uncommitted pages stay missing or
+            // guarded whatever their protection.
+            let mut h = start;
+            while h < end {
+                let state = self.granules.lock_settled(h);
+                self.granules.unlock(h, state);
+                h += granule;
+            }
+            return backend::protect_region(start, end, flags.prot()).unwrap_or(Ok(()));
+        }
+        // Protected zone: only committed runs are accessible, one mprotect
+        // per run.
+        let mut result = Ok(());
+        let mut run_start = start;
+        let mut at = start;
+        while at <= end {
+            let committed = at < end && self.granules.lock_settled(at) == GranuleState::Committed;
+            if !committed {
+                if at > run_start {
+                    stats::count(stats::Counter::Mprotect);
+                    if let Err(errno) = sys::protect(run_start, at - run_start, flags.prot()) {
+                        result = Err(errno);
+                    }
+                    let mut h = run_start;
+                    while h < at {
+                        self.granules.unlock(h, GranuleState::Committed);
+                        h += granule;
+                    }
+                }
+                if at < end {
+                    self.granules.unlock(at, GranuleState::Uncommitted);
+                }
+                run_start = at + granule;
+            }
+            at += granule;
+        }
+        result
+    }
+
+    /// Gives `[from, to)`, leaving a read-only region, the protection of
+    /// its zone back: in the lazy zone pages keep their protection after a
+    /// decommit (they are missing or guarded), and the next region carved
+    /// there must not inherit read-only pages.
+    fn restore_zone_protection(&self, from: usize, to: usize) {
+        if !self.desc.flags().read_only() {
+            return;
+        }
+        if let Some(Err(errno)) = backend::protect_region(from, to, Prot::ReadWrite) {
+            crate::report::report!(
+                "spf: fatal: cannot make [{from:#x}, {to:#x}) writable again after a read-only \
+                 region: mprotect failed with {errno}; the kernel's vm.max_map_count may be \
+                 exhausted\n"
+            );
+            sys::abort();
+        }
+    }
+}
+
+impl Drop for WriteSection<'_> {
+    /// Closes the section: `seq` becomes even (S1).
+    fn drop(&mut self) {
+        self.desc.seq.write_end();
+    }
+}
