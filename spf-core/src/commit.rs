@@ -71,7 +71,9 @@ impl CommitPlan {
     /// Bytes committed or populated beyond what the faulting access needs:
     /// what the per-CPU cap bounds. Under userfaultfd a commit allocates
     /// every page of the run at once, so everything past the faulting page
-    /// is memory allocated ahead of touch, as with populate.
+    /// is memory allocated ahead of touch, as with populate. (The cap can
+    /// shrink a plan to its own granule, never below: a granule is filled
+    /// whole.)
     pub fn charge(&self) -> u64 {
         let beyond = if self.populate || backend::at(self.head) == Backend::Uffd {
             self.len() - PAGE_SIZE
