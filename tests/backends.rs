@@ -14,6 +14,8 @@
 //!   `read(2)` without `EFAULT` under every backend;
 //! - a `SIGBUS` that is not ours (a file mapping read past its end) reaches
 //!   the previous handler, or kills by `SIGBUS` without a word from spf;
+//! - 2 MiB granules get transparent huge pages (`AnonHugePages`) under
+//!   every backend;
 //! - fork: a child and a grandchild touch lazy regions (their faults reach
 //!   spf: the child registered its own userfaultfd), allocate and start
 //!   threads;
@@ -91,6 +93,7 @@ fn child_entry() {
         "copy-once-enomem" => copy_fails_once(libc::ENOMEM, true),
         "copy-once-eagain" => copy_fails_once(libc::EAGAIN, false),
         "copy-always" => copy_always_fails(),
+        "huge" => huge_granules_get_huge_pages(),
         other => panic!("unknown scenario {other}"),
     }
     println!("scenario done");
@@ -381,6 +384,47 @@ fn wait(pid: libc::pid_t) -> i32 {
 
 /// One failed `UFFDIO_COPY`: `ENOMEM` sends the fault to the classic path;
 /// an `EAGAIN` that made no progress is retried in place.
+/// `AnonHugePages` of the mapping that holds `addr`, in KiB, from
+/// `/proc/self/smaps`.
+fn anon_huge_kib(addr: usize) -> u64 {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let mut inside = false;
+    for line in smaps.lines() {
+        if let Some((range, _)) = line.split_once(' ') {
+            if let Some((lo, hi)) = range.split_once('-') {
+                if let (Ok(lo), Ok(hi)) =
+                    (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
+                {
+                    inside = (lo..hi).contains(&addr);
+                    continue;
+                }
+            }
+        }
+        if inside {
+            if let Some(kib) = line.strip_prefix("AnonHugePages:") {
+                return kib.trim().trim_end_matches(" kB").trim().parse().unwrap();
+            }
+        }
+    }
+    0
+}
+
+/// 2 MiB granules keep transparent huge pages under every backend (they
+/// live in the protected zone: `UFFDIO_COPY` never makes a huge page).
+fn huge_granules_get_huge_pages() {
+    let r = lazy(64 << 20, 2 << 20);
+    for off in (0..r.len()).step_by(4096) {
+        // SAFETY: inside the live region.
+        unsafe { r.as_ptr().add(off).write(1) };
+    }
+    let kib = anon_huge_kib(r.as_ptr() as usize);
+    println!("AnonHugePages {kib} kB of 65536");
+    assert!(
+        kib >= 2048,
+        "no huge page in a 2 MiB-granule region: {kib} kB"
+    );
+}
+
 fn copy_fails_once(errno: i32, falls_back: bool) {
     let r = lazy(4 << 20, 64 << 10);
     let before = spf::stats();
@@ -459,6 +503,28 @@ fn fork_children_and_grandchildren_fault_allocate_and_spawn() {
     for backend in BACKENDS {
         if let Some(out) = under(backend, "fork") {
             assert_done(backend, &out);
+        }
+    }
+}
+
+#[test]
+fn huge_granules_keep_transparent_huge_pages() {
+    let thp =
+        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    if thp.contains("[never]") || thp.is_empty() {
+        eprintln!("backends: huge pages NOT TESTED: transparent huge pages are off here ({thp})");
+        return;
+    }
+    for backend in BACKENDS {
+        if let Some(out) = under(backend, "huge") {
+            let stdout = assert_done(backend, &out);
+            eprintln!(
+                "{backend}: {}",
+                stdout
+                    .lines()
+                    .find(|l| l.contains("AnonHuge"))
+                    .unwrap_or("")
+            );
         }
     }
 }
