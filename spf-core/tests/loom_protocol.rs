@@ -100,7 +100,7 @@
 //! The seqlock's torn-read protection (S2: descriptor fields are `core`
 //! atomics), nested faults from signal handlers, the epoch grace period
 //! (range reuse is modelled without it, as a handler, which never pins, may
-//! see it), descriptor reuse, `grow` and eager `commit`,
+//! see it), descriptor reuse, `grow` and eager `commit`, the guard backend,
 //! neighbouring regions in the map, and page contents (so "a write racing a
 //! commit is never lost" is left to `tests/region_churn.rs`).
 
@@ -192,6 +192,10 @@ mod kernel {
     pub const PAGES: usize = 4;
 
     struct Mm {
+        /// The model runs the userfaultfd backend: the zone is mapped
+        /// read/write and a page is accessible only while present.
+        uffd: bool,
+        present: [bool; PAGES],
         prot: [Prot; PAGES],
         /// `mprotect` calls that made each page accessible.
         opened: [u32; PAGES],
@@ -202,6 +206,8 @@ mod kernel {
 
     loom::lazy_static! {
         static ref MM: Mutex<Mm> = Mutex::new(Mm {
+            uffd: false,
+            present: [false; PAGES],
             prot: [Prot::None; PAGES],
             opened: [0; PAGES],
             fail_opens: 0,
@@ -229,18 +235,68 @@ mod kernel {
         Ok(())
     }
 
+    /// Switches this execution's kernel to the userfaultfd backend's view:
+    /// the whole reservation mapped read/write, every page missing.
+    pub fn use_uffd() {
+        let mut mm = MM.lock().unwrap();
+        mm.uffd = true;
+        mm.prot = [Prot::ReadWrite; PAGES];
+    }
+
+    pub fn uffd() -> bool {
+        MM.lock().unwrap().uffd
+    }
+
+    /// `UFFDIO_COPY` of one page: `EEXIST` if present (nothing changed),
+    /// `ENOMEM` if a failure is planned (`fail_next_opens`).
+    pub fn copy_page(addr: usize) -> Result<(), Errno> {
+        let mut mm = MM.lock().unwrap();
+        let p = pages(addr, PAGE_SIZE).start;
+        if mm.present[p] {
+            return Err(Errno(17)); // EEXIST
+        }
+        if mm.fail_opens > 0 {
+            mm.fail_opens -= 1;
+            return Err(Errno(12)); // ENOMEM
+        }
+        mm.present[p] = true;
+        mm.opened[p] += 1;
+        Ok(())
+    }
+
+    /// `MADV_DONTNEED`: under userfaultfd the pages are missing again.
+    pub fn discard(addr: usize, len: usize) {
+        let mut mm = MM.lock().unwrap();
+        for p in pages(addr, len) {
+            mm.present[p] = false;
+        }
+    }
+
+    /// Whether a userfaultfd page is missing (its touch raises `SIGBUS`).
+    pub fn missing(addr: usize) -> bool {
+        let mm = MM.lock().unwrap();
+        mm.uffd && !mm.present[(addr - BASE) / PAGE_SIZE]
+    }
+
     /// Whether an access of `write` kind to `addr` goes through now.
     pub fn allows(addr: usize, write: bool) -> bool {
-        let p = (addr - BASE) / PAGE_SIZE;
-        match MM.lock().unwrap().prot[p] {
+        match prot(addr) {
             Prot::None => false,
             Prot::Read => !write,
             Prot::ReadWrite => true,
         }
     }
 
+    /// The page's effective protection: under userfaultfd a missing page
+    /// is as inaccessible as `PROT_NONE`.
     pub fn prot(addr: usize) -> Prot {
-        MM.lock().unwrap().prot[(addr - BASE) / PAGE_SIZE]
+        let mm = MM.lock().unwrap();
+        let p = (addr - BASE) / PAGE_SIZE;
+        if mm.uffd && !mm.present[p] {
+            Prot::None
+        } else {
+            mm.prot[p]
+        }
     }
 
     pub fn opened(addr: usize) -> u32 {
@@ -282,7 +338,8 @@ mod sys {
         crate::kernel::mprotect(addr, len, prot)
     }
 
-    pub fn discard(_addr: usize, _len: usize) -> Result<(), Errno> {
+    pub fn discard(addr: usize, len: usize) -> Result<(), Errno> {
+        crate::kernel::discard(addr, len);
         Ok(())
     }
 
@@ -417,15 +474,16 @@ mod stats {
     }
 }
 
-/// The commit backend: the model runs the `mprotect` backend, whose
-/// branch of `backend.rs` is mirrored here line for line (the
-/// userfaultfd and guard branches are not modelled).
+/// The commit backend: the `mprotect` and `uffd` branches of `backend.rs`
+/// mirrored (the guard backend is not modelled). A model picks `uffd` with
+/// `kernel::use_uffd()`; one `UFFDIO_COPY` is modelled page by page, each
+/// page installed atomically, as the kernel does.
 mod backend {
     use crate::stats::{self, Counter};
     use crate::sys::{self, Errno, Prot};
 
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    #[allow(dead_code)] // the real enum's variants; the model runs `Mprotect`
+    #[allow(dead_code)] // the real enum's variants; `Guard` is not modelled
     pub enum Backend {
         Uffd,
         Guard,
@@ -433,15 +491,42 @@ mod backend {
     }
 
     pub(crate) fn at(_addr: usize) -> Backend {
-        Backend::Mprotect
+        if crate::kernel::uffd() {
+            Backend::Uffd
+        } else {
+            Backend::Mprotect
+        }
     }
 
-    pub(crate) fn missing_page_possible(_addr: usize) -> bool {
-        false
+    pub(crate) fn missing_page_possible(addr: usize) -> bool {
+        at(addr) == Backend::Uffd
     }
 
-    /// Mirror of `backend::commit`'s `mprotect` branch.
+    /// Mirror of `backend::fill_missing`: present pages are kept (`EEXIST`),
+    /// any other failure stops the fill, with what was filled kept.
+    fn fill_missing(addr: usize, len: usize) -> Result<(), Errno> {
+        let mut at = addr;
+        while at < addr + len {
+            stats::count(Counter::UffdCopy);
+            match crate::kernel::copy_page(at) {
+                Ok(()) => {}
+                Err(Errno(17)) => {} // EEXIST
+                Err(errno) => return Err(errno),
+            }
+            at += sys::PAGE_SIZE;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn refill(addr: usize, len: usize) -> Result<(), Errno> {
+        fill_missing(addr, len)
+    }
+
+    /// Mirror of `backend::commit` (`mprotect` and `uffd` branches).
     pub(crate) fn commit(addr: usize, len: usize, prot: Prot, populate: bool) -> Result<(), Errno> {
+        if at(addr) == Backend::Uffd {
+            return fill_missing(addr, len);
+        }
         stats::count(Counter::Mprotect);
         if let Err(errno) = sys::protect(addr, len, prot) {
             revert_protection(addr, len);
@@ -453,12 +538,13 @@ mod backend {
         Ok(())
     }
 
-    pub(crate) fn refill(_addr: usize, _len: usize) -> Result<(), Errno> {
-        unreachable!("no missing pages under mprotect")
-    }
-
-    /// Mirror of `backend::drop_pages`'s `mprotect` branch.
+    /// Mirror of `backend::drop_pages` (`mprotect` and `uffd` branches).
     pub(crate) fn drop_pages(addr: usize, len: usize) {
+        if at(addr) == Backend::Uffd {
+            // Missing again (B2); the model's discard cannot fail.
+            let _ = sys::discard(addr, len);
+            return;
+        }
         if sys::discard(addr, len).is_ok() {
             revert_protection(addr, len);
             return;
@@ -470,13 +556,18 @@ mod backend {
         }
     }
 
-    /// The protected zone changes only committed runs.
+    /// Mirror of `backend::protect_region`: the whole region in the lazy
+    /// zone, nothing in the protected zone.
     pub(crate) fn protect_region(
-        _start: usize,
-        _end: usize,
-        _prot: Prot,
+        start: usize,
+        end: usize,
+        prot: Prot,
     ) -> Option<Result<(), Errno>> {
-        None
+        if at(start) == Backend::Mprotect {
+            return None;
+        }
+        stats::count(Counter::Mprotect);
+        Some(sys::protect(start, end - start, prot))
     }
 
     /// Mirror of `backend::revert_protection`.
@@ -757,7 +848,12 @@ fn write(space: &Space, addr: usize) -> End {
         if kernel::allows(addr, true) {
             return End::Accessed;
         }
-        match fault::handle(space, addr, AccessKind::Write, fault::Trap::Protection) {
+        let trap = if kernel::missing(addr) {
+            fault::Trap::Missing
+        } else {
+            fault::Trap::Protection
+        };
+        match fault::handle(space, addr, AccessKind::Write, trap) {
             Outcome::Handled => continue,
             Outcome::Fatal(f) => return End::Reported(f),
             Outcome::NotOurs => panic!("{addr:#x} is in the reservation"),
@@ -1183,5 +1279,126 @@ fn failed_mprotect_is_undone() {
         // `mprotect` succeeds, so both accesses go through.
         assert_eq!((a, b), (End::Accessed, End::Accessed));
         check_settled(&space, &[(1, 1)]);
+    });
+}
+
+// ---------------------------------------------------------------------------
+// The userfaultfd backend: commits are page copies into a read/write zone,
+// a missing page raises `SIGBUS` (`Trap::Missing`), a purge leaves a
+// committed granule missing until a fault refills it.
+
+/// Two faults on the two pages of one granule, both speculative: one copies
+/// the granule, the other finds it committed (or waits on its word); every
+/// page is installed exactly once.
+#[test]
+fn uffd_two_faults_one_granule() {
+    check("uffd_two_faults_one_granule", 3, || {
+        kernel::use_uffd();
+        SPEC_A.enter();
+        let space = one_region(1, 2, 0, false);
+        let s = space.clone();
+        let t = thread::spawn(move || {
+            SPEC_B.enter();
+            write(&s, BASE + PAGE_SIZE)
+        });
+        assert_eq!(write(&space, BASE), End::Accessed);
+        assert_eq!(t.join().unwrap(), End::Accessed);
+        for page in [BASE, BASE + PAGE_SIZE] {
+            assert_eq!(kernel::opened(page), 1, "{page:#x} installed twice");
+        }
+        check_settled(&space, &[(1, 2)]);
+    });
+}
+
+/// A speculative fault against a destroy: the copy lands before the
+/// destroy (which drops it) or the fault is reported; no page of the
+/// destroyed region stays present.
+#[test]
+fn uffd_fault_vs_destroy() {
+    check("uffd_fault_vs_destroy", 3, || {
+        kernel::use_uffd();
+        fault_vs_destroy(SPEC_A)
+    });
+}
+
+/// A committed granule whose pages a purge dropped: two faults meet the
+/// missing page of a `Committed` granule; one refills it, the other waits
+/// or finds it present, and the granule stays `Committed` and accounted
+/// once.
+#[test]
+fn uffd_purged_granule_refilled_by_two_faults() {
+    check("uffd_purged_granule_refilled_by_two_faults", 3, || {
+        kernel::use_uffd();
+        SPEC_A.enter();
+        let space = one_region(1, 2, 0, false);
+        assert_eq!(write(&space, BASE), End::Accessed);
+        sys::discard(BASE, 2 * PAGE_SIZE).unwrap();
+        let s = space.clone();
+        let t = thread::spawn(move || {
+            SPEC_B.enter();
+            write(&s, BASE + PAGE_SIZE)
+        });
+        assert_eq!(write(&space, BASE), End::Accessed);
+        assert_eq!(t.join().unwrap(), End::Accessed);
+        for page in [BASE, BASE + PAGE_SIZE] {
+            assert_eq!(kernel::opened(page), 2, "{page:#x}: one commit, one refill");
+        }
+        check_settled(&space, &[(1, 2)]);
+    });
+}
+
+/// A refill racing the region's destroy: the refill lands before the
+/// destroy drops it again, or the fault is reported; nothing stays present.
+#[test]
+fn uffd_refill_vs_destroy() {
+    check("uffd_refill_vs_destroy", 3, || {
+        kernel::use_uffd();
+        WRITER.enter();
+        let space = one_region(1, 1, 0, false);
+        assert_eq!(write(&space, BASE), End::Accessed);
+        sys::discard(BASE, PAGE_SIZE).unwrap();
+        let s = space.clone();
+        let t = thread::spawn(move || {
+            SPEC_A.enter();
+            write(&s, BASE)
+        });
+        space.destroy(1);
+        assert_eq!(
+            kernel::prot(BASE),
+            Prot::None,
+            "a refill survived the destroy"
+        );
+        let end = t.join().unwrap();
+        assert!(
+            matches!(end, End::Accessed | End::Reported(FatalFault::NoRegion)),
+            "{end:?}"
+        );
+        check_settled(&space, &[]);
+    });
+}
+
+/// The first page copy fails (`ENOMEM`) part-way through a two-page
+/// granule: what was copied is kept, the fault goes classic, and the retry
+/// copies the rest (`EEXIST` skips what is present), while a second fault
+/// on the granule waits or retries. Both accesses go through.
+#[test]
+fn uffd_failed_copy_is_retried() {
+    check("uffd_failed_copy_is_retried", 3, || {
+        kernel::use_uffd();
+        SPEC_A.enter();
+        let space = one_region(1, 2, 0, false);
+        kernel::fail_next_opens(1);
+        let s = space.clone();
+        let t = thread::spawn(move || {
+            SPEC_B.enter();
+            write(&s, BASE + PAGE_SIZE)
+        });
+        let a = write(&space, BASE);
+        let b = t.join().unwrap();
+        assert_eq!((a, b), (End::Accessed, End::Accessed));
+        for page in [BASE, BASE + PAGE_SIZE] {
+            assert_eq!(kernel::opened(page), 1, "{page:#x} installed twice");
+        }
+        check_settled(&space, &[(1, 2)]);
     });
 }
