@@ -88,7 +88,6 @@ extern "C" fn on_segv(sig: libc::c_int, info: *mut libc::siginfo_t, context: *mu
     // The interrupted code may be between a failing call and its read of
     // errno; our own calls (futex, madvise, mprotect) must not change it.
     let _errno = sys::ErrnoGuard::save();
-    let _scope = HandlerScope::enter();
     // SAFETY: the kernel passes a valid siginfo and ucontext to a SA_SIGINFO handler.
     let (addr, write) = unsafe { (sys::fault_address(info), sys::fault_is_write(context)) };
     let access = match write {
@@ -96,9 +95,17 @@ extern "C" fn on_segv(sig: libc::c_int, info: *mut libc::siginfo_t, context: *mu
         Some(false) => AccessKind::Read,
         None => AccessKind::Unknown,
     };
-    let outcome = match Space::ready() {
-        Some(space) => fault::handle(space, addr, access),
-        None => Outcome::NotOurs,
+    // The "in the handler" mark covers spf's own work only, not the
+    // chained handler: that one may leave by `siglongjmp` (a program's own
+    // SIGSEGV handler recovering from its fault) and never return here,
+    // which would leave the thread marked for good — every later
+    // allocation refused in debug builds, every later fault taken as nested.
+    let outcome = {
+        let _scope = HandlerScope::enter();
+        match Space::ready() {
+            Some(space) => fault::handle(space, addr, access),
+            None => Outcome::NotOurs,
+        }
     };
     match outcome {
         Outcome::Handled => {}
