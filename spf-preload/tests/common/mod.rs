@@ -23,11 +23,13 @@ pub fn libspf() -> PathBuf {
     lib
 }
 
-/// A scratch folder for this test binary's builds and files.
+/// An empty scratch folder `name` for a test's builds and files (emptied
+/// again by the next run; names are unique across the tests).
 pub fn scratch(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join("spf-preload")
-        .join(format!("{name}-{}", std::process::id()));
+        .join(name);
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("make the scratch folder");
     dir
 }
@@ -116,4 +118,31 @@ pub fn ok(mut cmd: Command) -> Output {
 /// The PIDs' maps show libspf.so loaded.
 pub fn maps_have_libspf(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|m| m.contains("/libspf.so"))
+}
+
+/// `cmd` under the preload, with the dynamic loader logging its symbol
+/// bindings into files under `log_dir` (`LD_DEBUG=bindings`, one file per
+/// process), for [`bound_to_libspf`].
+pub fn preload_logged(cmd: Command, log_dir: &Path) -> Command {
+    let mut cmd = preload(cmd, Some(&libspf()));
+    cmd.env("LD_DEBUG", "bindings")
+        .env("LD_DEBUG_OUTPUT", log_dir.join("ld"));
+    cmd
+}
+
+/// Whether the loader logs under `log_dir` show the program's `malloc` and
+/// `free` bound to libspf.so: proof that spf served it, even for programs
+/// that close standard error before `SPF_STATS=1` could print (coreutils
+/// and xz do, from their own `atexit` handler).
+pub fn bound_to_libspf(log_dir: &Path) -> bool {
+    let logs: String = std::fs::read_dir(log_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .collect();
+    ["malloc", "free"].iter().all(|sym| {
+        let bound = format!("/libspf.so [0]: normal symbol `{sym}'");
+        logs.lines().any(|l| l.contains(&bound))
+    })
 }
