@@ -252,11 +252,18 @@ static void own_signal_handlers(void) {
     puts("own signal handlers: ok");
 }
 
+/* Blocks allocated before main: by a constructor, and by glibc's own
+ * start-up (stdio's buffer is allocated at the first output). */
+static char *before_main;
+__attribute__((constructor(101))) static void early(void) { before_main = strdup("before main"); }
+
 int main(int argc, char **argv) {
     CHECK(argc == 2);
     setvbuf(stdout, NULL, _IONBF, 0);
     Dl_info info;
     CHECK(dladdr((void *)&malloc, &info) && strstr(info.dli_fname, "libspf"));
+    CHECK(before_main && malloc_usable_size(before_main) >= 12);
+    free(before_main);
     threads();
     fork_under_load();
     daemonize();

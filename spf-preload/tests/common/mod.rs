@@ -76,7 +76,7 @@ pub fn tool(names: &[&str], package: &str) -> Option<PathBuf> {
 pub fn compile(compiler: &Path, sources: &[&str], out: &Path, flags: &[&str]) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c");
     let result = Command::new(compiler)
-        .args(["-O1", "-g", "-Wall", "-Werror"])
+        .args(["-O1", "-g", "-Wall"])
         .args(flags)
         .args(sources.iter().map(|s| dir.join(s)))
         .arg("-o")
