@@ -64,12 +64,16 @@
 //! with chaining; in the default eager mode the allocator never faults.
 //!
 //! Rust thread-locals in a shared library use the general-dynamic TLS
-//! model: each access calls glibc's `__tls_get_addr`. glibc before 2.40
-//! may call `malloc` from inside `__tls_get_addr` when a thread's DTV must
-//! grow (more modules with thread-local storage `dlopen`ed than its DTV
-//! has room for — about 14 past those loaded at start-up); that `malloc`
-//! would re-enter `__tls_get_addr`. glibc 2.40 makes such re-entry safe
-//! for libraries loaded at start-up, as `libspf.so` is; see the README.
+//! model: each access calls glibc's `__tls_get_addr`. When `dlopen` adds
+//! modules with thread-local storage beyond a thread's DTV, glibc grows
+//! the DTV with `malloc` from inside `__tls_get_addr` — which can be this
+//! `malloc`, reached from spf's own thread-local access, so
+//! `__tls_get_addr` is re-entered. The tests load 24 such modules while a
+//! thread runs (the DTV grows through spf's `malloc`) and pass on glibc
+//! 2.36; glibc 2.40 made this re-entry explicitly supported for libraries
+//! loaded at start-up, as `libspf.so` is. Loading `libspf.so` itself with
+//! `dlopen` is not supported (it must be in place before the first
+//! `malloc`).
 
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 

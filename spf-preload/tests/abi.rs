@@ -140,3 +140,21 @@ fn pointers_spf_never_handed_out_end_the_process_with_a_message() {
         );
     }
 }
+
+#[test]
+fn dlopen_of_many_tls_modules_grows_a_running_threads_dtv() {
+    let Some(cc) = cc() else { return };
+    let dir = scratch("tls_modules");
+    let exe = dir.join("tls_modules");
+    compile(&cc, &["tls_modules.c"], &exe, &["-pthread", "-ldl"]);
+    // More modules than a thread's DTV has spare slots (14 in glibc).
+    let n = 24;
+    for i in 1..=n {
+        let lib = dir.join(format!("libtls{i}.so"));
+        compile(&cc, &["tls_module.c"], &lib, &["-shared", "-fPIC"]);
+    }
+    let mut cmd = preload(Command::new(&exe), Some(&libspf()));
+    cmd.arg(&dir).arg(n.to_string());
+    let out = ok(cmd);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "tls_modules: ok\n");
+}
