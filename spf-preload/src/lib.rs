@@ -37,9 +37,10 @@
 //!
 //! `free`, `realloc` or `malloc_usable_size` of a pointer spf never handed
 //! out — a stack address, an interior pointer, a large block freed twice,
-//! or memory that glibc's own allocator returned — ends the process with
-//! `SpfAlloc`'s message (`spf: free of a pointer that is not a block from
-//! spf (…): 0x…`) and `abort()`, never silent corruption. glibc pointers
+//! or memory that glibc's own allocator returned — ends the process with a
+//! message in the form `SpfAlloc`'s misuse reports take (`spf: free of a
+//! pointer that is not a block from spf (…): 0x…`, through the same
+//! `spf_core::report`) and `abort()`, never silent corruption. glibc pointers
 //! can reach `free` when a program or library calls glibc's allocator
 //! directly (`__libc_malloc`), or memory was allocated before `libspf.so`
 //! was in place (a library loaded with `RTLD_DEEPBIND` that binds `malloc`
@@ -59,9 +60,10 @@
 //! allocation, so among the process's first 32 keys: glibc stores those in
 //! the thread descriptor without allocating). spf's fork handlers take its
 //! locks around `fork()`, and `posix_spawn` never runs `malloc` in the
-//! child. A program that installs its own `SIGSEGV` handler later is
-//! re-displaced by spf before it makes a lazy region (`SPF_COMMIT=touch`),
-//! with chaining; in the default eager mode the allocator never faults.
+//! child. When a program installs its own `SIGSEGV` handler later, spf
+//! puts its handler back in front (chaining to the program's) before it
+//! makes a lazy region (`SPF_COMMIT=touch`); in the default eager mode the
+//! allocator never faults on its own memory.
 //!
 //! Rust thread-locals in a shared library use the general-dynamic TLS
 //! model: each access calls glibc's `__tls_get_addr`. When `dlopen` adds
