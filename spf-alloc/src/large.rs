@@ -261,18 +261,21 @@ pub fn maybe_decay() {
 /// scan of at most 64 cache entries, next to a free that costs far more.
 fn check_live(ptr: *mut u8, len: usize) {
     let live = spf_core::region_at(ptr).is_some_and(|r| r.start == ptr as usize && r.len == len);
-    let cached = {
-        let cache = CACHE.lock();
-        cache.entries[..cache.n]
-            .iter()
-            .any(|c| c.ptr == ptr as usize)
-    };
-    if cached {
+    if is_cached(ptr) {
         crate::misuse::report(ptr, "double free of a large block (it is already free)");
     }
     if !live {
         crate::misuse::report(ptr, "free of a pointer that is not a live large block from spf (double free, a foreign pointer, or a wrong Layout)");
     }
+}
+
+/// Whether `ptr` is a freed large block waiting in the cache (a scan of at
+/// most 64 entries under the cache lock).
+pub fn is_cached(ptr: *const u8) -> bool {
+    let cache = CACHE.lock();
+    cache.entries[..cache.n]
+        .iter()
+        .any(|c| c.ptr == ptr as usize)
 }
 
 fn purge(c: &mut Cached) {

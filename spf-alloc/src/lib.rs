@@ -25,6 +25,7 @@ mod global;
 mod heap;
 mod large;
 mod lock;
+mod lookup;
 mod misuse;
 mod options;
 mod segment;
@@ -34,6 +35,7 @@ mod thread;
 
 pub use arena::{Arena, ArenaError};
 pub use global::{usable_size, SpfAlloc};
+pub use lookup::block_layout;
 pub use options::set_decay_ms;
 pub use stats::{stats, AllocStats};
 

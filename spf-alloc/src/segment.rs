@@ -55,7 +55,7 @@ pub const PAGES_PER_SEGMENT: usize = SEGMENT_SIZE / PAGE_SIZE;
 pub const MEDIUM_PAGE_SIZE: usize = 1 << 20;
 const MEDIUM_PAGES: [usize; 3] = [16, 32, 48];
 const SMALL_PAGES: core::ops::Range<usize> = 1..PAGES_PER_SEGMENT;
-const MAGIC: usize = 0x5350_4653_4547_4d54; // "SPFSEGMT"
+pub const MAGIC: usize = 0x5350_4653_4547_4d54; // "SPFSEGMT"
 /// Free segments of each kind kept (not returned to spf-core) for reuse.
 const KEEP_SEGMENTS: usize = 2;
 
@@ -104,7 +104,7 @@ const _: () = assert!(core::mem::size_of::<Segment>() <= PAGE_SIZE);
 
 #[repr(C)]
 pub struct Segment {
-    magic: usize,
+    pub magic: usize,
     /// Pages of this segment outside the pool.
     used: Cell<u32>,
     pub pages: [Page; PAGES_PER_SEGMENT],

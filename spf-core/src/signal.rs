@@ -152,7 +152,8 @@ extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, context: *m
     // chained handler: that one may leave by `siglongjmp` (a program's own
     // handler recovering from its fault) and never return here, which
     // would leave the thread marked for good — every later allocation
-    // refused in debug builds, every later fault taken as nested.
+    // refused in debug builds, and a later fault that meets a granule
+    // another thread is committing taken for a nested one (fatal).
     let outcome = {
         let _scope = HandlerScope::enter();
         match Space::ready() {
