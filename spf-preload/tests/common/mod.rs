@@ -6,21 +6,34 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// `libspf.so` of this build: Cargo builds the package's library before
-/// its integration tests, into the profile folder above `deps/`.
+/// `libspf.so`, built for this test run's profile. Cargo does not build a
+/// `cdylib` for integration tests (they cannot link it), so the first call
+/// builds it with `cargo build -p spf-preload` into a target folder of its
+/// own — the running `cargo test` holds the main one's lock — and later
+/// calls reuse it (Cargo rebuilds only what changed).
 pub fn libspf() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test's own path");
-    let profile = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test runs from <target>/<profile>/deps");
-    let lib = profile.join("libspf.so");
-    assert!(
-        lib.is_file(),
-        "{} is missing: build it with `cargo build -p spf-preload`",
-        lib.display()
-    );
-    lib
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("libspf-build");
+            let release = !cfg!(debug_assertions);
+            let mut cargo = Command::new(env!("CARGO"));
+            cargo
+                .args(["build", "--quiet", "-p", "spf-preload", "--manifest-path"])
+                .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+                .env("CARGO_TARGET_DIR", &target);
+            if release {
+                cargo.arg("--release");
+            }
+            let status = cargo.status().expect("run cargo build -p spf-preload");
+            assert!(status.success(), "cargo build -p spf-preload failed");
+            let lib = target
+                .join(if release { "release" } else { "debug" })
+                .join("libspf.so");
+            assert!(lib.is_file(), "{} is missing after the build", lib.display());
+            lib
+        })
+        .clone()
 }
 
 /// An empty scratch folder `name` for a test's builds and files (emptied
