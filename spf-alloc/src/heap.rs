@@ -46,14 +46,19 @@ use core::cell::Cell;
 use core::ptr::null_mut;
 use core::sync::atomic::{AtomicI64, AtomicPtr, AtomicUsize, Ordering};
 
+/// A heap. The fields the owner writes on every allocation (`queues`'
+/// pages, `allocated`) and the one other threads write (`remote_frees`) sit
+/// on different cache lines: sharing one made every remote free stall the
+/// owner's next allocation (a batch handed to another thread to free took
+/// 104–134 ns per block with the counter beside `allocated`).
 #[repr(C)]
 pub struct Heap {
+    /// Each class's pages; the first is the one allocated from (owner only).
     queues: [Cell<PageList>; CLASSES],
     /// Bytes of blocks allocated minus freed through this heap (owner
     /// writes with plain load/store; `stats` reads).
     pub allocated: AtomicI64,
-    /// Frees by other threads into this heap's pages since the last sweep.
-    remote_frees: AtomicUsize,
+    /// Pages in `queues` (owner only).
     pages: Cell<usize>,
     /// Slow paths taken, to run a decay check every so often.
     slow_paths: Cell<u32>,
@@ -61,7 +66,15 @@ pub struct Heap {
     pub next_all: AtomicPtr<Heap>,
     /// The heap pool's free list.
     next_free: Cell<*mut Heap>,
+    /// Frees by other threads into this heap's pages since the last sweep:
+    /// written by them, read by the owner. On a line of its own (and of its
+    /// neighbour, which the processor prefetches in pairs).
+    remote_frees: OwnLine<AtomicUsize>,
 }
+
+/// A value alone on a 128-byte pair of cache lines.
+#[repr(C, align(128))]
+struct OwnLine<T>(T);
 
 /// Every heap ever made.
 pub static ALL_HEAPS: AtomicPtr<Heap> = AtomicPtr::new(null_mut());
@@ -115,11 +128,11 @@ impl Heap {
         Heap {
             queues: [const { Cell::new(PageList::new()) }; CLASSES],
             allocated: AtomicI64::new(0),
-            remote_frees: AtomicUsize::new(0),
             pages: Cell::new(0),
             slow_paths: Cell::new(0),
             next_all: AtomicPtr::new(null_mut()),
             next_free: Cell::new(null_mut()),
+            remote_frees: OwnLine(AtomicUsize::new(0)),
         }
     }
 
@@ -195,7 +208,7 @@ fn alloc_without_heap(heap: *mut Heap, class: usize) -> *mut u8 {
 #[cold]
 #[inline(never)]
 fn alloc_slow(h: &Heap, class: usize) -> *mut u8 {
-    if h.remote_frees.load(Ordering::Relaxed) > 16 * h.pages.get().max(64) {
+    if h.remote_frees.0.load(Ordering::Relaxed) > 16 * h.pages.get().max(64) {
         sweep(h);
     }
     let n = h.slow_paths.get().wrapping_add(1);
@@ -391,7 +404,7 @@ fn adopt(h: &Heap, class: usize) -> Option<*mut Page> {
 /// (but the first of each queue) to the pool.
 #[cold]
 fn sweep(h: &Heap) {
-    h.remote_frees.store(0, Ordering::Relaxed);
+    h.remote_frees.0.store(0, Ordering::Relaxed);
     let mut doomed: [*mut Segment; 4] = [null_mut(); 4];
     let mut n = 0;
     'classes: for class in 0..CLASSES {
@@ -482,7 +495,7 @@ fn dealloc_remote(p: &Page, block: *mut Block, heap: *mut Heap, class: usize) {
     } else {
         // SAFETY: heaps are never freed, only recycled: the pointer is
         // always a valid Heap, and the counter is only a hint.
-        unsafe { (*owner).remote_frees.fetch_add(1, Ordering::Relaxed) };
+        unsafe { (*owner).remote_frees.0.fetch_add(1, Ordering::Relaxed) };
         false
     };
     if !claimed {
@@ -554,7 +567,7 @@ pub fn abandon(h: &Heap) {
         q.set(PageList::new());
     }
     h.pages.set(0);
-    h.remote_frees.store(0, Ordering::Relaxed);
+    h.remote_frees.0.store(0, Ordering::Relaxed);
     for &seg in &doomed[..n] {
         segment::segment_destroy(seg);
     }

@@ -66,7 +66,9 @@ const HEAP_CHUNK: usize = 4 << 20;
 
 /// A heap from the pool, or null when memory is exhausted.
 pub fn heap_new() -> *mut Heap {
-    let size = core::mem::size_of::<Heap>().next_multiple_of(64);
+    // A multiple of the heap's alignment (128), so every heap carved from
+    // a 128-aligned start is aligned.
+    let size = core::mem::size_of::<Heap>();
     loop {
         {
             let mut pool = POOL.lock();
