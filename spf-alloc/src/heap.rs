@@ -17,8 +17,9 @@
 //! atomic RMW, one well-predicted branch per step. Everything else —
 //! collecting frees, carving new blocks, taking a page — is `#[cold]`.
 //!
-//! Cross-thread frees push onto the page's `thread_free` and bump the owning
-//! heap's `remote_frees`; the owner collects them when its current page runs
+//! Cross-thread frees push onto the page's `thread_free` with one CAS — the
+//! only access to the page after the free began (S4 in `segment`) — and
+//! bump the owning heap's `remote_frees`; the owner collects them when its current page runs
 //! dry, and sweeps all its pages once the remote frees since the last sweep
 //! outnumber 16 per page it owns, so memory freed by consumers returns to a
 //! producer's pages with amortised O(1) work.
@@ -313,19 +314,20 @@ fn take(h: &Heap, page: *mut Page) {
 /// Gives up a page we own that may still have blocks out: it goes on its
 /// abandoned list, or to the pool if it turns out empty.
 ///
-/// The protocol with remote freers (S4): a freer pushes its block, then
-/// reads `heap` (both `SeqCst`). Here `heap` is cleared, then the page is
-/// collected under the abandoned lists' lock (`SeqCst` swap). A freer that
-/// still saw the page owned pushed before that collect, which takes its
-/// block; a freer that sees it abandoned takes the lock after us and finds
-/// the page listed, and claims it (`claim_abandoned`). Either way, the free
-/// that empties an abandoned page is the one that gives it back.
+/// The protocol with remote freers (S4): under the abandoned lists' lock,
+/// one swap collects the page's remote frees and tags it `ABANDONED`, and
+/// the page is listed before the lock is released. A freer's CAS either
+/// came before the swap (its block is collected here) or fails on the tag;
+/// then it frees under the lock (`free_abandoned`), where tag and listing
+/// agree. Abandoned pages always hold live blocks: the free that empties
+/// one gives it back.
 fn put_abandoned(page: *mut Page) {
     // SAFETY: the caller owns the page.
     let p = unsafe { &*page };
-    p.heap.store(null_mut(), Ordering::SeqCst);
+    // Relaxed: freers read `heap` only as a hint (`dealloc_remote`).
+    p.heap.store(null_mut(), Ordering::Relaxed);
     let mut lists = ABANDONED.lock();
-    p.collect();
+    p.collect_and_close();
     if p.used.get() == 0 {
         drop(lists);
         if let Some(seg) = segment::page_free(page) {
@@ -338,66 +340,59 @@ fn put_abandoned(page: *mut Page) {
     unsafe { lists.0[p.class.get() as usize].push_front(page) };
 }
 
-/// A remote free found its page abandoned: take the page off its list
-/// (unless a heap adopted it meanwhile), collect, and give it back if it is
-/// empty or put it back. Returns whether this thread took the page, in
-/// which case its `freeing` count (S4) was already dropped.
+/// A remote free found its page tagged abandoned: free the block into the
+/// page under the abandoned lists' lock, and give the page back if that
+/// emptied it. False if the page was adopted meanwhile (it is untagged:
+/// push again).
 #[cold]
-fn claim_abandoned(page: *mut Page) -> bool {
-    // SAFETY: our `freeing` count keeps the page from going away (S4).
-    let p = unsafe { &*page };
+#[inline(never)]
+fn free_abandoned(p: &Page, block: *mut Block) -> bool {
+    let page = p as *const Page as *mut Page;
     {
         let mut lists = ABANDONED.lock();
         if !p.abandoned.get() {
-            return false; // adopted, or being abandoned: its owner collects
+            return false;
+        }
+        // The lists own the page (S1) and we hold their lock: its owner-only
+        // fields are ours to change.
+        // SAFETY: the block is ours to give back.
+        unsafe { (*block).next = p.free.get() };
+        p.free.set(block);
+        let used = p.used.get() - 1;
+        p.used.set(used);
+        if used != 0 {
+            return true;
         }
         p.abandoned.set(false);
         // SAFETY: the page is on this list (its flag says so, under the lock).
         unsafe { lists.0[p.class.get() as usize].remove(page) };
     }
-    // The page is ours now (S1); as a freer we are done with it.
-    p.freeing.fetch_sub(1, Ordering::Release);
-    p.collect();
-    if p.used.get() == 0 {
-        if let Some(seg) = segment::page_free(page) {
-            segment::segment_destroy(seg); // no lock held (R1)
-        }
-    } else {
-        put_abandoned(page);
+    if let Some(seg) = segment::page_free(page) {
+        segment::segment_destroy(seg); // no lock held (R1)
     }
     true
 }
 
-/// Adopts an abandoned page of `class` that still has live blocks; empty
-/// ones found on the way go back to the pool.
+/// Adopts an abandoned page of `class` (it holds live blocks).
 fn adopt(h: &Heap, class: usize) -> Option<*mut Page> {
-    loop {
-        let page = {
-            let mut lists = ABANDONED.lock();
-            let list = &mut lists.0[class];
-            let p = list.first;
-            if p.is_null() {
-                return None;
-            }
-            // SAFETY: p is in the abandoned list.
-            unsafe {
-                list.remove(p);
-                (*p).abandoned.set(false);
-            }
-            p
-        };
-        // SAFETY: taken off the abandoned list, the page is ours (S1).
-        let p = unsafe { &*page };
-        p.collect();
-        if p.used.get() == 0 {
-            if let Some(seg) = segment::page_free(page) {
-                segment::segment_destroy(seg); // no lock held (R1)
-            }
-            continue;
+    let page = {
+        let mut lists = ABANDONED.lock();
+        let list = &mut lists.0[class];
+        let p = list.first;
+        if p.is_null() {
+            return None;
         }
-        take(h, page);
-        return Some(page);
-    }
+        // SAFETY: p is in the abandoned list, whose lock we hold.
+        unsafe {
+            list.remove(p);
+            (*p).abandoned.set(false);
+            debug_assert!((*p).used.get() > 0, "an empty abandoned page");
+            (*p).reopen();
+        }
+        p
+    };
+    take(h, page);
+    Some(page)
 }
 
 /// Collects remote frees on every page of the heap and returns empty pages
@@ -484,23 +479,22 @@ pub fn dealloc(ptr: *mut u8, class: usize) {
 #[cold]
 #[inline(never)]
 fn dealloc_remote(p: &Page, block: *mut Block, heap: *mut Heap, class: usize) {
-    // S4: counted before the push, so whoever collects the block and
-    // frees the page waits for us.
-    p.freeing.fetch_add(1, Ordering::SeqCst);
-    p.push_remote(block);
-    // SeqCst: the abandonment protocol (see `put_abandoned`).
-    let owner = p.heap.load(Ordering::SeqCst);
-    let claimed = if owner.is_null() {
-        claim_abandoned(p as *const Page as *mut Page)
-    } else {
-        // SAFETY: heaps are never freed, only recycled: the pointer is
-        // always a valid Heap, and the counter is only a hint.
-        unsafe { (*owner).remote_frees.0.fetch_add(1, Ordering::Relaxed) };
-        false
-    };
-    if !claimed {
-        // Our last access to the page (S4).
-        p.freeing.fetch_sub(1, Ordering::Release);
+    // Read before the push, while our block keeps the page out of the pool
+    // (S4). Relaxed: only a hint of whom to tell.
+    let owner = p.heap.load(Ordering::Relaxed);
+    loop {
+        // The push is our last access to the page (S4).
+        if p.push_remote(block) {
+            if !owner.is_null() {
+                // SAFETY: heaps are never freed, only recycled: the pointer
+                // is always a valid Heap, and the counter is only a hint.
+                unsafe { (*owner).remote_frees.0.fetch_add(1, Ordering::Relaxed) };
+            }
+            break;
+        }
+        if free_abandoned(p, block) {
+            break;
+        }
     }
     if thread::is_live(heap) {
         // SAFETY: this thread's heap.
@@ -570,44 +564,6 @@ pub fn abandon(h: &Heap) {
     h.remote_frees.0.store(0, Ordering::Relaxed);
     for &seg in &doomed[..n] {
         segment::segment_destroy(seg);
-    }
-}
-
-/// In a fork child, before the locks are released: remote freers caught
-/// mid-free by the fork do not exist in the child, so their `freeing`
-/// counts (S4) are stale. Clear them on every page the child can reach
-/// consistently — its own heap's, the abandoned lists' and the fallback
-/// heap's (all locked or ours); pages of the parent's other threads stay
-/// with heaps that never run again, so they never reach `page_free`.
-///
-/// # Safety
-/// Only in the fork child handler, with the allocator's locks held.
-pub unsafe fn reset_freeing_after_fork() {
-    let clear = |list: PageList| {
-        let mut p = list.first;
-        while !p.is_null() {
-            // SAFETY: pages on these lists are valid; the child is single
-            // threaded and holds the lists' locks.
-            unsafe {
-                (*p).freeing.store(0, Ordering::Relaxed);
-                p = (*p).next.get();
-            }
-        }
-    };
-    let own = thread::heap();
-    for h in [own, &FALLBACK_HEAP.0 as *const Heap as *mut Heap] {
-        if thread::is_live(h) {
-            // SAFETY: our own heap (we called fork, not mid-operation) or
-            // the fallback heap, whose lock the fork handler holds.
-            for q in unsafe { &(*h).queues } {
-                clear(q.get());
-            }
-        }
-    }
-    // SAFETY: the abandoned lists' lock is held by the fork handler.
-    let lists = unsafe { &*ABANDONED.data_ptr() };
-    for list in &lists.0 {
-        clear(*list);
     }
 }
 

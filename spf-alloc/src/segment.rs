@@ -35,10 +35,14 @@
 //!   free can still arrive for it.
 //! - S3: segments are destroyed only when all their pages are in the pool,
 //!   and never while the pool lock is held (R1 in `heap`).
-//! - S4: a thread freeing into a page it does not own counts itself in the
-//!   page's `freeing` from before its push until its last access to the
-//!   page; `page_free` waits for `freeing == 0`, so no freer can still be
-//!   reading a page that goes to the pool (and then perhaps to spf-core).
+//! - S4: a thread freeing into a page it does not own reads the page only
+//!   while its block is still counted in `used` (so by S2 the page cannot
+//!   be in the pool, or back with spf-core), and its last access is the one
+//!   CAS that pushes the block on `thread_free`. Whether the page is
+//!   abandoned is read from that same word (the `ABANDONED` tag): a freer
+//!   that sees the tag does not push but frees under the abandoned lists'
+//!   lock, still holding its block. So no freer can be reading a page that
+//!   goes to the pool, and a remote free costs one locked instruction.
 
 use crate::lock::SpinLock;
 use crate::options;
@@ -81,18 +85,27 @@ pub struct Page {
     pub purged: Cell<bool>,
     /// On an abandoned list (guarded by the abandoned lists' lock).
     pub abandoned: Cell<bool>,
-    /// Threads between their remote push and their last access (S4).
-    pub freeing: core::sync::atomic::AtomicU32,
     /// The owning heap; null while abandoned or pooled. Written by the owner
     /// (Release), compared by freeing threads.
     pub heap: AtomicPtr<crate::heap::Heap>,
-    /// Blocks freed by other threads, pushed with a CAS, taken with a swap.
-    pub thread_free: AtomicPtr<Block>,
+    /// Blocks freed by other threads, pushed with a CAS, taken with a swap;
+    /// exactly `ABANDONED` while the page is on an abandoned list (S4). On
+    /// a cache line of its own, away from the fields the owner writes on
+    /// every allocation.
+    pub thread_free: ThreadFree,
     /// Debug builds: one bit per block, set while it is allocated (the
     /// block ledger of `misuse`).
     #[cfg(debug_assertions)]
     pub ledger: [core::sync::atomic::AtomicU64; LEDGER_WORDS],
 }
+
+/// The tag `thread_free` holds, alone, while its page is abandoned: blocks
+/// are at least 16-byte aligned, so no list head has this bit.
+pub const ABANDONED: usize = 1;
+
+/// `thread_free` on a 64-byte line of its own.
+#[repr(C, align(64))]
+pub struct ThreadFree(AtomicPtr<Block>);
 
 /// Words of the block ledger: one bit for each block of the page with the
 /// most blocks (64 KiB of 16-byte blocks).
@@ -135,7 +148,7 @@ impl Page {
         self.class.set(class as u32);
         self.next.set(null_mut());
         self.prev.set(null_mut());
-        debug_assert!(self.thread_free.load(Ordering::Relaxed).is_null(), "S2");
+        debug_assert!(self.thread_free.0.load(Ordering::Relaxed).is_null(), "S2");
     }
 
     /// Carves more blocks from the untouched part of the page into `free`:
@@ -162,12 +175,50 @@ impl Page {
     }
 
     /// Moves remote frees into `free`, so the owner can allocate from them;
-    /// updates `used` (S2).
+    /// updates `used` (S2). Only on a page that is not abandoned.
     pub fn collect(&self) {
+        // A plain load first: most pages have no remote frees, and a load
+        // leaves the line shared with the freers.
+        if self.thread_free.0.load(Ordering::Relaxed).is_null() {
+            return;
+        }
         // Acquire pairs with the Release of the remote pushes: the blocks'
-        // `next` words are visible. SeqCst for the abandonment protocol (see
-        // `heap::put_abandoned`).
-        let mut remote = self.thread_free.swap(null_mut(), Ordering::SeqCst);
+        // `next` words are visible.
+        let remote = self.thread_free.0.swap(null_mut(), Ordering::Acquire);
+        debug_assert_ne!(
+            remote as usize, ABANDONED,
+            "S4: collect of an abandoned page"
+        );
+        self.link_remote(remote);
+    }
+
+    /// Collects the remote frees and tags the page `ABANDONED` in the same
+    /// swap: from then on freers do not push (S4). Under the abandoned
+    /// lists' lock, by the page's owner.
+    pub fn collect_and_close(&self) {
+        // Acquire: as in `collect`.
+        let remote = self
+            .thread_free
+            .0
+            .swap(ABANDONED as *mut Block, Ordering::Acquire);
+        self.link_remote(remote);
+    }
+
+    /// Clears the `ABANDONED` tag of a page taken off an abandoned list
+    /// (under the lists' lock): freers push again.
+    pub fn reopen(&self) {
+        // Relaxed: no block was pushed while tagged; the heap that adopts
+        // the page publishes it through its own ownership (Release in
+        // `take`), and a freer that saw the tag sees the page untagged
+        // after taking the lock we hold.
+        debug_assert_eq!(
+            self.thread_free.0.load(Ordering::Relaxed) as usize,
+            ABANDONED
+        );
+        self.thread_free.0.store(null_mut(), Ordering::Relaxed);
+    }
+
+    fn link_remote(&self, mut remote: *mut Block) {
         let mut n = 0u32;
         while !remote.is_null() {
             // SAFETY: blocks on thread_free are free blocks of this page.
@@ -181,21 +232,26 @@ impl Page {
         self.used.set(self.used.get() - n);
     }
 
-    /// Pushes a block freed by a thread that does not own the page.
-    pub fn push_remote(&self, block: *mut Block) {
-        let mut head = self.thread_free.load(Ordering::Relaxed);
+    /// Pushes a block freed by a thread that does not own the page; false
+    /// (and nothing pushed) if the page is abandoned (S4).
+    pub fn push_remote(&self, block: *mut Block) -> bool {
+        let mut head = self.thread_free.0.load(Ordering::Relaxed);
         loop {
+            if head as usize == ABANDONED {
+                return false;
+            }
             // SAFETY: the block is ours to give back; nobody else links it.
             unsafe { (*block).next = head };
-            // Release: the `next` word is written before the block is seen;
-            // SeqCst for the abandonment protocol (see `heap::put_abandoned`).
-            match self.thread_free.compare_exchange_weak(
+            // Release pairs with the Acquire swaps of `collect` and
+            // `collect_and_close`: the `next` word is written before the
+            // block is seen. Failing on the tag keeps S4.
+            match self.thread_free.0.compare_exchange_weak(
                 head,
                 block,
-                Ordering::SeqCst,
+                Ordering::Release,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => return,
+                Ok(_) => return true,
                 Err(seen) => head = seen,
             }
         }
@@ -401,17 +457,16 @@ pub fn page_free(page: *mut Page) -> Option<*mut Segment> {
     // SAFETY: the caller owns the page and it is empty (S2).
     let p = unsafe { &*page };
     debug_assert_eq!(p.used.get(), 0, "S2");
-    // S4: remote freers that pushed this page's last blocks may still be
-    // reading it; they need no lock to finish.
-    let mut spins = 0u32;
-    while p.freeing.load(Ordering::Acquire) != 0 {
-        if spins < 64 {
-            core::hint::spin_loop();
-            spins += 1;
-        } else {
-            std::thread::yield_now();
-        }
-    }
+    // No freer reads the page any more (S4). An abandoned page that
+    // emptied keeps its tag until here; Relaxed: the pool lock publishes it.
+    debug_assert!(
+        matches!(
+            p.thread_free.0.load(Ordering::Relaxed) as usize,
+            0 | ABANDONED
+        ),
+        "S2: remote frees left in an empty page"
+    );
+    p.thread_free.0.store(null_mut(), Ordering::Relaxed);
     // Whatever a purge did before, this page now holds dirty memory.
     p.purged.set(false);
     p.heap.store(null_mut(), Ordering::Relaxed);

@@ -212,11 +212,6 @@ fn register_fork_handlers() {
         segment::fork_lock();
         large::fork_lock();
     }
-    extern "C" fn child() {
-        // SAFETY: in the child, with every allocator lock held by `prepare`.
-        unsafe { heap::reset_freeing_after_fork() };
-        after();
-    }
     extern "C" fn after() {
         // SAFETY: `prepare` took every one of these locks.
         unsafe {
@@ -228,5 +223,5 @@ fn register_fork_handlers() {
         }
     }
     // SAFETY: plain functions with the signature pthread_atfork wants.
-    unsafe { libc::pthread_atfork(Some(prepare), Some(after), Some(child)) };
+    unsafe { libc::pthread_atfork(Some(prepare), Some(after), Some(after)) };
 }
