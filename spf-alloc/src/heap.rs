@@ -41,8 +41,8 @@ use crate::lock::SpinLock;
 use crate::segment::{
     self, Block, Page, PageList, Segment, MEDIUM_PAGE_SIZE, PAGE_SIZE, SEGMENT_SIZE,
 };
-use crate::size_class::{block_size, is_small, CLASSES};
-use crate::{large, misuse, thread};
+use crate::size_class::{block_size, is_small, CLASSES, SMALL_CLASSES};
+use crate::{large, misuse, options, thread};
 use core::cell::Cell;
 use core::ptr::null_mut;
 use core::sync::atomic::{AtomicI64, AtomicPtr, AtomicUsize, Ordering};
@@ -63,6 +63,9 @@ pub struct Heap {
     pages: Cell<usize>,
     /// Slow paths taken, to run a decay check every so often.
     slow_paths: Cell<u32>,
+    /// When the owner last gave its own empty pages back (`release`), in
+    /// `monotonic_ns` (owner only).
+    last_release: Cell<u64>,
     /// Every heap ever made, for statistics (never unlinked).
     pub next_all: AtomicPtr<Heap>,
     /// The heap pool's free list.
@@ -131,6 +134,7 @@ impl Heap {
             allocated: AtomicI64::new(0),
             pages: Cell::new(0),
             slow_paths: Cell::new(0),
+            last_release: Cell::new(0),
             next_all: AtomicPtr::new(null_mut()),
             next_free: Cell::new(null_mut()),
             remote_frees: OwnLine(AtomicUsize::new(0)),
@@ -210,11 +214,12 @@ fn alloc_without_heap(heap: *mut Heap, class: usize) -> *mut u8 {
 #[inline(never)]
 fn alloc_slow(h: &Heap, class: usize) -> *mut u8 {
     if h.remote_frees.0.load(Ordering::Relaxed) > 16 * h.pages.get().max(64) {
-        sweep(h);
+        sweep(h, Keep::FirstOfClass);
     }
     let n = h.slow_paths.get().wrapping_add(1);
     h.slow_paths.set(n);
     if n % 64 == 0 {
+        release_on_decay(h);
         segment::maybe_decay();
         if !segment::deferring() {
             // May destroy regions, which may allocate (R1): not under the
@@ -395,10 +400,21 @@ fn adopt(h: &Heap, class: usize) -> Option<*mut Page> {
     Some(page)
 }
 
+/// Which empty pages a sweep keeps.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    /// The first page of each class queue, empty or not: an alloc/free
+    /// loop would otherwise trade it with the pool every time.
+    FirstOfClass,
+    /// None: decay and `spf::purge()` want every empty page back.
+    None,
+}
+
 /// Collects remote frees on every page of the heap and returns empty pages
-/// (but the first of each queue) to the pool.
+/// to the pool, keeping what `keep` says. False if it stopped early (it
+/// frees at most a few segments at a time); the rest waits for the next.
 #[cold]
-fn sweep(h: &Heap) {
+fn sweep(h: &Heap, keep: Keep) -> bool {
     h.remote_frees.0.store(0, Ordering::Relaxed);
     let mut doomed: [*mut Segment; 4] = [null_mut(); 4];
     let mut n = 0;
@@ -410,7 +426,7 @@ fn sweep(h: &Heap) {
             let p = unsafe { &*page };
             let next = p.next.get();
             p.collect();
-            if p.used.get() == 0 && page != q.get().first {
+            if p.used.get() == 0 && (keep == Keep::None || page != q.get().first) {
                 if let Some(seg) = unqueue_and_free(h, page) {
                     doomed[n] = seg;
                     n += 1;
@@ -426,6 +442,75 @@ fn sweep(h: &Heap) {
     }
     for &seg in &doomed[..n] {
         segment::segment_destroy(seg);
+    }
+    n < doomed.len()
+}
+
+/// Decay for the heap's own pages, run by the owner (other threads cannot
+/// touch them, S1) from its slow path once a decay time has passed since
+/// the last run: every empty page goes to the pool — the one kept at the
+/// front of each class queue too — where the pool's decay purges it, and
+/// the free blocks inside partly used medium pages are purged in place.
+/// A thread that stops allocating keeps what it held at its last run.
+fn release_on_decay(h: &Heap) {
+    let now = spf_core::monotonic_ns();
+    if now.saturating_sub(h.last_release.get()) < options::decay_ns() {
+        return;
+    }
+    h.last_release.set(now);
+    sweep(h, Keep::None);
+    purge_medium_free(h);
+}
+
+/// The calling thread's part of `spf::purge()`: its empty pages go to the
+/// pool (which the caller purges next), and free blocks inside its partly
+/// used medium pages are purged.
+pub fn release_own() {
+    let heap = thread::heap();
+    if !thread::is_live(heap) {
+        return;
+    }
+    // SAFETY: this thread's live heap (R2: consistent between calls).
+    let h = unsafe { &*heap };
+    while !sweep(h, Keep::None) {}
+    purge_medium_free(h);
+    h.last_release.set(spf_core::monotonic_ns());
+}
+
+/// Free parts of a medium block below which a purge is not worth its
+/// system call.
+const MIN_BLOCK_PURGE: usize = 32 << 10;
+
+/// Purges the free blocks of the heap's partly used medium pages, each but
+/// the 4 KiB page that holds its free-list link: freed memory inside a
+/// page that still holds live blocks goes back to the kernel at 4 KiB
+/// granularity (blocks from 36 KiB up; medium blocks are 10–256 KiB).
+fn purge_medium_free(h: &Heap) {
+    for class in SMALL_CLASSES..CLASSES {
+        let size = block_size(class);
+        if size < MIN_BLOCK_PURGE + 4096 {
+            continue;
+        }
+        let mut page = h.queue(class).get().first;
+        while !page.is_null() {
+            // SAFETY: pages in our queues are ours (S1).
+            let p = unsafe { &*page };
+            let mut b = p.free.get();
+            while !b.is_null() {
+                let start = (b as usize + core::mem::size_of::<Block>()).next_multiple_of(4096);
+                let end = (b as usize + size) & !4095;
+                if end >= start + MIN_BLOCK_PURGE {
+                    // SAFETY: whole 4 KiB pages inside a free block of our
+                    // page, in its live segment; nothing reads them before
+                    // the block is handed out again (its link word lies
+                    // before `start`). A failed purge leaves them resident.
+                    let _ = unsafe { spf_core::purge_pages(start as *mut u8, end - start) };
+                }
+                // SAFETY: a free block of our page: its link is valid.
+                b = unsafe { (*b).next };
+            }
+            page = p.next.get();
+        }
     }
 }
 
