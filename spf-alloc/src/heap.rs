@@ -38,10 +38,8 @@
 //!   module, so a re-entrant allocation on the same thread finds it whole.
 
 use crate::lock::SpinLock;
-use crate::segment::{
-    self, Block, Page, PageList, Segment, MEDIUM_PAGE_SIZE, PAGE_SIZE, SEGMENT_SIZE,
-};
-use crate::size_class::{block_size, is_small, CLASSES, SMALL_CLASSES};
+use crate::segment::{self, Block, Page, PageList, Segment};
+use crate::size_class::{block_size, CLASSES, SMALL_CLASSES};
 use crate::{large, misuse, options, thread};
 use core::cell::Cell;
 use core::ptr::null_mut;
@@ -154,33 +152,45 @@ impl Heap {
 }
 
 /// Allocates a block of `class`. Null when memory is exhausted.
+///
+/// # Safety
+/// `class < CLASSES` (the fast path indexes without a bounds check).
 #[inline]
-pub fn alloc(class: usize) -> *mut u8 {
+pub unsafe fn alloc(class: usize) -> *mut u8 {
+    debug_assert!(class < CLASSES);
     let heap = thread::heap();
     if thread::is_live(heap) {
-        // SAFETY: a live heap belongs to this thread (R2: consistent).
-        return alloc_from(unsafe { &*heap }, class);
+        // SAFETY: a live heap belongs to this thread (R2: consistent); the
+        // caller's contract on `class`.
+        return unsafe { alloc_from(&*heap, class) };
     }
-    alloc_without_heap(heap, class)
+    // SAFETY: the caller's contract.
+    unsafe { alloc_without_heap(heap, class) }
 }
 
 /// The fast path: pop the first page's free list, else the slow path.
+///
+/// # Safety
+/// `class < CLASSES`.
 #[inline(always)]
-fn alloc_from(h: &Heap, class: usize) -> *mut u8 {
-    let page = h.queue(class).get().first;
+unsafe fn alloc_from(h: &Heap, class: usize) -> *mut u8 {
+    // SAFETY: the caller's contract.
+    let page = unsafe { h.queues.get_unchecked(class) }.get().first;
     if !page.is_null() {
         // SAFETY: pages in the heap's queues are the heap's (S1).
         let p = unsafe { &*page };
         if !p.free.get().is_null() {
-            return pop(h, p, class);
+            return pop(h, p);
         }
     }
     alloc_slow(h, class)
 }
 
+/// # Safety
+/// `class < CLASSES`.
 #[cold]
 #[inline(never)]
-fn alloc_without_heap(heap: *mut Heap, class: usize) -> *mut u8 {
+unsafe fn alloc_without_heap(heap: *mut Heap, class: usize) -> *mut u8 {
     if thread::is_unset(heap) {
         if let Some(h) = thread::heap_init() {
             // SAFETY: just made for this thread.
@@ -204,7 +214,8 @@ fn alloc_without_heap(heap: *mut Heap, class: usize) -> *mut u8 {
     // slow path only takes the pool and abandoned locks, nested inside this
     // one in the documented order (see `thread`).
     let _deferring = segment::DeferDestroy::enter();
-    alloc_from(h, class)
+    // SAFETY: our caller's contract on `class`.
+    unsafe { alloc_from(h, class) }
 }
 
 /// Finds a page with a free block: collect frees on the first pages of the
@@ -250,7 +261,7 @@ fn alloc_slow(h: &Heap, class: usize) -> *mut u8 {
                 }
                 q.set(list);
             }
-            return pop(h, p, class);
+            return pop(h, p);
         }
         // Full: move it to the back, out of the way of the next search.
         if !next.is_null() {
@@ -283,21 +294,21 @@ fn alloc_slow(h: &Heap, class: usize) -> *mut u8 {
             p.extend();
         }
         if !p.free.get().is_null() {
-            return pop(h, p, class);
+            return pop(h, p);
         }
         // An adopted page that is still full stays in our queue; try another.
     }
 }
 
 #[inline(always)]
-fn pop(h: &Heap, p: &Page, class: usize) -> *mut u8 {
+fn pop(h: &Heap, p: &Page) -> *mut u8 {
     let b = p.free.get();
     debug_assert!(!b.is_null());
     // SAFETY: a free block of our page.
     p.free.set(unsafe { (*b).next });
     misuse::on_alloc(p, b as *const u8);
     p.used.set(p.used.get() + 1);
-    h.add_allocated(block_size(class) as i64);
+    h.add_allocated(p.size.get() as i64);
     b as *mut u8
 }
 
@@ -514,32 +525,23 @@ fn purge_medium_free(h: &Heap) {
     }
 }
 
-/// The page holding a block of `class`.
+/// Frees a small or medium block; its page says which class.
+///
+/// # Safety
+/// `ptr` is a live small or medium block spf handed out, freed once.
 #[inline]
-pub fn page_of(ptr: *mut u8, class: usize) -> *mut Page {
-    let seg = (ptr as usize & !(SEGMENT_SIZE - 1)) as *mut Segment;
-    let offset = ptr as usize & (SEGMENT_SIZE - 1);
-    let index = if is_small(class) {
-        offset / PAGE_SIZE
-    } else {
-        (offset / MEDIUM_PAGE_SIZE) * (MEDIUM_PAGE_SIZE / PAGE_SIZE)
-    };
-    // SAFETY: `ptr` came from a page of this segment (the caller's
-    // GlobalAlloc contract), so the header is a live Segment.
-    unsafe { core::ptr::addr_of_mut!((*seg).pages[index]) }
-}
-
-/// Frees a block of `class`.
-#[inline]
-pub fn dealloc(ptr: *mut u8, class: usize) {
+pub unsafe fn dealloc(ptr: *mut u8) {
     misuse::check_in_segment(ptr);
-    let page = page_of(ptr, class);
+    // SAFETY: the caller's contract (checked above in debug builds).
+    let page = unsafe { segment::page_of(ptr) };
     // SAFETY: a live page (it holds our block).
     let p = unsafe { &*page };
     let heap = thread::heap();
     let block = ptr as *mut Block;
     misuse::on_free(p, ptr);
-    if p.heap.load(Ordering::Relaxed) == heap && thread::is_live(heap) {
+    // A page's heap is null or a live heap, and this thread's pointer is
+    // never null (`thread`): equal means ours.
+    if p.heap.load(Ordering::Relaxed) == heap {
         // SAFETY: our heap, our page.
         let h = unsafe { &*heap };
         // SAFETY: the block is being freed: we may link it.
@@ -547,9 +549,9 @@ pub fn dealloc(ptr: *mut u8, class: usize) {
         p.free.set(block);
         let used = p.used.get() - 1;
         p.used.set(used);
-        h.add_allocated(-(block_size(class) as i64));
+        h.add_allocated(-(p.size.get() as i64));
         if used == 0 {
-            let list = h.queue(class).get();
+            let list = h.queue(p.class.get() as usize).get();
             // The only page of its class stays: an alloc/free loop would
             // otherwise trade it with the pool every time.
             if !(list.first == page && list.last == page) {
@@ -557,13 +559,15 @@ pub fn dealloc(ptr: *mut u8, class: usize) {
             }
         }
     } else {
-        dealloc_remote(p, block, heap, class);
+        dealloc_remote(p, block, heap);
     }
 }
 
 #[cold]
 #[inline(never)]
-fn dealloc_remote(p: &Page, block: *mut Block, heap: *mut Heap, class: usize) {
+fn dealloc_remote(p: &Page, block: *mut Block, heap: *mut Heap) {
+    // Read now: once pushed, the block may empty the page (S4).
+    let size = p.size.get() as i64;
     // Read before the push, while our block keeps the page out of the pool
     // (S4). Relaxed: only a hint of whom to tell.
     let owner = p.heap.load(Ordering::Relaxed);
@@ -583,9 +587,9 @@ fn dealloc_remote(p: &Page, block: *mut Block, heap: *mut Heap, class: usize) {
     }
     if thread::is_live(heap) {
         // SAFETY: this thread's heap.
-        unsafe { (*heap).add_allocated(-(block_size(class) as i64)) };
+        unsafe { (*heap).add_allocated(-size) };
     } else {
-        FALLBACK_FREED.fetch_add(block_size(class) as i64, Ordering::Relaxed);
+        FALLBACK_FREED.fetch_add(size, Ordering::Relaxed);
     }
 }
 

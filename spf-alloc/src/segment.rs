@@ -70,29 +70,44 @@ pub struct Block {
 }
 
 /// One page's descriptor. Owner-only fields are `Cell`s: the owner (S1) is
-/// the only thread that touches them.
-#[repr(C)]
+/// the only thread that touches them. The first 64-byte line holds
+/// everything an allocation or a local free reads or writes; the second
+/// holds `thread_free`, which other threads write, beside fields of pooled
+/// and abandoned pages only. 128 bytes in all (release builds), so finding
+/// a descriptor is a shift.
+#[repr(C, align(64))]
 pub struct Page {
+    /// Free blocks the owner allocates from (its own frees go here too).
     pub free: Cell<*mut Block>,
-    pub used: Cell<u32>,
-    pub capacity: Cell<u32>,
-    pub reserved: Cell<u32>,
-    pub class: Cell<u32>,
-    pub area: Cell<*mut u8>,
-    pub next: Cell<*mut Page>,
-    pub prev: Cell<*mut Page>,
-    pub freed_at: Cell<u64>,
-    pub purged: Cell<bool>,
-    /// On an abandoned list (guarded by the abandoned lists' lock).
-    pub abandoned: Cell<bool>,
     /// The owning heap; null while abandoned or pooled. Written by the owner
     /// (Release), compared by freeing threads.
     pub heap: AtomicPtr<crate::heap::Heap>,
+    /// Blocks out: handed out minus freed locally minus remote frees
+    /// collected (S2).
+    pub used: Cell<u32>,
+    /// Blocks carved so far (`extend`); blocks past it are untouched.
+    pub capacity: Cell<u32>,
+    /// Blocks the page holds in all.
+    pub reserved: Cell<u32>,
+    /// The size class served.
+    pub class: Cell<u32>,
+    /// The class's block size (read where the class's table would be).
+    pub size: Cell<u32>,
+    /// The page's memory (fixed when its segment is made).
+    pub area: Cell<*mut u8>,
+    /// Links in the owner's class queue, an abandoned list or the pool.
+    pub next: Cell<*mut Page>,
+    pub prev: Cell<*mut Page>,
+    /// When the page went to the pool (`monotonic_ns`; pool lock).
+    pub freed_at: Cell<u64>,
+    /// Pooled and purged: its memory reads as zero (pool lock).
+    pub purged: Cell<bool>,
+    /// On an abandoned list (guarded by the abandoned lists' lock).
+    pub abandoned: Cell<bool>,
     /// Blocks freed by other threads, pushed with a CAS, taken with a swap;
-    /// exactly `ABANDONED` while the page is on an abandoned list (S4). On
-    /// a cache line of its own, away from the fields the owner writes on
-    /// every allocation.
-    pub thread_free: ThreadFree,
+    /// exactly `ABANDONED` while the page is on an abandoned list (S4).
+    /// Not on the line of the fields the owner writes on every allocation.
+    pub thread_free: AtomicPtr<Block>,
     /// Debug builds: one bit per block, set while it is allocated (the
     /// block ledger of `misuse`).
     #[cfg(debug_assertions)]
@@ -103,9 +118,9 @@ pub struct Page {
 /// are at least 16-byte aligned, so no list head has this bit.
 pub const ABANDONED: usize = 1;
 
-/// `thread_free` on a 64-byte line of its own.
-#[repr(C, align(64))]
-pub struct ThreadFree(AtomicPtr<Block>);
+const _: () = assert!(core::mem::offset_of!(Page, thread_free) >= 64);
+#[cfg(not(debug_assertions))]
+const _: () = assert!(core::mem::size_of::<Page>() == 128);
 
 /// Words of the block ledger: one bit for each block of the page with the
 /// most blocks (64 KiB of 16-byte blocks).
@@ -118,9 +133,32 @@ const _: () = assert!(core::mem::size_of::<Segment>() <= PAGE_SIZE);
 #[repr(C)]
 pub struct Segment {
     magic: usize,
+    /// Pointer to descriptor: `(offset >> 16) & index_mask` is the index of
+    /// the page holding `segment + offset` — 63 in a small segment, 0x30 in
+    /// a medium one (descriptors 16, 32, 48). Fixed when the segment is
+    /// made; read by every free.
+    index_mask: usize,
     /// Pages of this segment outside the pool.
     used: Cell<u32>,
     pub pages: [Page; PAGES_PER_SEGMENT],
+}
+
+const _: () = assert!(MEDIUM_PAGE_SIZE == PAGE_SIZE << 4 && MEDIUM_PAGES[0] == 0x10);
+
+/// The descriptor of the page holding `ptr`.
+///
+/// # Safety
+/// `ptr` points into a page of a live segment (a block spf handed out and
+/// that is not freed yet).
+#[inline]
+pub unsafe fn page_of(ptr: *mut u8) -> *mut Page {
+    let seg = (ptr as usize & !(SEGMENT_SIZE - 1)) as *mut Segment;
+    let offset = ptr as usize & (SEGMENT_SIZE - 1);
+    // SAFETY: the caller's contract: the header is a live Segment, whose
+    // mask never changes.
+    let index = (offset >> 16) & unsafe { (*seg).index_mask };
+    // SAFETY: as above; the index is below 64.
+    unsafe { ptr::addr_of_mut!((*seg).pages[index]) }
 }
 
 impl Page {
@@ -146,9 +184,10 @@ impl Page {
         }
         self.reserved.set((len / size) as u32);
         self.class.set(class as u32);
+        self.size.set(size as u32);
         self.next.set(null_mut());
         self.prev.set(null_mut());
-        debug_assert!(self.thread_free.0.load(Ordering::Relaxed).is_null(), "S2");
+        debug_assert!(self.thread_free.load(Ordering::Relaxed).is_null(), "S2");
     }
 
     /// Carves more blocks from the untouched part of the page into `free`:
@@ -179,12 +218,12 @@ impl Page {
     pub fn collect(&self) {
         // A plain load first: most pages have no remote frees, and a load
         // leaves the line shared with the freers.
-        if self.thread_free.0.load(Ordering::Relaxed).is_null() {
+        if self.thread_free.load(Ordering::Relaxed).is_null() {
             return;
         }
         // Acquire pairs with the Release of the remote pushes: the blocks'
         // `next` words are visible.
-        let remote = self.thread_free.0.swap(null_mut(), Ordering::Acquire);
+        let remote = self.thread_free.swap(null_mut(), Ordering::Acquire);
         debug_assert_ne!(
             remote as usize, ABANDONED,
             "S4: collect of an abandoned page"
@@ -199,7 +238,6 @@ impl Page {
         // Acquire: as in `collect`.
         let remote = self
             .thread_free
-            .0
             .swap(ABANDONED as *mut Block, Ordering::Acquire);
         self.link_remote(remote);
     }
@@ -211,11 +249,8 @@ impl Page {
         // the page publishes it through its own ownership (Release in
         // `take`), and a freer that saw the tag sees the page untagged
         // after taking the lock we hold.
-        debug_assert_eq!(
-            self.thread_free.0.load(Ordering::Relaxed) as usize,
-            ABANDONED
-        );
-        self.thread_free.0.store(null_mut(), Ordering::Relaxed);
+        debug_assert_eq!(self.thread_free.load(Ordering::Relaxed) as usize, ABANDONED);
+        self.thread_free.store(null_mut(), Ordering::Relaxed);
     }
 
     fn link_remote(&self, mut remote: *mut Block) {
@@ -235,7 +270,7 @@ impl Page {
     /// Pushes a block freed by a thread that does not own the page; false
     /// (and nothing pushed) if the page is abandoned (S4).
     pub fn push_remote(&self, block: *mut Block) -> bool {
-        let mut head = self.thread_free.0.load(Ordering::Relaxed);
+        let mut head = self.thread_free.load(Ordering::Relaxed);
         loop {
             if head as usize == ABANDONED {
                 return false;
@@ -245,7 +280,7 @@ impl Page {
             // Release pairs with the Acquire swaps of `collect` and
             // `collect_and_close`: the `next` word is written before the
             // block is seen. Failing on the tag keeps S4.
-            match self.thread_free.0.compare_exchange_weak(
+            match self.thread_free.compare_exchange_weak(
                 head,
                 block,
                 Ordering::Release,
@@ -409,6 +444,7 @@ fn segment_new(small: bool) -> Option<*mut Page> {
     // Page is a valid empty descriptor.
     unsafe {
         ptr::addr_of_mut!((*seg).magic).write(MAGIC);
+        ptr::addr_of_mut!((*seg).index_mask).write(if small { 63 } else { 0x30 });
         (*seg).used.set(1);
         for (i, page) in (*seg).pages.iter().enumerate() {
             page.area.set(base.add(i * PAGE_SIZE));
@@ -461,12 +497,12 @@ pub fn page_free(page: *mut Page) -> Option<*mut Segment> {
     // emptied keeps its tag until here; Relaxed: the pool lock publishes it.
     debug_assert!(
         matches!(
-            p.thread_free.0.load(Ordering::Relaxed) as usize,
+            p.thread_free.load(Ordering::Relaxed) as usize,
             0 | ABANDONED
         ),
         "S2: remote frees left in an empty page"
     );
-    p.thread_free.0.store(null_mut(), Ordering::Relaxed);
+    p.thread_free.store(null_mut(), Ordering::Relaxed);
     // Whatever a purge did before, this page now holds dirty memory.
     p.purged.set(false);
     p.heap.store(null_mut(), Ordering::Relaxed);

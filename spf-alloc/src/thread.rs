@@ -25,14 +25,17 @@ use core::ptr::null_mut;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 use spf_core::{Region, RegionOptions};
 
-const UNSET: usize = 0;
-const DEAD: usize = 1;
+// Neither is null: a page's `heap` is null or a live heap, so a free can
+// compare it with this thread's heap pointer without checking that the
+// pointer is live.
+const UNSET: usize = 1;
+const DEAD: usize = 2;
 
 thread_local! {
-    static HEAP: Cell<*mut Heap> = const { Cell::new(null_mut()) };
+    static HEAP: Cell<*mut Heap> = const { Cell::new(UNSET as *mut Heap) };
 }
 
-/// This thread's heap pointer: null (none yet), DEAD (exiting), or a heap.
+/// This thread's heap pointer: UNSET (none yet), DEAD (exiting), or a heap.
 #[inline]
 pub fn heap() -> *mut Heap {
     HEAP.with(Cell::get)
