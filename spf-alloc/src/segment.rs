@@ -15,11 +15,11 @@
 //!   256 KiB, at least four per page). The rest of the first MiB is never
 //!   touched, so it costs address space but no memory.
 //!
-//! Pointer to metadata, in two masks and a shift: `segment = ptr & !(4 MiB
-//! − 1)`; the descriptor is `segment.pages[(ptr − segment) >> 16]` for a
-//! small class and `segment.pages[((ptr − segment) >> 20) × 16]` for a
-//! medium one. The class comes from the `Layout` the caller passes back to
-//! `dealloc`, so no lookup table is needed.
+//! Pointer to metadata, in masks and a shift: `segment = ptr & !(4 MiB −
+//! 1)`; the descriptor is `segment.pages[((ptr − segment) >> 16) & mask]`,
+//! where the header's `index_mask` is 63 in a small segment and 0x30 in a
+//! medium one (`page_of`). The descriptor holds the class and block size,
+//! so `dealloc` needs from the `Layout` only whether the block is large.
 //!
 //! The *pool* (one spin lock, slow path only) holds free small and medium
 //! pages. A page handed back keeps its memory ("dirty") for the decay time,
