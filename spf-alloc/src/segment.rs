@@ -24,8 +24,10 @@
 //! The *pool* (one spin lock, slow path only) holds free small and medium
 //! pages. A page handed back keeps its memory ("dirty") for the decay time,
 //! then is purged with `MADV_DONTNEED` (it stays committed and reads as
-//! zero); segments whose pages are all free go back to spf-core once the
-//! pool holds more than two free segments' worth of that kind.
+//! zero) — with the lock released: the pages being purged are off the
+//! lists meanwhile and counted in their segments as pages in use
+//! (`decay_pool`); segments whose pages are all free go back to spf-core
+//! once the pool holds more than two free segments' worth of that kind.
 //!
 //! Invariants:
 //! - S1: a page is owned by exactly one of: a heap (`heap` set), the
@@ -519,14 +521,55 @@ pub fn page_free(page: *mut Page) -> Option<*mut Segment> {
         purge(p);
     }
     p.freed_at.set(now);
-    let mut pool = POOL.lock();
-    let mut doomed = None;
-    // SAFETY: the page is ours and in no list.
-    unsafe {
-        if small {
-            pool.small.push_front(page);
+    let (doomed, due) = {
+        let mut pool = POOL.lock();
+        // SAFETY: the page is ours, empty and in no list.
+        let doomed = unsafe { pool_put(&mut pool, page, End::Front) };
+        let due = decay > 0 && now.saturating_sub(pool.last_sweep) > decay / 2;
+        if due {
+            pool.last_sweep = now;
+        }
+        (doomed, due)
+    };
+    if due {
+        decay_pool(now, decay);
+    }
+    doomed
+}
+
+/// Which end of a pool list a page goes to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// Most recently freed first.
+    Front,
+    /// Back among the oldest (a page just purged).
+    Back,
+}
+
+/// Puts a page into the pool and counts it out of its segment; returns the
+/// segment if that made it wholly free and the pool keeps enough of its
+/// kind already: its pages are then off the list, and the caller destroys
+/// it once no lock is held (R1, S3).
+///
+/// # Safety
+/// The caller holds the pool lock (`pool`) and owns `page`, which is empty
+/// and in no list, and counted in its segment's `used`.
+unsafe fn pool_put(pool: &mut Pool, page: *mut Page, end: End) -> Option<*mut Segment> {
+    // SAFETY: the caller's contract.
+    let p = unsafe { &*page };
+    let small = is_small(p.class.get() as usize);
+    {
+        let list = if small {
+            &mut pool.small
         } else {
-            pool.medium.push_front(page);
+            &mut pool.medium
+        };
+        // SAFETY: the page is ours and in no list.
+        unsafe {
+            match end {
+                End::Front => list.push_front(page),
+                End::Back => list.push_back(page),
+            }
         }
     }
     let seg = p.segment();
@@ -538,11 +581,12 @@ pub fn page_free(page: *mut Page) -> Option<*mut Segment> {
         used
     };
     let per_segment = spans(small).count();
-    let free = if small {
+    let mut free = if small {
         pool.small_free + 1
     } else {
         pool.medium_free + 1
     };
+    let mut doomed = None;
     if used == 0 && free > KEEP_SEGMENTS * per_segment {
         // SAFETY: all of this segment's pages are in the pool list.
         unsafe {
@@ -556,21 +600,13 @@ pub fn page_free(page: *mut Page) -> Option<*mut Segment> {
                 }
             }
         }
+        free -= per_segment;
         doomed = Some(seg);
     }
-    let free = if doomed.is_some() {
-        free - per_segment
-    } else {
-        free
-    };
     if small {
         pool.small_free = free;
     } else {
         pool.medium_free = free;
-    }
-    if decay > 0 && now.saturating_sub(pool.last_sweep) > decay / 2 {
-        pool.last_sweep = now;
-        sweep(&mut pool, now, decay);
     }
     doomed
 }
@@ -583,36 +619,104 @@ pub fn maybe_decay() {
         return;
     }
     let now = spf_core::monotonic_ns();
-    let mut pool = POOL.lock();
-    if now.saturating_sub(pool.last_sweep) > decay / 2 {
+    {
+        let mut pool = POOL.lock();
+        if now.saturating_sub(pool.last_sweep) <= decay / 2 {
+            return;
+        }
         pool.last_sweep = now;
-        sweep(&mut pool, now, decay);
     }
+    decay_pool(now, decay);
 }
 
-/// Purges pooled pages that have been free longer than the decay time. The
-/// lists are most-recent-first, so the oldest are at the tail.
-fn sweep(pool: &mut Pool, now: u64, decay: u64) {
-    for list in [pool.small, pool.medium] {
-        let mut p = list.last;
-        while !p.is_null() {
-            // SAFETY: a pooled page, under the pool lock.
-            let page = unsafe { &*p };
-            if now.saturating_sub(page.freed_at.get()) < decay {
-                break;
+/// Pages purged per round of `decay_pool`.
+const PURGE_BATCH: usize = 16;
+
+/// Purges pooled pages that have been free for `decay` or longer, with no
+/// lock held across the system calls: each round takes up to
+/// `PURGE_BATCH` such pages off the pool lists (counted in their segments'
+/// `used`, as pages out of the pool are, so no segment of theirs can be
+/// destroyed meanwhile: S3), purges them, and puts them back at the old
+/// end. The lists are most-recent-first, so the oldest are at the tail.
+///
+/// A segment that putting them back leaves wholly free is destroyed later
+/// (queued for the next `segment_destroy`): the callers may be in the
+/// middle of walking a heap, which destroying could re-enter (R2).
+fn decay_pool(now: u64, decay: u64) {
+    loop {
+        let mut batch = [null_mut::<Page>(); PURGE_BATCH];
+        let mut n = 0;
+        {
+            let mut pool = POOL.lock();
+            for small in [true, false] {
+                let list = if small {
+                    &mut pool.small
+                } else {
+                    &mut pool.medium
+                };
+                let mut p = list.last;
+                let mut taken = 0;
+                while !p.is_null() && n < PURGE_BATCH {
+                    // SAFETY: a pooled page, under the pool lock.
+                    let page = unsafe { &*p };
+                    let prev = page.prev.get();
+                    let freed_at = page.freed_at.get();
+                    if freed_at > now || now - freed_at < decay {
+                        break;
+                    }
+                    if !page.purged.get() {
+                        // SAFETY: the page is on this list; its segment is
+                        // live (S3) and its count guarded by the lock.
+                        unsafe {
+                            list.remove(p);
+                            let seg = page.segment();
+                            (*seg).used.set((*seg).used.get() + 1);
+                        }
+                        batch[n] = p;
+                        n += 1;
+                        taken += 1;
+                    }
+                    p = prev;
+                }
+                if small {
+                    pool.small_free -= taken;
+                } else {
+                    pool.medium_free -= taken;
+                }
             }
-            if !page.purged.get() {
-                purge(page);
+        }
+        if n == 0 {
+            return;
+        }
+        for &p in &batch[..n] {
+            // SAFETY: taken off the pool above: ours alone until put back.
+            purge(unsafe { &*p });
+        }
+        let mut doomed = [null_mut::<Segment>(); PURGE_BATCH];
+        let mut d = 0;
+        {
+            let mut pool = POOL.lock();
+            for &p in &batch[..n] {
+                // SAFETY: ours, empty, in no list, counted in its segment.
+                if let Some(seg) = unsafe { pool_put(&mut pool, p, End::Back) } {
+                    doomed[d] = seg;
+                    d += 1;
+                }
             }
-            p = page.prev.get();
+        }
+        for &seg in &doomed[..d] {
+            defer_destroy(seg);
+        }
+        if n < PURGE_BATCH {
+            return;
         }
     }
 }
 
-/// Purges every pooled page now, whatever its age.
+/// Purges every page pooled by now, whatever its age (pages freed while it
+/// runs are left to decay, so that a stream of frees cannot keep it going).
 pub fn purge_all() {
-    let mut pool = POOL.lock();
-    sweep(&mut pool, u64::MAX, 1);
+    decay_pool(spf_core::monotonic_ns(), 0);
 }
 
 fn purge(page: &Page) {
@@ -668,15 +772,8 @@ pub fn segment_destroy(seg: *mut Segment) {
     // so this is the only handle.
     debug_assert_eq!(unsafe { (*seg).magic }, MAGIC);
     if DEFERRING.with(Cell::get) {
-        let mut head = DEFERRED.load(Ordering::Relaxed);
-        loop {
-            // SAFETY: we own the segment; its first page is unused.
-            unsafe { (*seg).pages[0].next.set(head as *mut Page) };
-            match DEFERRED.compare_exchange_weak(head, seg, Ordering::Release, Ordering::Relaxed) {
-                Ok(_) => return,
-                Err(h) => head = h,
-            }
-        }
+        defer_destroy(seg);
+        return;
     }
     // SAFETY: as above.
     drop(unsafe { Region::from_raw(seg as *mut u8) });
@@ -687,6 +784,22 @@ pub fn segment_destroy(seg: *mut Segment) {
         // SAFETY: as for `seg`.
         drop(unsafe { Region::from_raw(queued as *mut u8) });
         queued = next;
+    }
+}
+
+/// Queues a segment (all its pages off the pool lists, ours alone) for the
+/// next `segment_destroy` on any thread.
+fn defer_destroy(seg: *mut Segment) {
+    let mut head = DEFERRED.load(Ordering::Relaxed);
+    loop {
+        // SAFETY: we own the segment; its first page is unused.
+        unsafe { (*seg).pages[0].next.set(head as *mut Page) };
+        // Release pairs with the Acquire swap in `segment_destroy`: the
+        // link is written before the segment is seen.
+        match DEFERRED.compare_exchange_weak(head, seg, Ordering::Release, Ordering::Relaxed) {
+            Ok(_) => return,
+            Err(h) => head = h,
+        }
     }
 }
 
