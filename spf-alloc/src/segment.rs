@@ -688,9 +688,12 @@ fn decay_pool(now: u64, decay: u64) {
         if n == 0 {
             return;
         }
+        let mut failed = false;
         for &p in &batch[..n] {
             // SAFETY: taken off the pool above: ours alone until put back.
-            purge(unsafe { &*p });
+            let page = unsafe { &*p };
+            purge(page);
+            failed |= !page.purged.get();
         }
         let mut doomed = [null_mut::<Segment>(); PURGE_BATCH];
         let mut d = 0;
@@ -707,7 +710,9 @@ fn decay_pool(now: u64, decay: u64) {
         for &seg in &doomed[..d] {
             defer_destroy(seg);
         }
-        if n < PURGE_BATCH {
+        // A page whose purge failed is still due: the next sweep retries
+        // it, this one must not take it again and again.
+        if n < PURGE_BATCH || failed {
             return;
         }
     }
