@@ -70,6 +70,28 @@ fn larson_like(c: &mut Criterion) {
     g.finish();
 }
 
+fn handoff_batches(c: &mut Criterion) {
+    let mut g = c.benchmark_group("hand-off 10k Strings");
+    g.throughput(Throughput::Elements(HANDOFF as u64));
+    for s in subjects(false) {
+        g.bench_function(s.name, |b| b.iter_custom(|n| s.run(|a| handoff(a, n))));
+    }
+    g.finish();
+}
+
+fn larson_lock_free(c: &mut Criterion) {
+    let mut g = c.benchmark_group("larson lock-free");
+    for threads in [2usize, 8] {
+        g.throughput(Throughput::Elements((LARSON_FREE_OPS * threads) as u64));
+        for s in subjects(false) {
+            g.bench_with_input(BenchmarkId::new(s.name, threads), &threads, |b, &t| {
+                b.iter_custom(|n| s.run(|a| larson_free(a, t, n)))
+            });
+        }
+    }
+    g.finish();
+}
+
 fn large_blocks(c: &mut Criterion) {
     let mut g = c.benchmark_group("large alloc+touch+free");
     for size in [256 << 10, 1 << 20, 8 << 20, 64 << 20] {
@@ -120,6 +142,6 @@ criterion_group! {
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_secs(2))
         .sample_size(20);
-    targets = small_pairs, batch_mixed, cross_thread, larson_like, large_blocks, growth, fault_path
+    targets = small_pairs, batch_mixed, cross_thread, larson_like, handoff_batches, larson_lock_free, large_blocks, growth, fault_path
 }
 criterion_main!(benches);

@@ -6,7 +6,7 @@
 //! against the kernel's demand paging.
 //!
 //! ```text
-//! cargo run --release --example alloc_bench -- [--runs 5] [--mib 256] [--threads 1,2,4] [--threshold]
+//! cargo run --release --example alloc_bench -- [--runs 5] [--mib 256] [--threads 1,2,4] [--threshold] [--only TEXT]
 //! ```
 //!
 //! Times are medians of `--runs` runs, the allocators interleaved run by run
@@ -15,6 +15,8 @@
 //! and workload (this binary run again with `--child`), so one allocator's
 //! pages never count against another. `--threshold` adds where spf's
 //! large-block threshold sits (medium pages against regions of their own).
+//! `--only TEXT` runs just the allocator rows whose name contains `TEXT`
+//! (their time and peak RSS), without the first-touch table.
 
 #[path = "../benches/workloads/mod.rs"]
 mod workloads;
@@ -30,6 +32,7 @@ struct Args {
     mib: usize,
     threads: Vec<usize>,
     threshold: bool,
+    only: Option<String>,
     child: Option<(String, String)>,
 }
 
@@ -39,6 +42,7 @@ fn parse_args() -> Args {
         mib: 256,
         threads: vec![1, 2, 4],
         threshold: false,
+        only: None,
         child: None,
     };
     let mut it = std::env::args().skip(1);
@@ -65,6 +69,12 @@ fn parse_args() -> Args {
                     .unwrap_or_else(|| usage("--threads needs a list such as 1,2,4"))
             }
             "--threshold" => a.threshold = true,
+            "--only" => {
+                a.only = Some(
+                    it.next()
+                        .unwrap_or_else(|| usage("--only needs a row name")),
+                )
+            }
             "--child" => match (it.next(), it.next()) {
                 (Some(row), Some(subject)) => a.child = Some((row, subject)),
                 _ => usage("--child needs a workload and an allocator"),
@@ -76,7 +86,7 @@ fn parse_args() -> Args {
 }
 
 fn usage(msg: &str) -> ! {
-    eprintln!("alloc_bench: {msg}\nusage: alloc_bench [--runs N] [--mib MIB] [--threads 1,2,4] [--threshold]");
+    eprintln!("alloc_bench: {msg}\nusage: alloc_bench [--runs N] [--mib MIB] [--threads 1,2,4] [--threshold] [--only TEXT]");
     std::process::exit(2)
 }
 
@@ -156,6 +166,17 @@ fn rows() -> Vec<Row> {
         Row::new("larson-like T=8, per op", "ns", 3, |a, n| larson(a, 8, n))
             .per_item(8 * ops)
             .rss(),
+        Row::new("hand-off 10k Strings, per block", "ns", 30, handoff).per_item(HANDOFF),
+        Row::new("larson lock-free T=2, per op", "ns", 4, |a, n| {
+            larson_free(a, 2, n)
+        })
+        .per_item(2 * LARSON_FREE_OPS)
+        .rss(),
+        Row::new("larson lock-free T=8, per op", "ns", 2, |a, n| {
+            larson_free(a, 8, n)
+        })
+        .per_item(8 * LARSON_FREE_OPS)
+        .rss(),
         Row::new("256 KiB alloc+touch+free", "µs", 2_000, |a, n| {
             large(a, 256 << 10, n)
         })
@@ -189,7 +210,15 @@ fn measured(row: &Row, s: Subject) -> bool {
     row.large || !s.large_only
 }
 
-fn allocator_table(runs: usize) {
+/// The rows `--only` selects (all without it).
+fn selected(only: Option<&str>) -> Vec<Row> {
+    rows()
+        .into_iter()
+        .filter(|r| only.is_none_or(|o| r.key.contains(o)))
+        .collect()
+}
+
+fn allocator_table(runs: usize, only: Option<&str>) {
     println!("\n### Allocator workloads (median of {runs} runs; lower is better)\n");
     let names: Vec<&str> = SUBJECTS.iter().map(|s| s.name).collect();
     println!(
@@ -197,7 +226,7 @@ fn allocator_table(runs: usize) {
         names.join(" | ")
     );
     println!("|---|---|{}---|", "---|".repeat(SUBJECTS.len()));
-    for row in rows() {
+    for row in selected(only) {
         let one =
             |s: Subject| s.run(|a| (row.work)(a, row.n)).as_nanos() as f64 / row.n as f64 / row.per;
         let mut times = vec![Vec::new(); SUBJECTS.len()];
@@ -280,12 +309,13 @@ fn child_rss_mib(row_key: &str, subject: &str) -> String {
     }
 }
 
-fn rss_table() {
+fn rss_table(only: Option<&str>) {
     println!("\n### Peak resident memory, MiB (one child process per allocator and workload)\n");
     let names: Vec<&str> = SUBJECTS.iter().map(|s| s.name).collect();
     println!("| workload | {} |", names.join(" | "));
     println!("|---|{}", "---|".repeat(SUBJECTS.len()));
-    let keys = std::iter::once("idle").chain(rows().into_iter().filter(|r| r.rss).map(|r| r.key));
+    let keys =
+        std::iter::once("idle").chain(selected(only).into_iter().filter(|r| r.rss).map(|r| r.key));
     for key in keys {
         let large = rows().iter().any(|r| r.key == key && r.large);
         let cells: Vec<String> = SUBJECTS
@@ -437,9 +467,12 @@ fn main() {
             .unwrap_or_default()
             .trim()
     );
-    allocator_table(args.runs);
-    rss_table();
-    fault_table(&args);
+    let only = args.only.as_deref();
+    allocator_table(args.runs, only);
+    rss_table(only);
+    if only.is_none() {
+        fault_table(&args);
+    }
     if args.threshold {
         threshold_table(args.runs);
     }

@@ -76,4 +76,94 @@ fn decay_gives_memory_back_after_the_decay_time() {
     assert!(keep.iter().all(|b| b.iter().all(|&x| x == 7)));
 }
 
+/// Blocks of every medium class, written whole and freed: each class's
+/// page ends empty, and is the one page its class keeps for reuse.
+fn empty_kept_pages() {
+    let mut blocks = Vec::new();
+    for kib in [
+        10usize, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192,
+    ] {
+        for _ in 0..4 {
+            blocks.push(std::hint::black_box(vec![3u8; kib << 10]));
+        }
+    }
+    drop(blocks);
+}
+
+#[test]
+fn purge_gives_back_this_threads_empty_pages() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    empty_kept_pages();
+    let before = resident();
+    spf::purge();
+    let after = resident();
+    eprintln!(
+        "resident {} KiB before purge, {} KiB after",
+        before >> 10,
+        after >> 10
+    );
+    // 4 × (10 + … + 192 KiB) = 4.7 MiB written, in pages the heap kept.
+    assert!(
+        before.saturating_sub(after) > 4 << 20,
+        "purge gave back only {} KiB of the thread's empty pages",
+        before.saturating_sub(after) >> 10
+    );
+}
+
+#[test]
+fn decay_gives_back_a_live_threads_empty_pages() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    spf::set_decay_ms(60_000);
+    empty_kept_pages();
+    let before = resident();
+    spf::set_decay_ms(20);
+    // Two decay times: one for the heap to give its empty pages to the
+    // pool, one for the pool to purge them; decay runs on this thread's
+    // allocation slow paths.
+    for _ in 0..3 {
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        let churn: Vec<Box<[u8; 48]>> = (0..20_000).map(|_| Box::new([0u8; 48])).collect();
+        drop(std::hint::black_box(churn));
+    }
+    let after = resident();
+    spf::set_decay_ms(1000);
+    eprintln!(
+        "resident {} KiB before decay, {} KiB after",
+        before >> 10,
+        after >> 10
+    );
+    // (3 MiB: the churn's own blocks stay resident meanwhile.)
+    assert!(
+        before.saturating_sub(after) > 3 << 20,
+        "decay gave back only {} KiB of the thread's empty pages",
+        before.saturating_sub(after) >> 10
+    );
+}
+
+#[test]
+fn purge_gives_back_free_blocks_inside_partly_used_medium_pages() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // 120 KiB blocks (the 128 KiB class: 8 to a 1 MiB page), written
+    // whole; one in 8 kept, so every page stays partly used.
+    let mut v: Vec<Vec<u8>> = (0..64).map(|i| vec![i as u8; 120 << 10]).collect();
+    let keep: Vec<(usize, Vec<u8>)> = v.drain(..).enumerate().step_by(8).collect();
+    let before = resident();
+    spf::purge();
+    let after = resident();
+    eprintln!(
+        "resident {} KiB before purge, {} KiB after",
+        before >> 10,
+        after >> 10
+    );
+    // 56 free blocks of 128 KiB, each purged but its first 4 KiB.
+    assert!(
+        before.saturating_sub(after) > 5 << 20,
+        "purge gave back only {} KiB of free medium blocks",
+        before.saturating_sub(after) >> 10
+    );
+    for (i, b) in &keep {
+        assert!(b.iter().all(|&x| x == *i as u8), "kept block {i}");
+    }
+}
+
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());

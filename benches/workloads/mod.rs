@@ -224,6 +224,98 @@ pub fn larson(a: Alloc, threads: usize, n: u64) -> Duration {
     elapsed
 }
 
+/// Strings in one hand-off batch, and what one batch's strings hold.
+pub const HANDOFF: usize = 10_000;
+
+/// `n` hand-offs: one thread allocates `HANDOFF` strings of 8–64 bytes
+/// (written whole, as `String::from` would) and sends the batch to a
+/// second thread, which drops them — every free is remote. Both threads
+/// live for all `n` batches, as a producer and a consumer would.
+pub fn handoff(a: Alloc, n: u64) -> Duration {
+    let (tx, rx) = sync_channel::<Vec<(usize, usize)>>(2);
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            let mut rng = Rng(99);
+            for _ in 0..n {
+                let batch = (0..HANDOFF)
+                    .map(|i| {
+                        let len = 8 + (rng.next() % 57) as usize;
+                        let p = alloc_checked(a, Layout::from_size_align(len, 1).unwrap());
+                        // SAFETY: a fresh block of `len` bytes.
+                        unsafe { p.write_bytes(i as u8, len) };
+                        (p as usize, len)
+                    })
+                    .collect();
+                tx.send(batch).expect("the consumer is alive");
+            }
+        });
+        s.spawn(move || {
+            while let Ok(batch) = rx.recv() {
+                for (p, len) in batch {
+                    // SAFETY: allocated by the producer with this layout.
+                    unsafe { a.dealloc(p as *mut u8, Layout::from_size_align_unchecked(len, 1)) };
+                }
+            }
+        });
+    });
+    start.elapsed()
+}
+
+/// Slots of the lock-free larson table, and replacements per thread per
+/// repetition.
+pub const LARSON_FREE_SLOTS: usize = 8192;
+pub const LARSON_FREE_OPS: usize = 50_000;
+
+/// larson with long-lived threads and no lock per slot (the shape of
+/// mimalloc-bench's larson and xmalloc-test): `threads` threads, alive for
+/// all `n` repetitions, each allocate a block of 16 B – 1 KiB, write its
+/// size in its first word, and swap it into a random slot of one shared
+/// table of atomics; the block swapped out (most often another thread's)
+/// is freed, its layout read back from its first word. The table starts
+/// and ends empty.
+pub fn larson_free(a: Alloc, threads: usize, n: u64) -> Duration {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let table: Vec<AtomicUsize> = (0..LARSON_FREE_SLOTS)
+        .map(|_| AtomicUsize::new(0))
+        .collect();
+    let free = |p: usize| {
+        if p != 0 {
+            // SAFETY: a block put in the table with its size in its first
+            // word, taken out of the table by exactly one swap.
+            unsafe {
+                let size = (p as *const usize).read();
+                a.dealloc(p as *mut u8, layout(size));
+            }
+        }
+    };
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let table = &table;
+            s.spawn(move || {
+                let mut rng = Rng(t as u64 * 7919 + 13);
+                for _ in 0..n as usize * LARSON_FREE_OPS {
+                    let size = 16 + (rng.next() % 1009) as usize;
+                    let p = alloc_checked(a, layout(size));
+                    // SAFETY: a fresh block of at least 16 bytes, 8-aligned.
+                    unsafe { (p as *mut usize).write(size) };
+                    let slot = &table[(rng.next() % LARSON_FREE_SLOTS as u64) as usize];
+                    // AcqRel: the swap publishes our block's size word and
+                    // acquires the one written by the thread that stored the
+                    // block we take out.
+                    free(slot.swap(p as usize, Ordering::AcqRel));
+                }
+            });
+        }
+    });
+    let elapsed = start.elapsed();
+    for slot in &table {
+        free(slot.swap(0, Ordering::Acquire));
+    }
+    elapsed
+}
+
 /// `n` rounds of: allocate `size` bytes, write every 4 KiB page, free.
 pub fn large(a: Alloc, size: usize, n: u64) -> Duration {
     let l = layout(size);

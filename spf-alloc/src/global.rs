@@ -3,7 +3,7 @@
 //! same `Layout` comes back to `dealloc` and `realloc`, so classifying
 //! again finds the same place without any lookup.
 
-use crate::size_class::{block_size, class_for};
+use crate::size_class::{block_size, class_for, is_large};
 use crate::{heap, large, options};
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::null_mut;
@@ -63,6 +63,20 @@ impl SpfAlloc {
         self.commit == Commit::Touch || options::commit_on_touch()
     }
 
+    // The large paths apart, so the small ones keep no registers across a
+    // call (no prologue).
+    #[cold]
+    #[inline(never)]
+    fn alloc_large(&self, layout: Layout, zeroed: bool) -> *mut u8 {
+        large::alloc(layout.size(), layout.align(), self.lazy_large(), zeroed)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn dealloc_large(&self, ptr: *mut u8, layout: Layout) {
+        large::dealloc(ptr, layout.size(), self.lazy_large())
+    }
+
     #[inline]
     fn guard(&self) {
         // The fault handler must never allocate (spf-core's rule); debug
@@ -90,17 +104,22 @@ unsafe impl GlobalAlloc for SpfAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         self.guard();
         match class_for(layout.size(), layout.align()) {
-            Some(class) => heap::alloc(class),
-            None => large::alloc(layout.size(), layout.align(), self.lazy_large(), false),
+            // SAFETY: `class_for` gives classes below CLASSES.
+            Some(class) => unsafe { heap::alloc(class) },
+            None => self.alloc_large(layout, false),
         }
     }
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         self.guard();
-        match class_for(layout.size(), layout.align()) {
-            Some(class) => heap::dealloc(ptr, class),
-            None => large::dealloc(ptr, layout.size(), self.lazy_large()),
+        // The page knows its class: only small-or-large is decided here.
+        if is_large(layout.size(), layout.align()) {
+            self.dealloc_large(ptr, layout)
+        } else {
+            // SAFETY: the GlobalAlloc contract: `ptr` is a live block we
+            // handed out for `layout`, so a small or medium one.
+            unsafe { heap::dealloc(ptr) }
         }
     }
 
@@ -108,7 +127,8 @@ unsafe impl GlobalAlloc for SpfAlloc {
         self.guard();
         match class_for(layout.size(), layout.align()) {
             Some(class) => {
-                let p = heap::alloc(class);
+                // SAFETY: `class_for` gives classes below CLASSES.
+                let p = unsafe { heap::alloc(class) };
                 if !p.is_null() {
                     // SAFETY: a fresh block of at least `size` bytes.
                     unsafe { core::ptr::write_bytes(p, 0, layout.size()) };
@@ -117,7 +137,7 @@ unsafe impl GlobalAlloc for SpfAlloc {
             }
             // Fresh regions are zero already; only reused dirty ones are
             // cleared (see `large`).
-            None => large::alloc(layout.size(), layout.align(), self.lazy_large(), true),
+            None => self.alloc_large(layout, true),
         }
     }
 

@@ -17,8 +17,9 @@
 //! atomic RMW, one well-predicted branch per step. Everything else —
 //! collecting frees, carving new blocks, taking a page — is `#[cold]`.
 //!
-//! Cross-thread frees push onto the page's `thread_free` and bump the owning
-//! heap's `remote_frees`; the owner collects them when its current page runs
+//! Cross-thread frees push onto the page's `thread_free` with one CAS — the
+//! only access to the page after the free began (S4 in `segment`) — and
+//! bump the owning heap's `remote_frees`; the owner collects them when its current page runs
 //! dry, and sweeps all its pages once the remote frees since the last sweep
 //! outnumber 16 per page it owns, so memory freed by consumers returns to a
 //! producer's pages with amortised O(1) work.
@@ -37,31 +38,45 @@
 //!   module, so a re-entrant allocation on the same thread finds it whole.
 
 use crate::lock::SpinLock;
-use crate::segment::{
-    self, Block, Page, PageList, Segment, MEDIUM_PAGE_SIZE, PAGE_SIZE, SEGMENT_SIZE,
-};
-use crate::size_class::{block_size, is_small, CLASSES};
-use crate::{large, misuse, thread};
+use crate::segment::{self, Block, Page, PageList, Segment};
+use crate::size_class::{block_size, CLASSES, SMALL_CLASSES};
+use crate::{large, misuse, options, thread};
 use core::cell::Cell;
 use core::ptr::null_mut;
 use core::sync::atomic::{AtomicI64, AtomicPtr, AtomicUsize, Ordering};
 
+/// A heap. The fields the owner writes on every allocation (`queues`'
+/// pages, `allocated`) and the one other threads write (`remote_frees`) sit
+/// on different cache lines: sharing one made every remote free stall the
+/// owner's next allocation (a batch handed to another thread to free took
+/// 104–134 ns per block with the counter beside `allocated`).
 #[repr(C)]
 pub struct Heap {
+    /// Each class's pages; the first is the one allocated from (owner only).
     queues: [Cell<PageList>; CLASSES],
     /// Bytes of blocks allocated minus freed through this heap (owner
     /// writes with plain load/store; `stats` reads).
     pub allocated: AtomicI64,
-    /// Frees by other threads into this heap's pages since the last sweep.
-    remote_frees: AtomicUsize,
+    /// Pages in `queues` (owner only).
     pages: Cell<usize>,
     /// Slow paths taken, to run a decay check every so often.
     slow_paths: Cell<u32>,
+    /// When the owner last gave its own empty pages back (`release`), in
+    /// `monotonic_ns` (owner only).
+    last_release: Cell<u64>,
     /// Every heap ever made, for statistics (never unlinked).
     pub next_all: AtomicPtr<Heap>,
     /// The heap pool's free list.
     next_free: Cell<*mut Heap>,
+    /// Frees by other threads into this heap's pages since the last sweep:
+    /// written by them, read by the owner. On a line of its own (and of its
+    /// neighbour, which the processor prefetches in pairs).
+    remote_frees: OwnLine<AtomicUsize>,
 }
+
+/// A value alone on a 128-byte pair of cache lines.
+#[repr(C, align(128))]
+struct OwnLine<T>(T);
 
 /// Every heap ever made.
 pub static ALL_HEAPS: AtomicPtr<Heap> = AtomicPtr::new(null_mut());
@@ -115,11 +130,12 @@ impl Heap {
         Heap {
             queues: [const { Cell::new(PageList::new()) }; CLASSES],
             allocated: AtomicI64::new(0),
-            remote_frees: AtomicUsize::new(0),
             pages: Cell::new(0),
             slow_paths: Cell::new(0),
+            last_release: Cell::new(0),
             next_all: AtomicPtr::new(null_mut()),
             next_free: Cell::new(null_mut()),
+            remote_frees: OwnLine(AtomicUsize::new(0)),
         }
     }
 
@@ -136,33 +152,45 @@ impl Heap {
 }
 
 /// Allocates a block of `class`. Null when memory is exhausted.
+///
+/// # Safety
+/// `class < CLASSES` (the fast path indexes without a bounds check).
 #[inline]
-pub fn alloc(class: usize) -> *mut u8 {
+pub unsafe fn alloc(class: usize) -> *mut u8 {
+    debug_assert!(class < CLASSES);
     let heap = thread::heap();
     if thread::is_live(heap) {
-        // SAFETY: a live heap belongs to this thread (R2: consistent).
-        return alloc_from(unsafe { &*heap }, class);
+        // SAFETY: a live heap belongs to this thread (R2: consistent); the
+        // caller's contract on `class`.
+        return unsafe { alloc_from(&*heap, class) };
     }
-    alloc_without_heap(heap, class)
+    // SAFETY: the caller's contract.
+    unsafe { alloc_without_heap(heap, class) }
 }
 
 /// The fast path: pop the first page's free list, else the slow path.
+///
+/// # Safety
+/// `class < CLASSES`.
 #[inline(always)]
-fn alloc_from(h: &Heap, class: usize) -> *mut u8 {
-    let page = h.queue(class).get().first;
+unsafe fn alloc_from(h: &Heap, class: usize) -> *mut u8 {
+    // SAFETY: the caller's contract.
+    let page = unsafe { h.queues.get_unchecked(class) }.get().first;
     if !page.is_null() {
         // SAFETY: pages in the heap's queues are the heap's (S1).
         let p = unsafe { &*page };
         if !p.free.get().is_null() {
-            return pop(h, p, class);
+            return pop(h, p);
         }
     }
     alloc_slow(h, class)
 }
 
+/// # Safety
+/// `class < CLASSES`.
 #[cold]
 #[inline(never)]
-fn alloc_without_heap(heap: *mut Heap, class: usize) -> *mut u8 {
+unsafe fn alloc_without_heap(heap: *mut Heap, class: usize) -> *mut u8 {
     if thread::is_unset(heap) {
         if let Some(h) = thread::heap_init() {
             // SAFETY: just made for this thread.
@@ -186,7 +214,8 @@ fn alloc_without_heap(heap: *mut Heap, class: usize) -> *mut u8 {
     // slow path only takes the pool and abandoned locks, nested inside this
     // one in the documented order (see `thread`).
     let _deferring = segment::DeferDestroy::enter();
-    alloc_from(h, class)
+    // SAFETY: our caller's contract on `class`.
+    unsafe { alloc_from(h, class) }
 }
 
 /// Finds a page with a free block: collect frees on the first pages of the
@@ -195,12 +224,13 @@ fn alloc_without_heap(heap: *mut Heap, class: usize) -> *mut u8 {
 #[cold]
 #[inline(never)]
 fn alloc_slow(h: &Heap, class: usize) -> *mut u8 {
-    if h.remote_frees.load(Ordering::Relaxed) > 16 * h.pages.get().max(64) {
-        sweep(h);
+    if h.remote_frees.0.load(Ordering::Relaxed) > 16 * h.pages.get().max(64) {
+        sweep(h, Keep::FirstOfClass);
     }
     let n = h.slow_paths.get().wrapping_add(1);
     h.slow_paths.set(n);
     if n % 64 == 0 {
+        release_on_decay(h);
         segment::maybe_decay();
         if !segment::deferring() {
             // May destroy regions, which may allocate (R1): not under the
@@ -231,7 +261,7 @@ fn alloc_slow(h: &Heap, class: usize) -> *mut u8 {
                 }
                 q.set(list);
             }
-            return pop(h, p, class);
+            return pop(h, p);
         }
         // Full: move it to the back, out of the way of the next search.
         if !next.is_null() {
@@ -264,21 +294,21 @@ fn alloc_slow(h: &Heap, class: usize) -> *mut u8 {
             p.extend();
         }
         if !p.free.get().is_null() {
-            return pop(h, p, class);
+            return pop(h, p);
         }
         // An adopted page that is still full stays in our queue; try another.
     }
 }
 
 #[inline(always)]
-fn pop(h: &Heap, p: &Page, class: usize) -> *mut u8 {
+fn pop(h: &Heap, p: &Page) -> *mut u8 {
     let b = p.free.get();
     debug_assert!(!b.is_null());
     // SAFETY: a free block of our page.
     p.free.set(unsafe { (*b).next });
     misuse::on_alloc(p, b as *const u8);
     p.used.set(p.used.get() + 1);
-    h.add_allocated(block_size(class) as i64);
+    h.add_allocated(p.size.get() as i64);
     b as *mut u8
 }
 
@@ -300,19 +330,20 @@ fn take(h: &Heap, page: *mut Page) {
 /// Gives up a page we own that may still have blocks out: it goes on its
 /// abandoned list, or to the pool if it turns out empty.
 ///
-/// The protocol with remote freers (S4): a freer pushes its block, then
-/// reads `heap` (both `SeqCst`). Here `heap` is cleared, then the page is
-/// collected under the abandoned lists' lock (`SeqCst` swap). A freer that
-/// still saw the page owned pushed before that collect, which takes its
-/// block; a freer that sees it abandoned takes the lock after us and finds
-/// the page listed, and claims it (`claim_abandoned`). Either way, the free
-/// that empties an abandoned page is the one that gives it back.
+/// The protocol with remote freers (S4): under the abandoned lists' lock,
+/// one swap collects the page's remote frees and tags it `ABANDONED`, and
+/// the page is listed before the lock is released. A freer's CAS either
+/// came before the swap (its block is collected here) or fails on the tag;
+/// then it frees under the lock (`free_abandoned`), where tag and listing
+/// agree. Abandoned pages always hold live blocks: the free that empties
+/// one gives it back.
 fn put_abandoned(page: *mut Page) {
     // SAFETY: the caller owns the page.
     let p = unsafe { &*page };
-    p.heap.store(null_mut(), Ordering::SeqCst);
+    // Relaxed: freers read `heap` only as a hint (`dealloc_remote`).
+    p.heap.store(null_mut(), Ordering::Relaxed);
     let mut lists = ABANDONED.lock();
-    p.collect();
+    p.collect_and_close();
     if p.used.get() == 0 {
         drop(lists);
         if let Some(seg) = segment::page_free(page) {
@@ -325,73 +356,77 @@ fn put_abandoned(page: *mut Page) {
     unsafe { lists.0[p.class.get() as usize].push_front(page) };
 }
 
-/// A remote free found its page abandoned: take the page off its list
-/// (unless a heap adopted it meanwhile), collect, and give it back if it is
-/// empty or put it back. Returns whether this thread took the page, in
-/// which case its `freeing` count (S4) was already dropped.
+/// A remote free found its page tagged abandoned: free the block into the
+/// page under the abandoned lists' lock, and give the page back if that
+/// emptied it. False if the page was adopted meanwhile (it is untagged:
+/// push again).
 #[cold]
-fn claim_abandoned(page: *mut Page) -> bool {
-    // SAFETY: our `freeing` count keeps the page from going away (S4).
-    let p = unsafe { &*page };
+#[inline(never)]
+fn free_abandoned(p: &Page, block: *mut Block) -> bool {
+    let page = p as *const Page as *mut Page;
     {
         let mut lists = ABANDONED.lock();
         if !p.abandoned.get() {
-            return false; // adopted, or being abandoned: its owner collects
+            return false;
+        }
+        // The lists own the page (S1) and we hold their lock: its owner-only
+        // fields are ours to change.
+        // SAFETY: the block is ours to give back.
+        unsafe { (*block).next = p.free.get() };
+        p.free.set(block);
+        let used = p.used.get() - 1;
+        p.used.set(used);
+        if used != 0 {
+            return true;
         }
         p.abandoned.set(false);
         // SAFETY: the page is on this list (its flag says so, under the lock).
         unsafe { lists.0[p.class.get() as usize].remove(page) };
     }
-    // The page is ours now (S1); as a freer we are done with it.
-    p.freeing.fetch_sub(1, Ordering::Release);
-    p.collect();
-    if p.used.get() == 0 {
-        if let Some(seg) = segment::page_free(page) {
-            segment::segment_destroy(seg); // no lock held (R1)
-        }
-    } else {
-        put_abandoned(page);
+    if let Some(seg) = segment::page_free(page) {
+        segment::segment_destroy(seg); // no lock held (R1)
     }
     true
 }
 
-/// Adopts an abandoned page of `class` that still has live blocks; empty
-/// ones found on the way go back to the pool.
+/// Adopts an abandoned page of `class` (it holds live blocks).
 fn adopt(h: &Heap, class: usize) -> Option<*mut Page> {
-    loop {
-        let page = {
-            let mut lists = ABANDONED.lock();
-            let list = &mut lists.0[class];
-            let p = list.first;
-            if p.is_null() {
-                return None;
-            }
-            // SAFETY: p is in the abandoned list.
-            unsafe {
-                list.remove(p);
-                (*p).abandoned.set(false);
-            }
-            p
-        };
-        // SAFETY: taken off the abandoned list, the page is ours (S1).
-        let p = unsafe { &*page };
-        p.collect();
-        if p.used.get() == 0 {
-            if let Some(seg) = segment::page_free(page) {
-                segment::segment_destroy(seg); // no lock held (R1)
-            }
-            continue;
+    let page = {
+        let mut lists = ABANDONED.lock();
+        let list = &mut lists.0[class];
+        let p = list.first;
+        if p.is_null() {
+            return None;
         }
-        take(h, page);
-        return Some(page);
-    }
+        // SAFETY: p is in the abandoned list, whose lock we hold.
+        unsafe {
+            list.remove(p);
+            (*p).abandoned.set(false);
+            debug_assert!((*p).used.get() > 0, "an empty abandoned page");
+            (*p).reopen();
+        }
+        p
+    };
+    take(h, page);
+    Some(page)
+}
+
+/// Which empty pages a sweep keeps.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    /// The first page of each class queue, empty or not: an alloc/free
+    /// loop would otherwise trade it with the pool every time.
+    FirstOfClass,
+    /// None: decay and `spf::purge()` want every empty page back.
+    None,
 }
 
 /// Collects remote frees on every page of the heap and returns empty pages
-/// (but the first of each queue) to the pool.
+/// to the pool, keeping what `keep` says. False if it stopped early (it
+/// frees at most a few segments at a time); the rest waits for the next.
 #[cold]
-fn sweep(h: &Heap) {
-    h.remote_frees.store(0, Ordering::Relaxed);
+fn sweep(h: &Heap, keep: Keep) -> bool {
+    h.remote_frees.0.store(0, Ordering::Relaxed);
     let mut doomed: [*mut Segment; 4] = [null_mut(); 4];
     let mut n = 0;
     'classes: for class in 0..CLASSES {
@@ -402,7 +437,7 @@ fn sweep(h: &Heap) {
             let p = unsafe { &*page };
             let next = p.next.get();
             p.collect();
-            if p.used.get() == 0 && page != q.get().first {
+            if p.used.get() == 0 && (keep == Keep::None || page != q.get().first) {
                 if let Some(seg) = unqueue_and_free(h, page) {
                     doomed[n] = seg;
                     n += 1;
@@ -419,34 +454,94 @@ fn sweep(h: &Heap) {
     for &seg in &doomed[..n] {
         segment::segment_destroy(seg);
     }
+    n < doomed.len()
 }
 
-/// The page holding a block of `class`.
-#[inline]
-pub fn page_of(ptr: *mut u8, class: usize) -> *mut Page {
-    let seg = (ptr as usize & !(SEGMENT_SIZE - 1)) as *mut Segment;
-    let offset = ptr as usize & (SEGMENT_SIZE - 1);
-    let index = if is_small(class) {
-        offset / PAGE_SIZE
-    } else {
-        (offset / MEDIUM_PAGE_SIZE) * (MEDIUM_PAGE_SIZE / PAGE_SIZE)
-    };
-    // SAFETY: `ptr` came from a page of this segment (the caller's
-    // GlobalAlloc contract), so the header is a live Segment.
-    unsafe { core::ptr::addr_of_mut!((*seg).pages[index]) }
+/// Decay for the heap's own pages, run by the owner (other threads cannot
+/// touch them, S1) from its slow path once a decay time has passed since
+/// the last run: every empty page goes to the pool — the one kept at the
+/// front of each class queue too — where the pool's decay purges it, and
+/// the free blocks inside partly used medium pages are purged in place.
+/// A thread that stops allocating keeps what it held at its last run.
+fn release_on_decay(h: &Heap) {
+    let now = spf_core::monotonic_ns();
+    if now.saturating_sub(h.last_release.get()) < options::decay_ns() {
+        return;
+    }
+    h.last_release.set(now);
+    sweep(h, Keep::None);
+    purge_medium_free(h);
 }
 
-/// Frees a block of `class`.
+/// The calling thread's part of `spf::purge()`: its empty pages go to the
+/// pool (which the caller purges next), and free blocks inside its partly
+/// used medium pages are purged.
+pub fn release_own() {
+    let heap = thread::heap();
+    if !thread::is_live(heap) {
+        return;
+    }
+    // SAFETY: this thread's live heap (R2: consistent between calls).
+    let h = unsafe { &*heap };
+    while !sweep(h, Keep::None) {}
+    purge_medium_free(h);
+    h.last_release.set(spf_core::monotonic_ns());
+}
+
+/// Free parts of a medium block below which a purge is not worth its
+/// system call.
+const MIN_BLOCK_PURGE: usize = 32 << 10;
+
+/// Purges the free blocks of the heap's partly used medium pages, each but
+/// the 4 KiB page that holds its free-list link: freed memory inside a
+/// page that still holds live blocks goes back to the kernel at 4 KiB
+/// granularity (blocks from 36 KiB up; medium blocks are 10–256 KiB).
+fn purge_medium_free(h: &Heap) {
+    for class in SMALL_CLASSES..CLASSES {
+        let size = block_size(class);
+        if size < MIN_BLOCK_PURGE + 4096 {
+            continue;
+        }
+        let mut page = h.queue(class).get().first;
+        while !page.is_null() {
+            // SAFETY: pages in our queues are ours (S1).
+            let p = unsafe { &*page };
+            let mut b = p.free.get();
+            while !b.is_null() {
+                let start = (b as usize + core::mem::size_of::<Block>()).next_multiple_of(4096);
+                let end = (b as usize + size) & !4095;
+                if end >= start + MIN_BLOCK_PURGE {
+                    // SAFETY: whole 4 KiB pages inside a free block of our
+                    // page, in its live segment; nothing reads them before
+                    // the block is handed out again (its link word lies
+                    // before `start`). A failed purge leaves them resident.
+                    let _ = unsafe { spf_core::purge_pages(start as *mut u8, end - start) };
+                }
+                // SAFETY: a free block of our page: its link is valid.
+                b = unsafe { (*b).next };
+            }
+            page = p.next.get();
+        }
+    }
+}
+
+/// Frees a small or medium block; its page says which class.
+///
+/// # Safety
+/// `ptr` is a live small or medium block spf handed out, freed once.
 #[inline]
-pub fn dealloc(ptr: *mut u8, class: usize) {
+pub unsafe fn dealloc(ptr: *mut u8) {
     misuse::check_in_segment(ptr);
-    let page = page_of(ptr, class);
+    // SAFETY: the caller's contract (checked above in debug builds).
+    let page = unsafe { segment::page_of(ptr) };
     // SAFETY: a live page (it holds our block).
     let p = unsafe { &*page };
     let heap = thread::heap();
     let block = ptr as *mut Block;
     misuse::on_free(p, ptr);
-    if p.heap.load(Ordering::Relaxed) == heap && thread::is_live(heap) {
+    // A page's heap is null or a live heap, and this thread's pointer is
+    // never null (`thread`): equal means ours.
+    if p.heap.load(Ordering::Relaxed) == heap {
         // SAFETY: our heap, our page.
         let h = unsafe { &*heap };
         // SAFETY: the block is being freed: we may link it.
@@ -454,9 +549,9 @@ pub fn dealloc(ptr: *mut u8, class: usize) {
         p.free.set(block);
         let used = p.used.get() - 1;
         p.used.set(used);
-        h.add_allocated(-(block_size(class) as i64));
+        h.add_allocated(-(p.size.get() as i64));
         if used == 0 {
-            let list = h.queue(class).get();
+            let list = h.queue(p.class.get() as usize).get();
             // The only page of its class stays: an alloc/free loop would
             // otherwise trade it with the pool every time.
             if !(list.first == page && list.last == page) {
@@ -464,36 +559,37 @@ pub fn dealloc(ptr: *mut u8, class: usize) {
             }
         }
     } else {
-        dealloc_remote(p, block, heap, class);
+        dealloc_remote(p, block, heap);
     }
 }
 
 #[cold]
 #[inline(never)]
-fn dealloc_remote(p: &Page, block: *mut Block, heap: *mut Heap, class: usize) {
-    // S4: counted before the push, so whoever collects the block and
-    // frees the page waits for us.
-    p.freeing.fetch_add(1, Ordering::SeqCst);
-    p.push_remote(block);
-    // SeqCst: the abandonment protocol (see `put_abandoned`).
-    let owner = p.heap.load(Ordering::SeqCst);
-    let claimed = if owner.is_null() {
-        claim_abandoned(p as *const Page as *mut Page)
-    } else {
-        // SAFETY: heaps are never freed, only recycled: the pointer is
-        // always a valid Heap, and the counter is only a hint.
-        unsafe { (*owner).remote_frees.fetch_add(1, Ordering::Relaxed) };
-        false
-    };
-    if !claimed {
-        // Our last access to the page (S4).
-        p.freeing.fetch_sub(1, Ordering::Release);
+fn dealloc_remote(p: &Page, block: *mut Block, heap: *mut Heap) {
+    // Read now: once pushed, the block may empty the page (S4).
+    let size = p.size.get() as i64;
+    // Read before the push, while our block keeps the page out of the pool
+    // (S4). Relaxed: only a hint of whom to tell.
+    let owner = p.heap.load(Ordering::Relaxed);
+    loop {
+        // The push is our last access to the page (S4).
+        if p.push_remote(block) {
+            if !owner.is_null() {
+                // SAFETY: heaps are never freed, only recycled: the pointer
+                // is always a valid Heap, and the counter is only a hint.
+                unsafe { (*owner).remote_frees.0.fetch_add(1, Ordering::Relaxed) };
+            }
+            break;
+        }
+        if free_abandoned(p, block) {
+            break;
+        }
     }
     if thread::is_live(heap) {
         // SAFETY: this thread's heap.
-        unsafe { (*heap).add_allocated(-(block_size(class) as i64)) };
+        unsafe { (*heap).add_allocated(-size) };
     } else {
-        FALLBACK_FREED.fetch_add(block_size(class) as i64, Ordering::Relaxed);
+        FALLBACK_FREED.fetch_add(size, Ordering::Relaxed);
     }
 }
 
@@ -554,47 +650,9 @@ pub fn abandon(h: &Heap) {
         q.set(PageList::new());
     }
     h.pages.set(0);
-    h.remote_frees.store(0, Ordering::Relaxed);
+    h.remote_frees.0.store(0, Ordering::Relaxed);
     for &seg in &doomed[..n] {
         segment::segment_destroy(seg);
-    }
-}
-
-/// In a fork child, before the locks are released: remote freers caught
-/// mid-free by the fork do not exist in the child, so their `freeing`
-/// counts (S4) are stale. Clear them on every page the child can reach
-/// consistently — its own heap's, the abandoned lists' and the fallback
-/// heap's (all locked or ours); pages of the parent's other threads stay
-/// with heaps that never run again, so they never reach `page_free`.
-///
-/// # Safety
-/// Only in the fork child handler, with the allocator's locks held.
-pub unsafe fn reset_freeing_after_fork() {
-    let clear = |list: PageList| {
-        let mut p = list.first;
-        while !p.is_null() {
-            // SAFETY: pages on these lists are valid; the child is single
-            // threaded and holds the lists' locks.
-            unsafe {
-                (*p).freeing.store(0, Ordering::Relaxed);
-                p = (*p).next.get();
-            }
-        }
-    };
-    let own = thread::heap();
-    for h in [own, &FALLBACK_HEAP.0 as *const Heap as *mut Heap] {
-        if thread::is_live(h) {
-            // SAFETY: our own heap (we called fork, not mid-operation) or
-            // the fallback heap, whose lock the fork handler holds.
-            for q in unsafe { &(*h).queues } {
-                clear(q.get());
-            }
-        }
-    }
-    // SAFETY: the abandoned lists' lock is held by the fork handler.
-    let lists = unsafe { &*ABANDONED.data_ptr() };
-    for list in &lists.0 {
-        clear(*list);
     }
 }
 

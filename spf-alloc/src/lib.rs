@@ -39,11 +39,18 @@ pub use lookup::block_layout;
 pub use options::set_decay_ms;
 pub use stats::{stats, AllocStats};
 
-/// Gives every free page and cached large block back to the kernel now
-/// (they stay reserved and committed, and read as zero), instead of waiting
-/// for the decay time. Decay otherwise runs only when the allocator is
-/// used, so an idle program can call this to shed freed memory.
+/// Gives freed memory back to the kernel now (it stays reserved and
+/// committed, and reads as zero), instead of waiting for the decay time:
+/// every page in the page pool, every cached large block, the calling
+/// thread's empty pages (the one each class keeps for reuse too) and the
+/// free blocks inside its partly used medium pages. Other threads' heaps
+/// are theirs alone: each gives its empty pages back from its own
+/// allocation slow path once a decay time has passed, so a thread that has
+/// stopped allocating keeps what it held then. Decay otherwise runs only
+/// when the allocator is used, so an idle program can call this (from the
+/// threads that allocated) to shed freed memory.
 pub fn purge() {
+    heap::release_own();
     segment::purge_all();
     large::purge_all();
 }

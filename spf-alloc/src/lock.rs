@@ -48,12 +48,6 @@ impl<T> SpinLock<T> {
         SpinGuard { lock: self }
     }
 
-    /// The value, for code that holds the lock without a guard (the fork
-    /// handlers). Dereferencing it is sound only while the lock is held.
-    pub fn data_ptr(&self) -> *mut T {
-        self.value.get()
-    }
-
     /// Takes the lock and forgets the guard (fork prepare).
     pub fn lock_forever(&self) {
         core::mem::forget(self.lock());

@@ -15,17 +15,19 @@
 //!   256 KiB, at least four per page). The rest of the first MiB is never
 //!   touched, so it costs address space but no memory.
 //!
-//! Pointer to metadata, in two masks and a shift: `segment = ptr & !(4 MiB
-//! − 1)`; the descriptor is `segment.pages[(ptr − segment) >> 16]` for a
-//! small class and `segment.pages[((ptr − segment) >> 20) × 16]` for a
-//! medium one. The class comes from the `Layout` the caller passes back to
-//! `dealloc`, so no lookup table is needed.
+//! Pointer to metadata, in masks and a shift: `segment = ptr & !(4 MiB −
+//! 1)`; the descriptor is `segment.pages[((ptr − segment) >> 16) & mask]`,
+//! where the header's `index_mask` is 63 in a small segment and 0x30 in a
+//! medium one (`page_of`). The descriptor holds the class and block size,
+//! so `dealloc` needs from the `Layout` only whether the block is large.
 //!
 //! The *pool* (one spin lock, slow path only) holds free small and medium
 //! pages. A page handed back keeps its memory ("dirty") for the decay time,
 //! then is purged with `MADV_DONTNEED` (it stays committed and reads as
-//! zero); segments whose pages are all free go back to spf-core once the
-//! pool holds more than two free segments' worth of that kind.
+//! zero) — with the lock released: the pages being purged are off the
+//! lists meanwhile and counted in their segments as pages in use
+//! (`decay_pool`); segments whose pages are all free go back to spf-core
+//! once the pool holds more than two free segments' worth of that kind.
 //!
 //! Invariants:
 //! - S1: a page is owned by exactly one of: a heap (`heap` set), the
@@ -35,10 +37,14 @@
 //!   free can still arrive for it.
 //! - S3: segments are destroyed only when all their pages are in the pool,
 //!   and never while the pool lock is held (R1 in `heap`).
-//! - S4: a thread freeing into a page it does not own counts itself in the
-//!   page's `freeing` from before its push until its last access to the
-//!   page; `page_free` waits for `freeing == 0`, so no freer can still be
-//!   reading a page that goes to the pool (and then perhaps to spf-core).
+//! - S4: a thread freeing into a page it does not own reads the page only
+//!   while its block is still counted in `used` (so by S2 the page cannot
+//!   be in the pool, or back with spf-core), and its last access is the one
+//!   CAS that pushes the block on `thread_free`. Whether the page is
+//!   abandoned is read from that same word (the `ABANDONED` tag): a freer
+//!   that sees the tag does not push but frees under the abandoned lists'
+//!   lock, still holding its block. So no freer can be reading a page that
+//!   goes to the pool, and a remote free costs one locked instruction.
 
 use crate::lock::SpinLock;
 use crate::options;
@@ -66,33 +72,57 @@ pub struct Block {
 }
 
 /// One page's descriptor. Owner-only fields are `Cell`s: the owner (S1) is
-/// the only thread that touches them.
-#[repr(C)]
+/// the only thread that touches them. The first 64-byte line holds
+/// everything an allocation or a local free reads or writes; the second
+/// holds `thread_free`, which other threads write, beside fields of pooled
+/// and abandoned pages only. 128 bytes in all (release builds), so finding
+/// a descriptor is a shift.
+#[repr(C, align(64))]
 pub struct Page {
+    /// Free blocks the owner allocates from (its own frees go here too).
     pub free: Cell<*mut Block>,
-    pub used: Cell<u32>,
-    pub capacity: Cell<u32>,
-    pub reserved: Cell<u32>,
-    pub class: Cell<u32>,
-    pub area: Cell<*mut u8>,
-    pub next: Cell<*mut Page>,
-    pub prev: Cell<*mut Page>,
-    pub freed_at: Cell<u64>,
-    pub purged: Cell<bool>,
-    /// On an abandoned list (guarded by the abandoned lists' lock).
-    pub abandoned: Cell<bool>,
-    /// Threads between their remote push and their last access (S4).
-    pub freeing: core::sync::atomic::AtomicU32,
     /// The owning heap; null while abandoned or pooled. Written by the owner
     /// (Release), compared by freeing threads.
     pub heap: AtomicPtr<crate::heap::Heap>,
-    /// Blocks freed by other threads, pushed with a CAS, taken with a swap.
+    /// Blocks out: handed out minus freed locally minus remote frees
+    /// collected (S2).
+    pub used: Cell<u32>,
+    /// Blocks carved so far (`extend`); blocks past it are untouched.
+    pub capacity: Cell<u32>,
+    /// Blocks the page holds in all.
+    pub reserved: Cell<u32>,
+    /// The size class served.
+    pub class: Cell<u32>,
+    /// The class's block size (read where the class's table would be).
+    pub size: Cell<u32>,
+    /// The page's memory (fixed when its segment is made).
+    pub area: Cell<*mut u8>,
+    /// Links in the owner's class queue, an abandoned list or the pool.
+    pub next: Cell<*mut Page>,
+    pub prev: Cell<*mut Page>,
+    /// When the page went to the pool (`monotonic_ns`; pool lock).
+    pub freed_at: Cell<u64>,
+    /// Pooled and purged: its memory reads as zero (pool lock).
+    pub purged: Cell<bool>,
+    /// On an abandoned list (guarded by the abandoned lists' lock).
+    pub abandoned: Cell<bool>,
+    /// Blocks freed by other threads, pushed with a CAS, taken with a swap;
+    /// exactly `ABANDONED` while the page is on an abandoned list (S4).
+    /// Not on the line of the fields the owner writes on every allocation.
     pub thread_free: AtomicPtr<Block>,
     /// Debug builds: one bit per block, set while it is allocated (the
     /// block ledger of `misuse`).
     #[cfg(debug_assertions)]
     pub ledger: [core::sync::atomic::AtomicU64; LEDGER_WORDS],
 }
+
+/// The tag `thread_free` holds, alone, while its page is abandoned: blocks
+/// are at least 16-byte aligned, so no list head has this bit.
+pub const ABANDONED: usize = 1;
+
+const _: () = assert!(core::mem::offset_of!(Page, thread_free) >= 64);
+#[cfg(not(debug_assertions))]
+const _: () = assert!(core::mem::size_of::<Page>() == 128);
 
 /// Words of the block ledger: one bit for each block of the page with the
 /// most blocks (64 KiB of 16-byte blocks).
@@ -108,6 +138,34 @@ pub struct Segment {
     /// Pages of this segment outside the pool.
     used: Cell<u32>,
     pub pages: [Page; PAGES_PER_SEGMENT],
+    /// Pointer to descriptor: `(offset >> 16) & index_mask` is the index of
+    /// the page holding `segment + offset` — 63 in a small segment, 0x30 in
+    /// a medium one (descriptors 16, 32, 48). Fixed when the segment is
+    /// made; read by every free. After the descriptors, away from the
+    /// header's first bytes: blocks of 4 KiB sizes start on 4 KiB
+    /// boundaries, and a free that stores at offset 0 of one and then
+    /// loads near offset 0 of the segment stalls on the processor's false
+    /// 4 KiB aliasing (4 KiB pairs: 6.7–8.9 ns with the mask at offset 8,
+    /// 5.8–7.0 here; 5.1 before the mask existed).
+    index_mask: usize,
+}
+
+const _: () = assert!(MEDIUM_PAGE_SIZE == PAGE_SIZE << 4 && MEDIUM_PAGES[0] == 0x10);
+
+/// The descriptor of the page holding `ptr`.
+///
+/// # Safety
+/// `ptr` points into a page of a live segment (a block spf handed out and
+/// that is not freed yet).
+#[inline]
+pub unsafe fn page_of(ptr: *mut u8) -> *mut Page {
+    let seg = (ptr as usize & !(SEGMENT_SIZE - 1)) as *mut Segment;
+    let offset = ptr as usize & (SEGMENT_SIZE - 1);
+    // SAFETY: the caller's contract: the header is a live Segment, whose
+    // mask never changes.
+    let index = (offset >> 16) & unsafe { (*seg).index_mask };
+    // SAFETY: as above; the index is below 64.
+    unsafe { ptr::addr_of_mut!((*seg).pages[index]) }
 }
 
 impl Page {
@@ -133,6 +191,7 @@ impl Page {
         }
         self.reserved.set((len / size) as u32);
         self.class.set(class as u32);
+        self.size.set(size as u32);
         self.next.set(null_mut());
         self.prev.set(null_mut());
         debug_assert!(self.thread_free.load(Ordering::Relaxed).is_null(), "S2");
@@ -162,12 +221,46 @@ impl Page {
     }
 
     /// Moves remote frees into `free`, so the owner can allocate from them;
-    /// updates `used` (S2).
+    /// updates `used` (S2). Only on a page that is not abandoned.
     pub fn collect(&self) {
+        // A plain load first: most pages have no remote frees, and a load
+        // leaves the line shared with the freers.
+        if self.thread_free.load(Ordering::Relaxed).is_null() {
+            return;
+        }
         // Acquire pairs with the Release of the remote pushes: the blocks'
-        // `next` words are visible. SeqCst for the abandonment protocol (see
-        // `heap::put_abandoned`).
-        let mut remote = self.thread_free.swap(null_mut(), Ordering::SeqCst);
+        // `next` words are visible.
+        let remote = self.thread_free.swap(null_mut(), Ordering::Acquire);
+        debug_assert_ne!(
+            remote as usize, ABANDONED,
+            "S4: collect of an abandoned page"
+        );
+        self.link_remote(remote);
+    }
+
+    /// Collects the remote frees and tags the page `ABANDONED` in the same
+    /// swap: from then on freers do not push (S4). Under the abandoned
+    /// lists' lock, by the page's owner.
+    pub fn collect_and_close(&self) {
+        // Acquire: as in `collect`.
+        let remote = self
+            .thread_free
+            .swap(ABANDONED as *mut Block, Ordering::Acquire);
+        self.link_remote(remote);
+    }
+
+    /// Clears the `ABANDONED` tag of a page taken off an abandoned list
+    /// (under the lists' lock): freers push again.
+    pub fn reopen(&self) {
+        // Relaxed: no block was pushed while tagged; the heap that adopts
+        // the page publishes it through its own ownership (Release in
+        // `take`), and a freer that saw the tag sees the page untagged
+        // after taking the lock we hold.
+        debug_assert_eq!(self.thread_free.load(Ordering::Relaxed) as usize, ABANDONED);
+        self.thread_free.store(null_mut(), Ordering::Relaxed);
+    }
+
+    fn link_remote(&self, mut remote: *mut Block) {
         let mut n = 0u32;
         while !remote.is_null() {
             // SAFETY: blocks on thread_free are free blocks of this page.
@@ -181,21 +274,26 @@ impl Page {
         self.used.set(self.used.get() - n);
     }
 
-    /// Pushes a block freed by a thread that does not own the page.
-    pub fn push_remote(&self, block: *mut Block) {
+    /// Pushes a block freed by a thread that does not own the page; false
+    /// (and nothing pushed) if the page is abandoned (S4).
+    pub fn push_remote(&self, block: *mut Block) -> bool {
         let mut head = self.thread_free.load(Ordering::Relaxed);
         loop {
+            if head as usize == ABANDONED {
+                return false;
+            }
             // SAFETY: the block is ours to give back; nobody else links it.
             unsafe { (*block).next = head };
-            // Release: the `next` word is written before the block is seen;
-            // SeqCst for the abandonment protocol (see `heap::put_abandoned`).
+            // Release pairs with the Acquire swaps of `collect` and
+            // `collect_and_close`: the `next` word is written before the
+            // block is seen. Failing on the tag keeps S4.
             match self.thread_free.compare_exchange_weak(
                 head,
                 block,
-                Ordering::SeqCst,
+                Ordering::Release,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => return,
+                Ok(_) => return true,
                 Err(seen) => head = seen,
             }
         }
@@ -353,6 +451,7 @@ fn segment_new(small: bool) -> Option<*mut Page> {
     // Page is a valid empty descriptor.
     unsafe {
         ptr::addr_of_mut!((*seg).magic).write(MAGIC);
+        ptr::addr_of_mut!((*seg).index_mask).write(if small { 63 } else { 0x30 });
         (*seg).used.set(1);
         for (i, page) in (*seg).pages.iter().enumerate() {
             page.area.set(base.add(i * PAGE_SIZE));
@@ -401,17 +500,16 @@ pub fn page_free(page: *mut Page) -> Option<*mut Segment> {
     // SAFETY: the caller owns the page and it is empty (S2).
     let p = unsafe { &*page };
     debug_assert_eq!(p.used.get(), 0, "S2");
-    // S4: remote freers that pushed this page's last blocks may still be
-    // reading it; they need no lock to finish.
-    let mut spins = 0u32;
-    while p.freeing.load(Ordering::Acquire) != 0 {
-        if spins < 64 {
-            core::hint::spin_loop();
-            spins += 1;
-        } else {
-            std::thread::yield_now();
-        }
-    }
+    // No freer reads the page any more (S4). An abandoned page that
+    // emptied keeps its tag until here; Relaxed: the pool lock publishes it.
+    debug_assert!(
+        matches!(
+            p.thread_free.load(Ordering::Relaxed) as usize,
+            0 | ABANDONED
+        ),
+        "S2: remote frees left in an empty page"
+    );
+    p.thread_free.store(null_mut(), Ordering::Relaxed);
     // Whatever a purge did before, this page now holds dirty memory.
     p.purged.set(false);
     p.heap.store(null_mut(), Ordering::Relaxed);
@@ -428,14 +526,55 @@ pub fn page_free(page: *mut Page) -> Option<*mut Segment> {
         purge(p);
     }
     p.freed_at.set(now);
-    let mut pool = POOL.lock();
-    let mut doomed = None;
-    // SAFETY: the page is ours and in no list.
-    unsafe {
-        if small {
-            pool.small.push_front(page);
+    let (doomed, due) = {
+        let mut pool = POOL.lock();
+        // SAFETY: the page is ours, empty and in no list.
+        let doomed = unsafe { pool_put(&mut pool, page, End::Front) };
+        let due = decay > 0 && now.saturating_sub(pool.last_sweep) > decay / 2;
+        if due {
+            pool.last_sweep = now;
+        }
+        (doomed, due)
+    };
+    if due {
+        decay_pool(now, decay);
+    }
+    doomed
+}
+
+/// Which end of a pool list a page goes to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// Most recently freed first.
+    Front,
+    /// Back among the oldest (a page just purged).
+    Back,
+}
+
+/// Puts a page into the pool and counts it out of its segment; returns the
+/// segment if that made it wholly free and the pool keeps enough of its
+/// kind already: its pages are then off the list, and the caller destroys
+/// it once no lock is held (R1, S3).
+///
+/// # Safety
+/// The caller holds the pool lock (`pool`) and owns `page`, which is empty
+/// and in no list, and counted in its segment's `used`.
+unsafe fn pool_put(pool: &mut Pool, page: *mut Page, end: End) -> Option<*mut Segment> {
+    // SAFETY: the caller's contract.
+    let p = unsafe { &*page };
+    let small = is_small(p.class.get() as usize);
+    {
+        let list = if small {
+            &mut pool.small
         } else {
-            pool.medium.push_front(page);
+            &mut pool.medium
+        };
+        // SAFETY: the page is ours and in no list.
+        unsafe {
+            match end {
+                End::Front => list.push_front(page),
+                End::Back => list.push_back(page),
+            }
         }
     }
     let seg = p.segment();
@@ -447,11 +586,12 @@ pub fn page_free(page: *mut Page) -> Option<*mut Segment> {
         used
     };
     let per_segment = spans(small).count();
-    let free = if small {
+    let mut free = if small {
         pool.small_free + 1
     } else {
         pool.medium_free + 1
     };
+    let mut doomed = None;
     if used == 0 && free > KEEP_SEGMENTS * per_segment {
         // SAFETY: all of this segment's pages are in the pool list.
         unsafe {
@@ -465,21 +605,13 @@ pub fn page_free(page: *mut Page) -> Option<*mut Segment> {
                 }
             }
         }
+        free -= per_segment;
         doomed = Some(seg);
     }
-    let free = if doomed.is_some() {
-        free - per_segment
-    } else {
-        free
-    };
     if small {
         pool.small_free = free;
     } else {
         pool.medium_free = free;
-    }
-    if decay > 0 && now.saturating_sub(pool.last_sweep) > decay / 2 {
-        pool.last_sweep = now;
-        sweep(&mut pool, now, decay);
     }
     doomed
 }
@@ -492,36 +624,109 @@ pub fn maybe_decay() {
         return;
     }
     let now = spf_core::monotonic_ns();
-    let mut pool = POOL.lock();
-    if now.saturating_sub(pool.last_sweep) > decay / 2 {
+    {
+        let mut pool = POOL.lock();
+        if now.saturating_sub(pool.last_sweep) <= decay / 2 {
+            return;
+        }
         pool.last_sweep = now;
-        sweep(&mut pool, now, decay);
     }
+    decay_pool(now, decay);
 }
 
-/// Purges pooled pages that have been free longer than the decay time. The
-/// lists are most-recent-first, so the oldest are at the tail.
-fn sweep(pool: &mut Pool, now: u64, decay: u64) {
-    for list in [pool.small, pool.medium] {
-        let mut p = list.last;
-        while !p.is_null() {
-            // SAFETY: a pooled page, under the pool lock.
+/// Pages purged per round of `decay_pool`.
+const PURGE_BATCH: usize = 16;
+
+/// Purges pooled pages that have been free for `decay` or longer, with no
+/// lock held across the system calls: each round takes up to
+/// `PURGE_BATCH` such pages off the pool lists (counted in their segments'
+/// `used`, as pages out of the pool are, so no segment of theirs can be
+/// destroyed meanwhile: S3), purges them, and puts them back at the old
+/// end. The lists are most-recent-first, so the oldest are at the tail.
+///
+/// A segment that putting them back leaves wholly free is destroyed later
+/// (queued for the next `segment_destroy`): the callers may be in the
+/// middle of walking a heap, which destroying could re-enter (R2).
+fn decay_pool(now: u64, decay: u64) {
+    loop {
+        let mut batch = [null_mut::<Page>(); PURGE_BATCH];
+        let mut n = 0;
+        {
+            let mut pool = POOL.lock();
+            for small in [true, false] {
+                let list = if small {
+                    &mut pool.small
+                } else {
+                    &mut pool.medium
+                };
+                let mut p = list.last;
+                let mut taken = 0;
+                while !p.is_null() && n < PURGE_BATCH {
+                    // SAFETY: a pooled page, under the pool lock.
+                    let page = unsafe { &*p };
+                    let prev = page.prev.get();
+                    let freed_at = page.freed_at.get();
+                    if freed_at > now || now - freed_at < decay {
+                        break;
+                    }
+                    if !page.purged.get() {
+                        // SAFETY: the page is on this list; its segment is
+                        // live (S3) and its count guarded by the lock.
+                        unsafe {
+                            list.remove(p);
+                            let seg = page.segment();
+                            (*seg).used.set((*seg).used.get() + 1);
+                        }
+                        batch[n] = p;
+                        n += 1;
+                        taken += 1;
+                    }
+                    p = prev;
+                }
+                if small {
+                    pool.small_free -= taken;
+                } else {
+                    pool.medium_free -= taken;
+                }
+            }
+        }
+        if n == 0 {
+            return;
+        }
+        let mut failed = false;
+        for &p in &batch[..n] {
+            // SAFETY: taken off the pool above: ours alone until put back.
             let page = unsafe { &*p };
-            if now.saturating_sub(page.freed_at.get()) < decay {
-                break;
+            purge(page);
+            failed |= !page.purged.get();
+        }
+        let mut doomed = [null_mut::<Segment>(); PURGE_BATCH];
+        let mut d = 0;
+        {
+            let mut pool = POOL.lock();
+            for &p in &batch[..n] {
+                // SAFETY: ours, empty, in no list, counted in its segment.
+                if let Some(seg) = unsafe { pool_put(&mut pool, p, End::Back) } {
+                    doomed[d] = seg;
+                    d += 1;
+                }
             }
-            if !page.purged.get() {
-                purge(page);
-            }
-            p = page.prev.get();
+        }
+        for &seg in &doomed[..d] {
+            defer_destroy(seg);
+        }
+        // A page whose purge failed is still due: the next sweep retries
+        // it, this one must not take it again and again.
+        if n < PURGE_BATCH || failed {
+            return;
         }
     }
 }
 
-/// Purges every pooled page now, whatever its age.
+/// Purges every page pooled by now, whatever its age (pages freed while it
+/// runs are left to decay, so that a stream of frees cannot keep it going).
 pub fn purge_all() {
-    let mut pool = POOL.lock();
-    sweep(&mut pool, u64::MAX, 1);
+    decay_pool(spf_core::monotonic_ns(), 0);
 }
 
 fn purge(page: &Page) {
@@ -577,15 +782,8 @@ pub fn segment_destroy(seg: *mut Segment) {
     // so this is the only handle.
     debug_assert_eq!(unsafe { (*seg).magic }, MAGIC);
     if DEFERRING.with(Cell::get) {
-        let mut head = DEFERRED.load(Ordering::Relaxed);
-        loop {
-            // SAFETY: we own the segment; its first page is unused.
-            unsafe { (*seg).pages[0].next.set(head as *mut Page) };
-            match DEFERRED.compare_exchange_weak(head, seg, Ordering::Release, Ordering::Relaxed) {
-                Ok(_) => return,
-                Err(h) => head = h,
-            }
-        }
+        defer_destroy(seg);
+        return;
     }
     // SAFETY: as above.
     drop(unsafe { Region::from_raw(seg as *mut u8) });
@@ -596,6 +794,22 @@ pub fn segment_destroy(seg: *mut Segment) {
         // SAFETY: as for `seg`.
         drop(unsafe { Region::from_raw(queued as *mut u8) });
         queued = next;
+    }
+}
+
+/// Queues a segment (all its pages off the pool lists, ours alone) for the
+/// next `segment_destroy` on any thread.
+fn defer_destroy(seg: *mut Segment) {
+    let mut head = DEFERRED.load(Ordering::Relaxed);
+    loop {
+        // SAFETY: we own the segment; its first page is unused.
+        unsafe { (*seg).pages[0].next.set(head as *mut Page) };
+        // Release pairs with the Acquire swap in `segment_destroy`: the
+        // link is written before the segment is seen.
+        match DEFERRED.compare_exchange_weak(head, seg, Ordering::Release, Ordering::Relaxed) {
+            Ok(_) => return,
+            Err(h) => head = h,
+        }
     }
 }
 

@@ -111,6 +111,14 @@ pub fn class_for(size: usize, align: usize) -> Option<usize> {
     (c < CLASSES).then_some(c)
 }
 
+/// Whether a request is large (`class_for` is `None`), without finding
+/// its class: every alignment up to `MAX_PAGE_ALIGN` divides `MEDIUM_MAX`,
+/// the last class's block size, so any size up to `MEDIUM_MAX` has a class.
+#[inline]
+pub fn is_large(size: usize, align: usize) -> bool {
+    size > MEDIUM_MAX || align > MAX_PAGE_ALIGN
+}
+
 /// Whether class `c` lives in small (64 KiB) pages.
 #[inline]
 pub const fn is_small(c: usize) -> bool {
@@ -146,6 +154,24 @@ mod tests {
     }
 
     #[test]
+    fn is_large_agrees_with_class_for() {
+        let mut align = 1;
+        while align <= 4 * MAX_PAGE_ALIGN {
+            for size in (0..=MEDIUM_MAX + 4096)
+                .step_by(61)
+                .chain([MEDIUM_MAX, MEDIUM_MAX + 1])
+            {
+                assert_eq!(
+                    is_large(size, align),
+                    class_for(size, align).is_none(),
+                    "size {size} align {align}"
+                );
+            }
+            align *= 2;
+        }
+    }
+
+    #[test]
     fn aligned_requests_get_aligned_block_sizes() {
         let mut align = 1;
         while align <= MAX_PAGE_ALIGN {
@@ -165,6 +191,7 @@ mod tests {
             align *= 2;
         }
         assert_eq!(class_for(10, 128 << 10), None);
+        assert!(is_large(10, 128 << 10));
         assert_eq!(class_for(MEDIUM_MAX + 1, 8), None);
     }
 }

@@ -25,14 +25,17 @@ use core::ptr::null_mut;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 use spf_core::{Region, RegionOptions};
 
-const UNSET: usize = 0;
-const DEAD: usize = 1;
+// Neither is null: a page's `heap` is null or a live heap, so a free can
+// compare it with this thread's heap pointer without checking that the
+// pointer is live.
+const UNSET: usize = 1;
+const DEAD: usize = 2;
 
 thread_local! {
-    static HEAP: Cell<*mut Heap> = const { Cell::new(null_mut()) };
+    static HEAP: Cell<*mut Heap> = const { Cell::new(UNSET as *mut Heap) };
 }
 
-/// This thread's heap pointer: null (none yet), DEAD (exiting), or a heap.
+/// This thread's heap pointer: UNSET (none yet), DEAD (exiting), or a heap.
 #[inline]
 pub fn heap() -> *mut Heap {
     HEAP.with(Cell::get)
@@ -66,7 +69,9 @@ const HEAP_CHUNK: usize = 4 << 20;
 
 /// A heap from the pool, or null when memory is exhausted.
 pub fn heap_new() -> *mut Heap {
-    let size = core::mem::size_of::<Heap>().next_multiple_of(64);
+    // A multiple of the heap's alignment (128), so every heap carved from
+    // a 128-aligned start is aligned.
+    let size = core::mem::size_of::<Heap>();
     loop {
         {
             let mut pool = POOL.lock();
@@ -210,11 +215,6 @@ fn register_fork_handlers() {
         segment::fork_lock();
         large::fork_lock();
     }
-    extern "C" fn child() {
-        // SAFETY: in the child, with every allocator lock held by `prepare`.
-        unsafe { heap::reset_freeing_after_fork() };
-        after();
-    }
     extern "C" fn after() {
         // SAFETY: `prepare` took every one of these locks.
         unsafe {
@@ -226,5 +226,5 @@ fn register_fork_handlers() {
         }
     }
     // SAFETY: plain functions with the signature pthread_atfork wants.
-    unsafe { libc::pthread_atfork(Some(prepare), Some(after), Some(child)) };
+    unsafe { libc::pthread_atfork(Some(prepare), Some(after), Some(after)) };
 }
