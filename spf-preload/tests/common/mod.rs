@@ -30,7 +30,11 @@ pub fn libspf() -> PathBuf {
             let lib = target
                 .join(if release { "release" } else { "debug" })
                 .join("libspf.so");
-            assert!(lib.is_file(), "{} is missing after the build", lib.display());
+            assert!(
+                lib.is_file(),
+                "{} is missing after the build",
+                lib.display()
+            );
             lib
         })
         .clone()
