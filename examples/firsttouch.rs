@@ -158,7 +158,15 @@ fn backends_table(args: &Args) {
         args.mib, args.runs
     );
     println!(
-        "| backend | subject | threads | ns per 4 KiB page | ns per fault | faults | vs native |"
+        "spf firsttouch: {} CPUs, kernel {}; each backend in a child process, subjects \
+         interleaved\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+    );
+    println!(
+        "| backend | subject | threads | ns per 4 KiB page (median) | min–max | faults | vs native |"
     );
     println!("|---|---|---|---|---|---|---|");
     let threads: Vec<String> = args.threads.iter().map(usize::to_string).collect();
