@@ -461,11 +461,12 @@ fn main() {
         return;
     }
     println!(
-        "alloc_bench: {} CPUs, kernel {}",
+        "alloc_bench: {} CPUs, kernel {}, spf commit backend {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .unwrap_or_default()
-            .trim()
+            .trim(),
+        spf::backend().map_or("none", |b| b.name())
     );
     let only = args.only.as_deref();
     allocator_table(args.runs, only);
