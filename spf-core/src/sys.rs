@@ -102,28 +102,60 @@ pub fn kernel_page_size() -> usize {
     unsafe { libc::sysconf(libc::_SC_PAGESIZE) as usize }
 }
 
+/// Where an anonymous mapping goes.
+enum Place {
+    /// Wherever the kernel chooses: a fresh range that aliases nothing.
+    Anywhere,
+    /// Exactly over `[addr, addr + len)` (`MAP_FIXED`), replacing it.
+    Over(usize),
+}
+
+/// One `mmap` of `len` bytes of private anonymous memory with `prot`, plus
+/// the flags in `extra` (`MAP_NORESERVE`). Async-signal-safe.
+///
+/// # Safety
+/// With [`Place::Over`], the range must belong to spf's reservation, hold
+/// nothing anyone still uses, and have no Rust reference into it (lazy
+/// memory is reached only through raw pointers).
+unsafe fn map_anonymous(
+    place: Place,
+    len: usize,
+    prot: libc::c_int,
+    extra: libc::c_int,
+) -> Result<usize, Errno> {
+    let (addr, fixed) = match place {
+        Place::Anywhere => (ptr::null_mut(), 0),
+        Place::Over(addr) => (addr as *mut libc::c_void, libc::MAP_FIXED),
+    };
+    // SAFETY: an anonymous mapping at the kernel's choice aliases nothing;
+    // one over a given range replaces only that range, which the caller
+    // vouches for (see # Safety).
+    let p = unsafe {
+        libc::mmap(
+            addr,
+            len,
+            prot,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | fixed | extra,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        Err(Errno::last())
+    } else {
+        Ok(p as usize)
+    }
+}
+
 /// Reserves `len` bytes of inaccessible address space aligned to `align`
 /// (a power of two). The mapping is `MAP_NORESERVE`, so it costs no commit
 /// charge until pages are made accessible and touched.
 pub fn reserve(len: usize, align: usize) -> Result<usize, Errno> {
     inject::check(Call::Mmap)?;
     let total = len.checked_add(align).ok_or(Errno(libc::ENOMEM))?;
-    // SAFETY: an anonymous private mapping at an address of the kernel's
-    // choosing cannot alias any existing memory.
-    let p = unsafe {
-        libc::mmap(
-            ptr::null_mut(),
-            total,
-            libc::PROT_NONE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return Err(Errno::last());
-    }
-    let raw = p as usize;
+    // SAFETY: a fresh mapping at the kernel's choice.
+    let raw =
+        unsafe { map_anonymous(Place::Anywhere, total, libc::PROT_NONE, libc::MAP_NORESERVE)? };
     let start = (raw + align - 1) & !(align - 1);
     // Give back the unaligned head and the tail; we own both pieces.
     // SAFETY: both ranges lie inside the mapping just created, which nobody
@@ -158,23 +190,15 @@ pub fn map_table(len: usize) -> Result<usize, Errno> {
     // Miri's `mmap` takes no flag beyond these two (and reserves nothing
     // anyway): without `MAP_NORESERVE` there, the table-backed logic of
     // `map` and `extent` runs under Miri (docs/reliability.md).
-    let flags =
-        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | if cfg!(miri) { 0 } else { libc::MAP_NORESERVE };
-    // SAFETY: as in `reserve`, a fresh anonymous mapping aliases nothing.
-    let p = unsafe {
-        libc::mmap(
-            ptr::null_mut(),
+    let extra = if cfg!(miri) { 0 } else { libc::MAP_NORESERVE };
+    // SAFETY: a fresh mapping at the kernel's choice.
+    unsafe {
+        map_anonymous(
+            Place::Anywhere,
             len,
             libc::PROT_READ | libc::PROT_WRITE,
-            flags,
-            -1,
-            0,
+            extra,
         )
-    };
-    if p == libc::MAP_FAILED {
-        Err(Errno::last())
-    } else {
-        Ok(p as usize)
     }
 }
 
@@ -186,23 +210,9 @@ pub fn replace_reserved(addr: usize, len: usize) -> Result<(), Errno> {
     check_range(addr, len);
     inject::check(Call::Mmap)?;
     // SAFETY: callers only pass ranges inside spf's reservation (I1) whose
-    // contents they have decided to drop; MAP_FIXED replaces exactly that
-    // range, and no Rust reference points into lazy memory.
-    let p = unsafe {
-        libc::mmap(
-            addr as *mut _,
-            len,
-            libc::PROT_NONE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
-            -1,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        Err(Errno::last())
-    } else {
-        Ok(())
-    }
+    // contents they have decided to drop.
+    unsafe { map_anonymous(Place::Over(addr), len, libc::PROT_NONE, libc::MAP_NORESERVE) }
+        .map(|_| ())
 }
 
 /// Changes the protection of `[addr, addr + len)`. Async-signal-safe.
@@ -430,22 +440,16 @@ pub fn map_lazy_readwrite(addr: usize, len: usize) -> Result<(), Errno> {
     check_range(addr, len);
     inject::check(Call::Mmap)?;
     // SAFETY: callers pass a range of spf's own reservation that holds
-    // nothing anyone still uses; MAP_FIXED replaces exactly that range.
-    let p = unsafe {
-        libc::mmap(
-            addr as *mut _,
+    // nothing anyone still uses.
+    unsafe {
+        map_anonymous(
+            Place::Over(addr),
             len,
             libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
-            -1,
-            0,
+            libc::MAP_NORESERVE,
         )
-    };
-    if p == libc::MAP_FAILED {
-        Err(Errno::last())
-    } else {
-        Ok(())
     }
+    .map(|_| ())
 }
 
 /// Maps `len` bytes that read as zero and are never written: the source of
@@ -453,22 +457,8 @@ pub fn map_lazy_readwrite(addr: usize, len: usize) -> Result<(), Errno> {
 /// no memory.
 pub fn map_zero_source(len: usize) -> Result<usize, Errno> {
     inject::check(Call::Mmap)?;
-    // SAFETY: a fresh anonymous mapping aliases nothing.
-    let p = unsafe {
-        libc::mmap(
-            ptr::null_mut(),
-            len,
-            libc::PROT_READ,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        Err(Errno::last())
-    } else {
-        Ok(p as usize)
-    }
+    // SAFETY: a fresh mapping at the kernel's choice.
+    unsafe { map_anonymous(Place::Anywhere, len, libc::PROT_READ, libc::MAP_NORESERVE) }
 }
 
 /// The first byte of a small `/proc` or `/sys` file (e.g. `b'2'` for
