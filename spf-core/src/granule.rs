@@ -87,27 +87,23 @@ impl GranuleTable {
     /// when the lock is not taken.
     #[inline]
     pub fn try_lock_uncommitted(&self, head: usize) -> Result<(), GranuleState> {
-        // SeqCst: the second half of S3 (see `seq`); it must come before the
-        // fault's `unchanged_since` in the total order.
-        self.word(head)
-            .compare_exchange(
-                GranuleState::Uncommitted as u8,
-                GranuleState::Committing as u8,
-                Ordering::SeqCst,
-                Ordering::Acquire,
-            )
-            .map(|_| ())
-            .map_err(GranuleState::from_raw)
+        self.try_lock_from(head, GranuleState::Uncommitted)
     }
 
     /// A refilling fault's lock: `Committed` → `Committing` (G1). Returns the
     /// state found when the lock is not taken.
     #[inline]
     pub fn try_lock_committed(&self, head: usize) -> Result<(), GranuleState> {
-        // SeqCst, as `try_lock_uncommitted`: the fault's S3 re-check follows.
+        self.try_lock_from(head, GranuleState::Committed)
+    }
+
+    #[inline]
+    fn try_lock_from(&self, head: usize, from: GranuleState) -> Result<(), GranuleState> {
+        // SeqCst: the second half of S3 (see `seq`); it must come before the
+        // fault's `unchanged_since` in the total order.
         self.word(head)
             .compare_exchange(
-                GranuleState::Committed as u8,
+                from as u8,
                 GranuleState::Committing as u8,
                 Ordering::SeqCst,
                 Ordering::Acquire,
