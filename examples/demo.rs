@@ -1,8 +1,8 @@
-//! The main job for now: threads fault a lazily committed region in both
-//! fault modes — BASE (classic: every fault takes the space lock) and SPF
-//! (speculative) — and the example prints throughput and spf's counters
-//! for each, `perf stat` style. (The ebizzy reproduction replaces it as the
-//! main job once it exists.)
+//! The smallest demonstration: threads fault a lazily committed region in
+//! both fault modes — BASE (classic: every fault takes the space lock) and
+//! SPF (speculative) — and the example prints throughput and spf's
+//! counters for each, `perf stat` style. (`examples/ebizzy` is the fuller
+//! comparison.)
 //!
 //! ```text
 //! cargo run --release --example demo -- [--threads N] [--mib M] [--granule BYTES] [--rounds R]

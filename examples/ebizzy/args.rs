@@ -8,7 +8,7 @@ use std::fmt;
 pub enum ModeArg {
     Spf,
     Classic,
-    /// BASE then SPF, with the seed's table.
+    /// BASE then SPF, with the series' `BASE SPF delta` table.
     Both,
 }
 
@@ -57,7 +57,7 @@ pub struct Args {
     pub ltp_rng: bool,
     /// `--granule`: the granule of `-m` regions.
     pub granule: usize,
-    /// No flags were given: the seed's comparison (see [`parse`]).
+    /// No flags were given: the series' comparison (see [`parse`]).
     pub showcase: bool,
 }
 
@@ -114,7 +114,7 @@ fn number(flag: &str, value: Option<String>) -> Result<usize, UsageError> {
     Ok(n)
 }
 
-/// The flags of the run with no arguments: the seed's comparison — `-m`
+/// The flags of the run with no arguments: the speculative page fault series' comparison — `-m`
 /// buffers committed on touch, BASE then SPF, then the kernel's own mmap —
 /// short enough (3 × 5 s) to show the speculative path at work in a minute.
 pub const SHOWCASE: &[&str] = &["-mTR", "--native", "-S", "5"];

@@ -2,19 +2,19 @@
 //! (LTP `utils/benchmark/ebizzy-0.3`), with spf regions as its mappings.
 //!
 //! ```text
-//! cargo run --release --example ebizzy                  # the seed's comparison: -mTR --native -S 5
+//! cargo run --release --example ebizzy                  # the series' comparison: -mTR --native -S 5
 //! cargo run --release --example ebizzy -- -mTRp -t 16 -S 5 --native
 //! ```
 //!
 //! `-m` buffers are spf regions committed on touch by spf's fault handler:
-//! `--mode classic` takes the space lock for every fault (the seed's BASE),
+//! `--mode classic` takes the space lock for every fault (the series' BASE),
 //! `--mode spf` faults speculatively (SPF), `--mode both` (the default)
-//! runs BASE then SPF and prints the seed's table; `--native` adds the
+//! runs BASE then SPF and prints the series' `BASE SPF delta` table; `--native` adds the
 //! kernel's own mmap as a third column. Without `-m`, buffers come from
 //! the allocator named by `--alloc` (spf, jemalloc, mimalloc, system).
 //! LTP's random number generator always returns 0; ours works, and
 //! `--ltp-rng` brings back the degenerate one for comparison with the
-//! seed's figures.
+//! figures published with the kernel series.
 
 mod args;
 mod bench;
@@ -70,7 +70,7 @@ fn main() {
     };
     if a.showcase {
         println!(
-            "ebizzy with no flags: the seed's comparison `ebizzy {}` ({} threads, {} KiB \
+            "ebizzy with no flags: the speculative page fault series' comparison `ebizzy {}` ({} threads, {} KiB \
              granules, commit backend {backend}); pass any flag for LTP's defaults",
             args::SHOWCASE.join(" "),
             a.threads,

@@ -32,13 +32,26 @@ use spf_core::{Region, RegionOptions};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ArenaError {
     /// The arena's capacity is used up.
-    Exhausted { requested: usize, remaining: usize },
+    Exhausted {
+        /// Bytes asked for (with alignment padding).
+        requested: usize,
+        /// Bytes left in the arena.
+        remaining: usize,
+    },
     /// Allocating would let committed memory pass the arena's limit.
-    CommitLimit { limit: usize, needed: usize },
+    CommitLimit {
+        /// The arena's commit limit in bytes.
+        limit: usize,
+        /// Bytes that would be committed.
+        needed: usize,
+    },
     /// A prefault range outside what the arena has handed out.
     BadRange {
+        /// Start of the range, in bytes from the arena's start.
         start: usize,
+        /// End of the range.
         end: usize,
+        /// Bytes the arena has handed out.
         used: usize,
     },
     /// spf-core could not reserve or commit.

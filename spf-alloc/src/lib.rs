@@ -18,6 +18,7 @@
 //! program opts in — and recycled through a cache with decay (`large`).
 //!
 //! See `docs/ARCHITECTURE.md` for the map of modules and invariants.
+#![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 mod arena;

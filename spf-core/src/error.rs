@@ -4,40 +4,77 @@
 use crate::sys::Errno;
 use core::fmt;
 
+/// Why a region could not be reserved or changed, or why spf could not
+/// start. `Display` says what to do about it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Error {
     /// The address-space reservation has no free range of this size.
     ReservationExhausted {
+        /// Bytes asked for.
         requested: usize,
+        /// The largest free range left, in bytes.
         free: usize,
+        /// The zone's whole reservation, in bytes (`SPF_RESERVE`).
         reserved: usize,
     },
     /// Every region descriptor is in use.
-    TooManyRegions { limit: usize },
+    TooManyRegions {
+        /// `SPF_MAX_REGIONS`.
+        limit: usize,
+    },
     /// A region length of zero, or one too large to represent.
-    BadSize { len: usize },
+    BadSize {
+        /// The length asked for.
+        len: usize,
+    },
     /// A granule that is not a power of two from 4 KiB to 2 MiB.
-    BadGranule { granule: usize },
+    BadGranule {
+        /// The granule asked for, in bytes.
+        granule: usize,
+    },
     /// An alignment that is not a power of two, or larger than the
     /// reservation.
-    BadAlignment { align: usize },
+    BadAlignment {
+        /// The alignment asked for, in bytes.
+        align: usize,
+    },
     /// A sub-range that is out of bounds or not granule aligned.
     BadRange {
+        /// Start of the range, in bytes from the region's start.
         offset: usize,
+        /// Length of the range.
         len: usize,
+        /// The region's length.
         region_len: usize,
+        /// The region's granule, which the range must be aligned to.
         granule: usize,
     },
     /// The address space after the region is taken.
-    CannotGrowInPlace { len: usize, new_len: usize },
+    CannotGrowInPlace {
+        /// The region's length now.
+        len: usize,
+        /// The length asked for.
+        new_len: usize,
+    },
     /// A system call failed.
-    System { call: &'static str, errno: Errno },
+    System {
+        /// The system call, e.g. `"mprotect"`.
+        call: &'static str,
+        /// What it returned.
+        errno: Errno,
+    },
     /// This machine cannot run spf.
-    Unsupported { reason: &'static str },
+    Unsupported {
+        /// What is missing.
+        reason: &'static str,
+    },
     /// The commit backend asked for (`SPF_BACKEND`) cannot run here.
     BackendUnavailable {
+        /// The backend's name (`uffd`, `guard`, `mprotect`).
         backend: &'static str,
+        /// Why it cannot run.
         reason: &'static str,
+        /// The failing call's error, where one failed.
         errno: Option<Errno>,
     },
 }

@@ -20,7 +20,19 @@
 //! let after = stats().since(&before);
 //! assert!(after.faults >= 1);
 //! ```
+#![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "spf supports Linux only: its fault handler relies on Linux's signals, userfaultfd, guard \
+     markers and /proc. On other systems use the platform's allocator, jemalloc or mimalloc."
+);
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+compile_error!(
+    "spf supports x86-64 (tested) and aarch64 (untested) only: its signal handler reads \
+     architecture-specific fault details and its tables assume 64-bit addresses."
+);
 
 mod backend;
 mod cap;
@@ -50,13 +62,21 @@ pub use backend::{set_backend, Backend, BackendChoice};
 pub use error::Error;
 pub use handler_guard::{in_fault_handler, HandlerAllocGuard};
 pub use options::{
-    cap, cap_default, cap_policy, mode, parse_size, set_cap, set_cap_policy, set_mode, CapPolicy,
-    Mode,
+    cap, cap_default, cap_policy, mode, set_cap, set_cap_policy, set_mode, CapPolicy, Mode,
 };
 pub use region::{purge_pages, region_at, Granule, Protection, Region, RegionInfo, RegionOptions};
-pub use report::emit as report;
 pub use stats::{reset_peaks, stats, Stats};
-pub use sys::{env as getenv, monotonic_ns, resident_bytes, Errno, PAGE_SIZE};
+pub use sys::{monotonic_ns, resident_bytes, Errno, PAGE_SIZE};
+
+// Plumbing for spf's other crates and examples (reading `SPF_*` without
+// allocating, writing a message without allocating, parsing "64k"): public
+// so that they can share it, hidden because it is not an API for users.
+#[doc(hidden)]
+pub use options::parse_size;
+#[doc(hidden)]
+pub use report::emit as report;
+#[doc(hidden)]
+pub use sys::env as getenv;
 
 /// Starts the space now (reads `SPF_*`, reserves address space, installs
 /// the handler) instead of on the first `Region::reserve`.

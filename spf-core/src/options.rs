@@ -28,7 +28,7 @@ use core::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering::Relaxed};
 pub enum Mode {
     /// Find and validate the region without the space lock (the default).
     Speculative,
-    /// Take the space lock for every fault: the seed's BASE column.
+    /// Take the space lock for every fault: the BASE column of the kernel series' ebizzy tables.
     Classic,
 }
 
@@ -81,7 +81,7 @@ pub fn cap() -> usize {
     CAP.load(Relaxed)
 }
 
-/// The cap `SPF_CAP` chose at start (or [`DEFAULT_CAP`]).
+/// The cap `SPF_CAP` chose at start (8 MiB per CPU if it is unset).
 pub fn cap_default() -> usize {
     CAP_AT_START.load(Relaxed)
 }
@@ -91,6 +91,7 @@ pub fn set_cap(bytes: usize) {
     CAP.store(bytes, Relaxed);
 }
 
+/// What a fault over the per-CPU cap does (`SPF_CAP_POLICY`).
 #[inline]
 pub fn cap_policy() -> CapPolicy {
     if CAP_POLICY.load(Relaxed) == 0 {
@@ -100,6 +101,8 @@ pub fn cap_policy() -> CapPolicy {
     }
 }
 
+/// Sets what a fault over the per-CPU cap does; takes effect for the
+/// next fault.
 pub fn set_cap_policy(policy: CapPolicy) {
     CAP_POLICY.store((policy == CapPolicy::Classic) as u8, Relaxed);
 }

@@ -53,8 +53,11 @@ use core::sync::atomic::Ordering;
 pub struct Granule(usize);
 
 impl Granule {
+    /// 4 KiB: one page per fault (slow: one signal per page).
     pub const PAGE: Granule = Granule(4 << 10);
+    /// 64 KiB, the default.
     pub const KIB_64: Granule = Granule(64 << 10);
+    /// 2 MiB: one transparent huge page per fault.
     pub const HUGE: Granule = Granule(2 << 20);
 
     /// `None` unless `bytes` is a power of two from 4 KiB to 2 MiB.
@@ -66,6 +69,7 @@ impl Granule {
         }
     }
 
+    /// The granule in bytes.
     pub const fn bytes(self) -> usize {
         self.0
     }
@@ -74,6 +78,7 @@ impl Granule {
 /// What a region's memory allows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protection {
+    /// Reads and writes commit the granule.
     ReadWrite,
     /// Reads commit zero pages; a write is a fatal fault.
     ReadOnly,
@@ -148,6 +153,7 @@ impl RegionOptions {
         self
     }
 
+    /// What the region's memory allows (read/write by default).
     pub fn protection(mut self, protection: Protection) -> Self {
         self.read_only = protection == Protection::ReadOnly;
         self
@@ -212,18 +218,22 @@ impl Region {
         })
     }
 
+    /// The region's first byte.
     pub fn as_ptr(&self) -> *mut u8 {
         self.start as *mut u8
     }
 
+    /// The region's length in bytes (a multiple of its granule).
     pub fn len(&self) -> usize {
         self.len
     }
 
+    /// Whether the region has been shrunk to nothing.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
+    /// The region's granule in bytes: what one fault commits.
     pub fn granule(&self) -> usize {
         self.granule
     }
@@ -406,10 +416,15 @@ pub unsafe fn purge_pages(ptr: *mut u8, len: usize) -> Result<(), Error> {
 /// What a normal-path reader learns about the region holding an address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RegionInfo {
+    /// The region's first address.
     pub start: usize,
+    /// Its length in bytes.
     pub len: usize,
+    /// Its granule in bytes.
     pub granule: usize,
+    /// Bytes committed now.
     pub committed: usize,
+    /// Whether it is read-only.
     pub read_only: bool,
 }
 

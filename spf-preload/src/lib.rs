@@ -77,6 +77,7 @@
 //! `dlopen` is not supported (it must be in place before the first
 //! `malloc`).
 
+#![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 use core::alloc::{GlobalAlloc, Layout};
@@ -352,30 +353,50 @@ pub unsafe extern "C" fn mallopt(_param: c_int, _value: c_int) -> c_int {
 #[repr(C)]
 #[derive(Default)]
 pub struct MallInfo2 {
+    /// Bytes of pages and large blocks that hold live blocks.
     pub arena: usize,
+    /// Free chunks (always 0 here).
     pub ordblks: usize,
+    /// Free fastbin blocks (always 0 here).
     pub smblks: usize,
+    /// Large blocks (regions of their own) live.
     pub hblks: usize,
+    /// Bytes in large blocks (always 0 here).
     pub hblkhd: usize,
+    /// Always 0 (glibc keeps it 0 too).
     pub usmblks: usize,
+    /// Bytes in free fastbin blocks (always 0 here).
     pub fsmblks: usize,
+    /// Bytes allocated and not freed.
     pub uordblks: usize,
+    /// `arena` less `uordblks`: bytes held in those pages but free.
     pub fordblks: usize,
+    /// Bytes of freed large blocks kept for reuse (`malloc_trim` gives them back).
     pub keepcost: usize,
 }
 
 /// glibc's deprecated `struct mallinfo` (`int` fields).
 #[repr(C)]
 pub struct MallInfo {
+    /// Bytes of pages and large blocks that hold live blocks.
     pub arena: c_int,
+    /// Free chunks (always 0 here).
     pub ordblks: c_int,
+    /// Free fastbin blocks (always 0 here).
     pub smblks: c_int,
+    /// Large blocks (regions of their own) live.
     pub hblks: c_int,
+    /// Bytes in large blocks (always 0 here).
     pub hblkhd: c_int,
+    /// Always 0 (glibc keeps it 0 too).
     pub usmblks: c_int,
+    /// Bytes in free fastbin blocks (always 0 here).
     pub fsmblks: c_int,
+    /// Bytes allocated and not freed.
     pub uordblks: c_int,
+    /// `arena` less `uordblks`: bytes held in those pages but free.
     pub fordblks: c_int,
+    /// Bytes of freed large blocks kept for reuse (`malloc_trim` gives them back).
     pub keepcost: c_int,
 }
 
