@@ -1,4 +1,4 @@
-//! Soak (issue 7): a bounded run of everything at once, with every byte
+//! Soak: a bounded run of everything at once, with every byte
 //! verified and memory accounted for at the end.
 //!
 //! How long: `SPF_SOAK_SECS` seconds (fractions allowed), by default 40 s
