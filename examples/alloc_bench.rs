@@ -251,8 +251,14 @@ fn allocator_table(runs: usize, only: Option<&str>) {
             })
             .collect();
         let ratio = median(times[0].clone()) / median(times[JEMALLOC_AT].clone());
+        // Two significant digits below 0.1, so that 1/80 does not print as 0.01.
+        let decimals = if ratio >= 0.1 || ratio <= 0.0 {
+            2
+        } else {
+            (1.0 - ratio.log10().floor()) as usize
+        };
         println!(
-            "| {} | {} | {} | {ratio:.2}× |",
+            "| {} | {} | {} | {ratio:.decimals$}× |",
             row.key,
             row.unit,
             cells.join(" | ")
