@@ -5,9 +5,11 @@
 //! way is better in its axis label or title.
 
 use crate::spread::Spread;
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
+use std::path::Path;
 
 pub type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
 pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -28,30 +30,88 @@ fn within(area: &Area, (x, y): (i32, i32)) -> (i32, i32) {
     (x - bx, y - by)
 }
 
-fn whisker<DB: DrawingBackend>(
-    chart: &mut ChartContext<
-        '_,
-        DB,
-        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
-    >,
-    x: f64,
-    s: Spread,
-    half_width: f64,
+type Chart<'c, 'a> = ChartContext<'c, SVGBackend<'a>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// A picture at `path`: white, with `title` on a strip along the top.
+/// Returns the whole picture (to `present`) and the area below the title.
+pub fn picture<'a>(path: &'a Path, size: (u32, u32), title: &str) -> Result<(Area<'a>, Area<'a>)> {
+    let root = SVGBackend::new(path, size).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (top, body) = root.split_vertically(26);
+    top.draw(&Text::new(title.to_owned(), (8, 6), (FONT, 14)))?;
+    Ok((root, body))
+}
+
+/// A min–max whisker from `ends[0]` to `ends[1]`, with a cap at each end
+/// reaching `cap` either side (a vertical whisker has a horizontal cap).
+fn whisker(
+    chart: &mut Chart,
+    ends: [(f64, f64); 2],
+    cap: (f64, f64),
     color: RGBColor,
-) -> Result<()>
-where
-    DB::ErrorType: 'static,
-{
+) -> Result<()> {
     let style = color.stroke_width(1);
-    chart.draw_series(std::iter::once(PathElement::new(
-        vec![(x, s.min), (x, s.max)],
-        style,
-    )))?;
-    for y in [s.min, s.max] {
-        chart.draw_series(std::iter::once(PathElement::new(
-            vec![(x - half_width, y), (x + half_width, y)],
-            style,
-        )))?;
+    let segment = |a: (f64, f64), b: (f64, f64)| PathElement::new(vec![a, b], style);
+    let caps = ends.map(|(x, y)| segment((x - cap.0, y - cap.1), (x + cap.0, y + cap.1)));
+    chart.draw_series(std::iter::once(segment(ends[0], ends[1])).chain(caps))?;
+    Ok(())
+}
+
+/// The legend of every labelled series, at `at`.
+fn legend<'a>(chart: &mut Chart<'a, 'a>, at: SeriesLabelPosition) -> Result<()> {
+    chart
+        .configure_series_labels()
+        .position(at)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.3))
+        .label_font((FONT, 12))
+        .draw()?;
+    Ok(())
+}
+
+/// Bars of `series` in slots: group `i`, series `j` gets a slot of width
+/// 0.8 / series inside [i, i + 1) on the category axis; each bar runs from
+/// 0 to `value(median)` on the value axis, with a whisker from
+/// `value(min)` to `value(max)`. `horizontal` puts the value axis along x.
+fn bars(
+    chart: &mut Chart,
+    series: &[Series<Option<Spread>>],
+    horizontal: bool,
+    value: impl Fn(f64) -> f64,
+) -> Result<()> {
+    let at = |category: f64, v: f64| {
+        if horizontal {
+            (v, category)
+        } else {
+            (category, v)
+        }
+    };
+    let width = 0.8 / series.len().max(1) as f64;
+    for (j, s) in series.iter().enumerate() {
+        let color = s.color;
+        let mut labelled = false;
+        for (i, v) in s.points.iter().enumerate() {
+            let Some(v) = v else { continue };
+            let start = i as f64 + 0.1 + j as f64 * width;
+            let bar = chart.draw_series(std::iter::once(Rectangle::new(
+                [at(start, 0.0), at(start + width * 0.9, value(v.median))],
+                color.filled(),
+            )))?;
+            if !labelled {
+                bar.label(s.name.clone()).legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled())
+                });
+                labelled = true;
+            }
+            let middle = start + width * 0.45;
+            let cap = at(width * 0.2, 0.0);
+            whisker(
+                chart,
+                [at(middle, value(v.min)), at(middle, value(v.max))],
+                cap,
+                BLACK,
+            )?;
+        }
     }
     Ok(())
 }
@@ -115,16 +175,15 @@ pub fn lines_over_threads(
                 .map(|&(t, v)| Circle::new((x(t), v.median), 3, color.filled())),
         )?;
         for &(t, v) in &s.points {
-            whisker(&mut chart, x(t), v, 0.05, color)?;
+            whisker(
+                &mut chart,
+                [(x(t), v.min), (x(t), v.max)],
+                (0.05, 0.0),
+                color,
+            )?;
         }
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.3))
-        .label_font((FONT, 12))
-        .draw()?;
+    legend(&mut chart, SeriesLabelPosition::LowerRight)?;
     Ok(())
 }
 
@@ -167,27 +226,7 @@ pub fn grouped_bars(
             TextStyle::from((FONT, 12)).pos(Pos::new(HPos::Center, VPos::Top)),
         ))?;
     }
-    let k = series.len().max(1) as f64;
-    let width = 0.8 / k;
-    for (j, s) in series.iter().enumerate() {
-        let color = s.color;
-        let mut first = true;
-        for (i, v) in s.points.iter().enumerate() {
-            let Some(v) = v else { continue };
-            let x0 = i as f64 + 0.1 + j as f64 * width;
-            let bar = chart.draw_series(std::iter::once(Rectangle::new(
-                [(x0, 0.0), (x0 + width * 0.9, v.median)],
-                color.filled(),
-            )))?;
-            if first {
-                bar.label(s.name.clone()).legend(move |(x, y)| {
-                    Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled())
-                });
-                first = false;
-            }
-            whisker(&mut chart, x0 + width * 0.45, *v, width * 0.2, BLACK)?;
-        }
-    }
+    bars(&mut chart, series, false, |v| v)?;
     if let Some((name, r)) = reference {
         let style = BLACK.stroke_width(1);
         chart
@@ -200,13 +239,7 @@ pub fn grouped_bars(
             .label(name.to_owned())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.3))
-        .label_font((FONT, 12))
-        .draw()?;
+    legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
     Ok(())
 }
 
@@ -254,49 +287,12 @@ pub fn ratio_bars(
             TextStyle::from((FONT, 12)).pos(Pos::new(HPos::Right, VPos::Center)),
         ))?;
     }
-    let k = series.len().max(1) as f64;
-    let height = 0.8 / k;
-    for (j, s) in series.iter().enumerate() {
-        let color = s.color;
-        let mut first = true;
-        for (i, v) in s.points.iter().enumerate() {
-            let Some(v) = v else { continue };
-            let y0 = i as f64 + 0.1 + j as f64 * height;
-            let bar = chart.draw_series(std::iter::once(Rectangle::new(
-                [(0.0, y0), (v.median.log10(), y0 + height * 0.9)],
-                color.filled(),
-            )))?;
-            if first {
-                bar.label(s.name.clone()).legend(move |(x, y)| {
-                    Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled())
-                });
-                first = false;
-            }
-            let yc = y0 + height * 0.45;
-            let style = BLACK.stroke_width(1);
-            chart.draw_series(std::iter::once(PathElement::new(
-                vec![(v.min.log10(), yc), (v.max.log10(), yc)],
-                style,
-            )))?;
-            for x in [v.min.log10(), v.max.log10()] {
-                chart.draw_series(std::iter::once(PathElement::new(
-                    vec![(x, yc - height * 0.25), (x, yc + height * 0.25)],
-                    style,
-                )))?;
-            }
-        }
-    }
+    bars(&mut chart, series, true, f64::log10)?;
     chart.draw_series(std::iter::once(PathElement::new(
         vec![(0.0, 0.0), (0.0, n)],
         BLACK.stroke_width(1),
     )))?;
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.3))
-        .label_font((FONT, 12))
-        .draw()?;
+    legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
     Ok(())
 }
 
@@ -335,12 +331,6 @@ pub fn time_series(
                 PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
             });
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.3))
-        .label_font((FONT, 12))
-        .draw()?;
+    legend(&mut chart, SeriesLabelPosition::LowerRight)?;
     Ok(())
 }

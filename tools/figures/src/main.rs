@@ -118,17 +118,14 @@ fn ebizzy(raw: &Path, out: &mut Out) -> Result<()> {
     println!("| backend | threads | BASE | SPF | native | SPF / native |");
     println!("|---|---|---|---|---|---|");
     let path = out.svg("ebizzy.svg");
-    let root = SVGBackend::new(&path, (330 * backends.len() as u32, 380)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let (top, body) = root.split_vertically(26);
-    top.draw(&Text::new(
-        format!(
+    let (root, body) = draw::picture(
+        &path,
+        (330 * backends.len() as u32, 380),
+        &format!(
             "ebizzy -mTR, records/s (higher is better) — {}",
             out.machine
         ),
-        (8, 6),
-        ("sans-serif", 14),
-    ))?;
+    )?;
     let panels = body.split_evenly((1, backends.len()));
     let y_max = samples.values().flatten().copied().fold(0.0, f64::max) * 1.15;
     for (panel, backend) in panels.iter().zip(&backends) {
@@ -203,17 +200,14 @@ fn first_touch(raw: &Path, out: &mut Out) -> Result<()> {
     println!("| threads | granule | {} | native |", BACKENDS.join(" | "));
     println!("|---|---|---|---|---|---|");
     let path = out.svg("firsttouch.svg");
-    let root = SVGBackend::new(&path, (360 * threads.len() as u32, 380)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let (top, body) = root.split_vertically(26);
-    top.draw(&Text::new(
-        format!(
+    let (root, body) = draw::picture(
+        &path,
+        (360 * threads.len() as u32, 380),
+        &format!(
             "First touch of a fresh 256 MiB region, GiB/s (higher is better) — {}",
             out.machine
         ),
-        (8, 6),
-        ("sans-serif", 14),
-    ))?;
+    )?;
     let panels = body.split_evenly((1, threads.len()));
     for (panel, &t) in panels.iter().zip(&threads) {
         let find = |backend: &str, subject: &str| {
@@ -329,18 +323,15 @@ fn allocators(raw: &Path, out: &mut Out) -> Result<()> {
         println!();
         let path = out.svg(svg);
         let height = 90 + 26 * labels.len() as u32;
-        let root = SVGBackend::new(&path, (820, height)).into_drawing_area();
-        root.fill(&WHITE)?;
-        let (top, body) = root.split_vertically(26);
-        top.draw(&Text::new(
-            format!(
+        let (root, body) = draw::picture(
+            &path,
+            (820, height),
+            &format!(
                 "spf's {what} ÷ the other allocator's, log scale (below 1× is better; {} runs) — {}",
                 files.len(),
                 out.machine
             ),
-            (8, 6),
-            ("sans-serif", 14),
-        ))?;
+        )?;
         draw::ratio_bars(
             &body,
             "",
@@ -376,17 +367,14 @@ fn kvserver_rss(raw: &Path, out: &mut Out) -> Result<()> {
     println!("| connections | {} |", allocators.join(" | "));
     println!("|---|{}", "---|".repeat(allocators.len()));
     let path = out.svg("kvserver-rss.svg");
-    let root = SVGBackend::new(&path, (400 * conns.len() as u32, 380)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let (top, body) = root.split_vertically(26);
-    top.draw(&Text::new(
-        format!(
+    let (root, body) = draw::picture(
+        &path,
+        (400 * conns.len() as u32, 380),
+        &format!(
             "kvserver resident memory under memaslap, MiB (lower is better) — {}",
             out.machine
         ),
-        (8, 6),
-        ("sans-serif", 14),
-    ))?;
+    )?;
     let panels = body.split_evenly((1, conns.len()));
     for (panel, &c) in panels.iter().zip(&conns) {
         let series: Vec<Series<(f64, f64)>> = allocators
