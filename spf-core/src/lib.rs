@@ -24,6 +24,7 @@
 
 mod backend;
 mod cap;
+mod chain;
 mod commit;
 mod descriptor;
 mod epoch;
