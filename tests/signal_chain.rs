@@ -274,7 +274,12 @@ fn child_entry() {
             info_returning as *const () as usize,
             libc::SA_SIGINFO | libc::SA_RESETHAND,
         ),
-        "fault_mask" => set_action(sig, info_mask as *const () as usize, libc::SA_SIGINFO, &[libc::SIGUSR1]),
+        "fault_mask" => set_action(
+            sig,
+            info_mask as *const () as usize,
+            libc::SA_SIGINFO,
+            &[libc::SIGUSR1],
+        ),
         "fault_nodefer" => set_action(
             sig,
             info_mask as *const () as usize,
