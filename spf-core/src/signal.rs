@@ -114,6 +114,11 @@ pub(crate) fn ensure_installed() {
     }
 }
 
+/// Whether this thread blocks `sig` and spf's commits need it.
+pub(crate) fn blocked_fault_signal(sig: libc::c_int) -> bool {
+    handled_signals().contains(&sig) && sys::signal_blocked(sig)
+}
+
 extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
     // The interrupted code may be between a failing call and its read of
     // errno; our own calls (futex, madvise, mprotect, ioctl) must not

@@ -755,6 +755,16 @@ pub fn unblock_signal(sig: libc::c_int) {
     }
 }
 
+/// Whether this thread blocks `sig` now. Async-signal-safe.
+pub fn signal_blocked(sig: libc::c_int) -> bool {
+    // SAFETY: a zeroed sigset to fill in; a null new set only queries.
+    unsafe {
+        let mut now: libc::sigset_t = core::mem::zeroed();
+        libc::pthread_sigmask(libc::SIG_BLOCK, ptr::null(), &mut now);
+        libc::sigismember(&now, sig) == 1
+    }
+}
+
 /// What the previous disposition of a signal was, for chaining.
 pub enum PreviousHandler {
     /// `SIG_DFL`: the process ends by the signal.
