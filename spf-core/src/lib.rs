@@ -115,7 +115,7 @@ pub mod testing {
     /// `fault-injection`); see the `inject` module.
     #[cfg(feature = "fault-injection")]
     pub mod inject {
-        pub use crate::inject::{clear, fail, injected, Call};
+        pub use crate::inject::{clear, fail, held_commits, hold_commits, injected, Call};
     }
 
     /// Steps 2–3 of the fault path alone (map lookup, descriptor snapshot,

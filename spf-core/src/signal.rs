@@ -206,7 +206,8 @@ fn report_fatal(addr: usize, access: AccessKind, why: FatalFault) {
         ),
         FatalFault::Nested => report!(
             "spf: fatal {what} at {addr:#x}: a signal handler touched lazy memory that the \
-             fault it interrupted is committing; commit that memory before the signal can come\n"
+             fault it interrupted is committing (or that another thread, itself stopped the \
+             same way, kept committing for 5 s); commit that memory before the signal can come\n"
         ),
         FatalFault::Stuck { start, end } => report!(
             "spf: fatal {what} at {addr:#x}: the committed granule of region [{start:#x}, \
