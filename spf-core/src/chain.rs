@@ -111,9 +111,14 @@ impl Drop for InstallLock {
     }
 }
 
-/// A child after `fork` has one thread: a flag held by another thread of
-/// the parent at the fork would never be released.
+/// A child after `fork` has one thread: a lock held by another thread of
+/// the parent at the fork would never be released, and that thread's
+/// half-written chain is dropped (the published one is intact, C1).
 pub(crate) fn after_fork_in_child() {
+    for p in &CHAINS {
+        p.gen
+            .store(p.gen.load(Ordering::Relaxed) & !1, Ordering::Relaxed);
+    }
     INSTALLING.store(false, Ordering::Relaxed);
 }
 

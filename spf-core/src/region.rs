@@ -204,6 +204,9 @@ impl Region {
     /// committed on first touch unless the options say `eager`.
     pub fn reserve(len: usize, options: RegionOptions) -> Result<Region, Error> {
         let space = Space::get()?;
+        if !options.eager {
+            crate::signal::before_lazy_region();
+        }
         let granule = options.granule_bytes()?;
         let spec = RegionSpec {
             granule,

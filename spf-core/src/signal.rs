@@ -1,6 +1,7 @@
-//! The fault signal handler: installed once for `SIGSEGV` (and for `SIGBUS`
-//! under the userfaultfd backend, which reports missing pages with it),
-//! chained to the handler it replaced, and a thin layer over
+//! The fault signal handler: installed for `SIGSEGV` at start (and for
+//! `SIGBUS` under the userfaultfd backend, which reports missing pages with
+//! it, with the first lazy region: see [`install`]), chained to the
+//! handlers it replaced, and a thin layer over
 //! [`fault::handle`](crate::fault::handle).
 //!
 //! Classify, then act: `fault::handle` returns an outcome, and the handler
@@ -44,10 +45,13 @@ use crate::handler_guard::HandlerScope;
 use crate::report::report;
 use crate::space::Space;
 use crate::sys;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-/// The signals spf handles with this backend.
-fn handled_signals() -> &'static [libc::c_int] {
+/// Whether the `SIGBUS` handler is in (userfaultfd backend only).
+static SIGBUS_IN: AtomicBool = AtomicBool::new(false);
+
+/// The signals spf's commits need with this backend.
+fn needed_signals() -> &'static [libc::c_int] {
     if backend::active() == Backend::Uffd {
         &[libc::SIGSEGV, libc::SIGBUS]
     } else {
@@ -55,14 +59,44 @@ fn handled_signals() -> &'static [libc::c_int] {
     }
 }
 
-/// Installs the handler for every signal the backend raises, remembering
-/// the actions it replaces.
-pub(crate) fn install() -> Result<(), Error> {
-    for &sig in handled_signals() {
-        let lock = InstallLock::take();
-        install_one(&lock, sig, Displaced::InFront)?;
+/// The signals spf handles now.
+fn handled_signals() -> &'static [libc::c_int] {
+    // Acquire pairs with the Release in `before_lazy_region`.
+    if SIGBUS_IN.load(Ordering::Acquire) {
+        &[libc::SIGSEGV, libc::SIGBUS]
+    } else {
+        &[libc::SIGSEGV]
     }
-    Ok(())
+}
+
+/// Installs the `SIGSEGV` handler at start, remembering the action it
+/// replaces. The `SIGBUS` handler, which only the userfaultfd backend's
+/// lazy zone needs, goes in with the first lazy region
+/// ([`before_lazy_region`]): spf often starts inside std's runtime
+/// initialisation (the allocator's first allocation), and std installs its
+/// stack-overflow handler for `SIGBUS` only where it finds the default
+/// action — installing ours there first would leave a Rust program without
+/// std's `SIGBUS` handler, so a raised `SIGBUS` would kill where it is
+/// survived without spf. (For `SIGSEGV`, std's handler lands over ours and
+/// is put behind it by [`ensure_installed`].)
+pub(crate) fn install() -> Result<(), Error> {
+    let lock = InstallLock::take();
+    install_one(&lock, libc::SIGSEGV, Displaced::InFront)
+}
+
+/// Installs the `SIGBUS` handler before the first lazy region is made, if
+/// the backend needs it (see [`install`]).
+pub(crate) fn before_lazy_region() {
+    if backend::active() != Backend::Uffd || SIGBUS_IN.load(Ordering::Acquire) {
+        return;
+    }
+    let lock = InstallLock::take();
+    if !SIGBUS_IN.load(Ordering::Relaxed)
+        && install_one(&lock, libc::SIGBUS, Displaced::InFront).is_ok()
+    {
+        // Release pairs with the Acquire in `handled_signals`.
+        SIGBUS_IN.store(true, Ordering::Release);
+    }
 }
 
 fn install_one(lock: &InstallLock, sig: libc::c_int, how: Displaced) -> Result<(), Error> {
@@ -116,7 +150,7 @@ pub(crate) fn ensure_installed() {
 
 /// Whether this thread blocks `sig` and spf's commits need it.
 pub(crate) fn blocked_fault_signal(sig: libc::c_int) -> bool {
-    handled_signals().contains(&sig) && sys::signal_blocked(sig)
+    needed_signals().contains(&sig) && sys::signal_blocked(sig)
 }
 
 extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
