@@ -246,6 +246,21 @@ extern "C" fn chaining_back(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *
     }
 }
 
+/// Installed after spf: reports, puts back the action it replaced, and
+/// lets that action have the signal — returning to a fault, raising a sent
+/// signal again — as crash reporters (Breakpad, Crashpad) do.
+extern "C" fn restoring_back(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    out(b"late handler: restoring the old action\n");
+    // SAFETY: REPLACED was written before this handler was installed; the
+    // kernel's siginfo.
+    unsafe {
+        libc::sigaction(sig, (&raw const REPLACED).cast(), std::ptr::null_mut());
+        if (*info).si_code <= 0 {
+            libc::raise(sig);
+        }
+    }
+}
+
 /// The child: `SPF_TEST_CHILD=scenario:signal:spf|none`.
 #[test]
 #[ignore = "child-process entry point, run by the other tests of this file"]
@@ -265,7 +280,8 @@ fn child_entry() {
     // The previous action, set before spf starts (std's handler is there
     // already: Rust's runtime installs it for SIGSEGV and SIGBUS).
     match scenario.as_str() {
-        "raise_std" | "fault_std" | "chain_back_raise" | "chain_back_fault" => {}
+        "raise_std" | "fault_std" | "chain_back_raise" | "chain_back_fault"
+        | "restore_back_raise" | "restore_back_fault" => {}
         "raise_dfl" | "fault_dfl" => handler(libc::SIG_DFL, 0),
         "raise_ign" | "fault_ign" => handler(libc::SIG_IGN, 0),
         "raise_info" | "fault_info" => handler(info_fixing as *const () as usize, libc::SA_SIGINFO),
@@ -295,12 +311,17 @@ fn child_entry() {
         LAZY.store(r.as_ptr() as usize, Ordering::Relaxed);
         std::mem::forget(r);
     }
-    if scenario.starts_with("chain_back") {
+    if scenario.starts_with("chain_back") || scenario.starts_with("restore_back") {
+        let late = if scenario.starts_with("chain_back") {
+            chaining_back as *const () as usize
+        } else {
+            restoring_back as *const () as usize
+        };
         // SAFETY: REPLACED is written once, before the handler that reads
         // it is installed.
         unsafe {
             let mut act: libc::sigaction = std::mem::zeroed();
-            act.sa_sigaction = chaining_back as *const () as usize;
+            act.sa_sigaction = late;
             act.sa_flags = libc::SA_SIGINFO;
             assert_eq!(libc::sigaction(sig, &act, (&raw mut REPLACED).cast()), 0);
         }
@@ -325,7 +346,7 @@ fn child_entry() {
     }
     lazy_touch();
     match scenario.as_str() {
-        "raise_std" | "raise_ign" | "raise_info" | "chain_back_raise" => {
+        "raise_std" | "raise_ign" | "raise_info" | "chain_back_raise" | "restore_back_raise" => {
             // A process sends the signal: handled as without spf, twice
             // (std's handler leaves SIG_DFL behind: the second kills).
             raise();
@@ -580,4 +601,26 @@ fn a_handler_installed_after_spf_chains_back_through_it_on_a_raise() {
 #[test]
 fn a_handler_installed_after_spf_chains_back_through_it_on_a_fault() {
     same_as_without_spf("chain_back_fault", killed, &["late handler: chaining back"]);
+}
+
+#[test]
+fn a_handler_installed_after_spf_that_restores_the_old_action_is_left_on_a_raise() {
+    same_as_without_spf(
+        "restore_back_raise",
+        killed,
+        &[
+            "late handler: restoring the old action",
+            "after raise",
+            "lazy ok",
+        ],
+    );
+}
+
+#[test]
+fn a_handler_installed_after_spf_that_restores_the_old_action_is_left_on_a_fault() {
+    same_as_without_spf(
+        "restore_back_fault",
+        killed,
+        &["late handler: restoring the old action"],
+    );
 }

@@ -27,7 +27,12 @@
 //! When a handler spf called changes the process's action (std's handler
 //! sets `SIG_DFL` for a fault that is not a stack overflow), that action
 //! would have replaced the whole chain without spf: it becomes the chain,
-//! and spf is put back in front (`signal`).
+//! and spf is put back in front (`signal`). When it puts back the action it
+//! had replaced — spf's, as crash reporters do before they return or raise
+//! the signal again — it leaves the chain with everything newer: spf
+//! alternates between two entry points at each install, so the entry a
+//! handler saved differs from the one spf installed in front of it
+//! (`signal::install_one`, `signal::after_chained_call`).
 //!
 //! Invariants:
 //! - C1: per signal, the chain is published by a generation count, even
@@ -55,6 +60,9 @@ const DEPTH: usize = 4;
 struct Chain {
     len: usize,
     actions: [SigAction; DEPTH],
+    /// Per action, the entry point of spf's handler it replaced (0: not
+    /// spf's), which is what it puts back if it leaves.
+    replaced: [usize; DEPTH],
 }
 
 struct Published {
@@ -133,19 +141,41 @@ pub(crate) enum Displaced {
     Instead,
 }
 
-/// Records `action`, which spf's handler just replaced for `sig`.
-pub(crate) fn record(_lock: &InstallLock, sig: libc::c_int, action: SigAction, how: Displaced) {
+/// Records `action`, which spf's handler just replaced for `sig`;
+/// `replaced_ours` is the entry point of spf's that `action` had replaced.
+pub(crate) fn record(
+    _lock: &InstallLock,
+    sig: libc::c_int,
+    action: SigAction,
+    how: Displaced,
+    replaced_ours: usize,
+) {
     update(sig, |chain| {
         if how == Displaced::Instead || chain.len == 0 {
-            chain.len = 1;
-            chain.actions[0] = action;
-        } else {
-            if chain.len == DEPTH {
-                chain.actions.copy_within(2.., 1);
-                chain.len -= 1;
-            }
-            chain.actions[chain.len] = action;
-            chain.len += 1;
+            chain.len = 0;
+        } else if chain.len == DEPTH {
+            chain.actions.copy_within(2.., 1);
+            chain.replaced.copy_within(2.., 1);
+            chain.len -= 1;
+        }
+        chain.actions[chain.len] = action;
+        chain.replaced[chain.len] = replaced_ours;
+        chain.len += 1;
+    });
+}
+
+/// The handler at `level` put back `restored`, an entry point of spf's:
+/// if that is what it had replaced, it leaves the chain with every newer
+/// action (which it had been chaining to through spf).
+pub(crate) fn leave_if_restored(
+    _lock: &InstallLock,
+    sig: libc::c_int,
+    level: usize,
+    restored: usize,
+) {
+    update(sig, |chain| {
+        if level < chain.len && chain.replaced[chain.len - 1 - level] == restored {
+            chain.len -= level + 1;
         }
     });
 }
@@ -168,6 +198,7 @@ fn update(sig: libc::c_int, change: impl FnOnce(&mut Chain)) {
             dst.write(Chain {
                 len: 0,
                 actions: [sys::default_action(); DEPTH],
+                replaced: [0; DEPTH],
             });
         } else {
             dst.copy_from_nonoverlapping((*p.slots[from].get()).as_ptr(), 1);
@@ -318,8 +349,10 @@ pub(crate) fn deliver(
             // Not reached if the handler jumped out: `chained_back` then
             // tells a stale record by its stack address.
             CALLING.with(|c| c.set(outer));
+            // Before the mask comes back: a signal the handler raised again
+            // (blocked meanwhile) then meets the chain as it left it.
+            crate::signal::after_chained_call(sig, level);
             sys::set_signal_mask(&saved_mask);
-            crate::signal::reinstall_if_displaced(sig, Displaced::Instead);
         }
     }
 }

@@ -45,7 +45,7 @@ use crate::handler_guard::HandlerScope;
 use crate::report::report;
 use crate::space::Space;
 use crate::sys;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 /// Whether the `SIGBUS` handler is in (userfaultfd backend only).
 static SIGBUS_IN: AtomicBool = AtomicBool::new(false);
@@ -80,6 +80,10 @@ fn handled_signals() -> &'static [libc::c_int] {
 /// survived without spf. (For `SIGSEGV`, std's handler lands over ours and
 /// is put behind it by [`ensure_installed`].)
 pub(crate) fn install() -> Result<(), Error> {
+    debug_assert_ne!(
+        entry_a as sys::SigInfoHandler as usize, entry_b as sys::SigInfoHandler as usize,
+        "the two entry points were merged"
+    );
     let lock = InstallLock::take();
     install_one(&lock, libc::SIGSEGV, Displaced::InFront)
 }
@@ -99,29 +103,73 @@ pub(crate) fn before_lazy_region() {
     }
 }
 
+/// Per signal, the entry point spf installed last (0: none yet). Written
+/// under the install lock (C2 in `chain`).
+static LATEST: [AtomicUsize; 2] = [const { AtomicUsize::new(0) }; 2];
+
+fn latest(sig: libc::c_int) -> &'static AtomicUsize {
+    &LATEST[usize::from(sig == libc::SIGBUS)]
+}
+
+/// Installs spf's handler for `sig` in front of the action it replaces,
+/// which enters the chain as `how` says. Each install uses the entry point
+/// the previous one did not, so the action a displacing handler saved
+/// (spf's, as it was) can be told from spf's install in front of that
+/// handler: a handler that puts its saved action back (see
+/// [`after_chained_call`]) is seen to leave.
 fn install_one(lock: &InstallLock, sig: libc::c_int, how: Displaced) -> Result<(), Error> {
-    let old = sys::install_handler(sig, on_fault).map_err(|errno| Error::System {
+    let replaced_ours = latest(sig).load(Ordering::Relaxed);
+    let entry: sys::SigInfoHandler = if replaced_ours == entry_a as sys::SigInfoHandler as usize {
+        entry_b
+    } else {
+        entry_a
+    };
+    let old = sys::install_handler(sig, entry).map_err(|errno| Error::System {
         call: "sigaction",
         errno,
     })?;
-    chain::record(lock, sig, old, how);
+    chain::record(lock, sig, old, how, replaced_ours);
+    latest(sig).store(entry as usize, Ordering::Relaxed);
     Ok(())
 }
 
-fn ours() -> usize {
-    on_fault as sys::SigInfoHandler as usize
+fn is_ours(handler: usize) -> bool {
+    handler == entry_a as sys::SigInfoHandler as usize
+        || handler == entry_b as sys::SigInfoHandler as usize
 }
 
 /// Installs the handler for `sig` again if something replaced it, chaining
 /// to what replaced it as `how` says. Async-signal-safe.
 pub(crate) fn reinstall_if_displaced(sig: libc::c_int, how: Displaced) {
-    if sys::current_handler(sig) == ours() {
+    if is_ours(sys::current_handler(sig)) {
         return;
     }
     let lock = InstallLock::take();
     // Checked again under the lock: another thread may have done it.
-    if sys::current_handler(sig) != ours() {
+    if !is_ours(sys::current_handler(sig)) {
         let _ = install_one(&lock, sig, how);
+    }
+}
+
+/// After a handler at `level` of the chain returned: if it replaced the
+/// action, what it installed becomes the chain (without spf it would have
+/// replaced everything) and spf goes back in front; if it put back the
+/// action it had replaced — spf's, as it was then — it and everything
+/// newer leave the chain, as they would have without spf in front.
+/// Async-signal-safe.
+pub(crate) fn after_chained_call(sig: libc::c_int, level: usize) {
+    let now = sys::current_handler(sig);
+    if !is_ours(now) {
+        return reinstall_if_displaced(sig, Displaced::Instead);
+    }
+    if now == latest(sig).load(Ordering::Relaxed) {
+        return;
+    }
+    let lock = InstallLock::take();
+    let now = sys::current_handler(sig);
+    if is_ours(now) && now != latest(sig).load(Ordering::Relaxed) {
+        chain::leave_if_restored(&lock, sig, level, now);
+        latest(sig).store(now, Ordering::Relaxed);
     }
 }
 
@@ -153,7 +201,20 @@ pub(crate) fn blocked_fault_signal(sig: libc::c_int) -> bool {
     needed_signals().contains(&sig) && sys::signal_blocked(sig)
 }
 
-extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
+/// spf's handler, under one of its two entry points (see [`install_one`]).
+/// Their bodies differ (the entry's number), or the compiler would merge
+/// them into one address.
+extern "C" fn entry_a(sig: libc::c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
+    on_fault(sig, info, context, 0);
+}
+
+extern "C" fn entry_b(sig: libc::c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
+    on_fault(sig, info, context, 1);
+}
+
+#[inline(never)]
+fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void, entry: u32) {
+    core::hint::black_box(entry);
     // The interrupted code may be between a failing call and its read of
     // errno; our own calls (futex, madvise, mprotect, ioctl) must not
     // change it.
