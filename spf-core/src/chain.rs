@@ -11,7 +11,8 @@
 //!   raised again;
 //! - a handler: called with one argument, or three with `SA_SIGINFO`, with
 //!   the thread's mask widened by its `sa_mask` and (without `SA_NODEFER`)
-//!   the signal itself for the duration of the call; with `SA_RESETHAND`
+//!   the signal itself from the call until spf's handler returns (where
+//!   the kernel restores the interrupted mask); with `SA_RESETHAND`
 //!   its entry becomes `SIG_DFL` first, so a crash handler that returns
 //!   runs once and the fault then kills. `SA_ONSTACK` of the previous
 //!   action cannot be honoured: the signal is already on whatever stack
@@ -328,7 +329,14 @@ pub(crate) fn deliver(
             } else {
                 sig
             };
-            let saved_mask = sys::block_signals(&action.sa_mask, own);
+            // Widened for the call and left so: the kernel puts the
+            // interrupted mask back when spf's handler returns. Narrowing
+            // it here would let a signal the handler raised again (blocked
+            // meanwhile) in while spf's frame is still on the stack — a
+            // second signal frame on std's small alternate stack, which
+            // overflows it where frames are large (AMX) — instead of after
+            // the return, as without spf.
+            sys::block_signals(&action.sa_mask, own);
             // SAFETY: the kernel's (or a calling-back handler's) siginfo.
             let (code, addr) = unsafe { ((*info).si_code, (*info).si_addr() as usize) };
             let outer = CALLING.with(|c| {
@@ -349,10 +357,7 @@ pub(crate) fn deliver(
             // Not reached if the handler jumped out: `chained_back` then
             // tells a stale record by its stack address.
             CALLING.with(|c| c.set(outer));
-            // Before the mask comes back: a signal the handler raised again
-            // (blocked meanwhile) then meets the chain as it left it.
             crate::signal::after_chained_call(sig, level);
-            sys::set_signal_mask(&saved_mask);
         }
     }
 }
