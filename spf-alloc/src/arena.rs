@@ -92,6 +92,14 @@ impl From<spf_core::Error> for ArenaError {
 }
 
 /// A bump arena of lazily committed memory.
+///
+/// Memory is committed by spf's fault handler on first touch, so a thread
+/// that blocks `SIGSEGV` or `SIGBUS` (`sigfillset` + `pthread_sigmask`, as
+/// servers do in worker threads) is killed by the kernel when it first
+/// touches uncommitted arena memory — the kernel forces a blocked fault
+/// signal to its default action before any handler runs. In such threads
+/// [`Arena::prefault`] what will be touched, or unblock those two signals;
+/// `spf_core::check_signal_mask()` tells a thread which case it is in.
 pub struct Arena {
     region: Region,
     next: AtomicUsize,

@@ -52,6 +52,14 @@ impl SpfAlloc {
     /// holds for a large block reused from the cache after decay purged it:
     /// its pages are missing until touched. (Blocks from [`SpfAlloc::new`]
     /// never have this problem under any backend.)
+    ///
+    /// A thread that blocks `SIGSEGV` or `SIGBUS` (`sigfillset` +
+    /// `pthread_sigmask`, as servers do in worker threads) is killed by the
+    /// kernel when it first touches an untouched large block from `lazy()`:
+    /// the kernel forces a blocked fault signal to its default action before
+    /// spf's handler can run. Leave those two signals unblocked in threads
+    /// that use lazy memory (`spf_core::check_signal_mask()` tells), or use
+    /// [`SpfAlloc::new`], which commits large blocks before returning them.
     pub const fn lazy() -> Self {
         SpfAlloc {
             commit: Commit::Touch,

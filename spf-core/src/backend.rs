@@ -337,6 +337,7 @@ pub(crate) fn prepare(addr: usize, len: usize, prot: Prot) -> Result<(), Errno> 
 /// On failure the range may be partly committed (see the module docs);
 /// the caller returns the words to `Uncommitted`. Async-signal-safe.
 pub(crate) fn commit(addr: usize, len: usize, prot: Prot, populate: bool) -> Result<(), Errno> {
+    crate::inject::commit_hold_point();
     match at(addr) {
         Backend::Mprotect => {
             stats::count(Counter::Mprotect);

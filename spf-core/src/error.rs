@@ -68,6 +68,12 @@ pub enum Error {
         /// What is missing.
         reason: &'static str,
     },
+    /// The calling thread blocks a signal (or both) that spf's lazy commits need
+    /// (see [`check_signal_mask`](crate::check_signal_mask)).
+    FaultSignalBlocked {
+        /// The blocked signal(s), e.g. `"SIGSEGV"`.
+        signal: &'static str,
+    },
     /// The commit backend asked for (`SPF_BACKEND`) cannot run here.
     BackendUnavailable {
         /// The backend's name (`uffd`, `guard`, `mprotect`).
@@ -145,6 +151,15 @@ impl fmt::Display for Error {
                 }
                 Ok(())
             }
+            Error::FaultSignalBlocked { signal } => write!(
+                f,
+                "spf: this thread blocks {signal}, which spf's lazy memory is committed by: the kernel \
+                 kills the process when this thread first touches an uncommitted granule (of a \
+                 Region, an Arena or SpfAlloc::lazy() memory); unblock {signal} in this thread \
+                 (pthread_sigmask(SIG_UNBLOCK, ...), or leave it out of the sigfillset mask), or \
+                 commit the memory before this thread touches it (Region::commit, \
+                 Arena::prefault) and allocate with SpfAlloc::new()"
+            ),
             Error::Unsupported { reason } => write!(f, "spf: unsupported: {reason}"),
             Error::BackendUnavailable {
                 backend,

@@ -119,7 +119,9 @@ pub enum FatalFault {
     /// The same address keeps faulting although it is committed.
     Stuck { start: usize, end: usize },
     /// A signal handler that interrupted spf's fault handler touched a
-    /// granule that the interrupted fault is committing.
+    /// granule that the interrupted fault may be committing, or that
+    /// another thread kept committing past a bound (a deadlock between
+    /// two such nested faults).
     Nested,
 }
 
@@ -207,6 +209,7 @@ fn speculative(
         }
     }
     // Step 6: lock the granules, then the S3 re-check.
+    let _own = handler_guard::owning(plan.head, plan.head + plan.len());
     let run = match plan.lock(&space.granules) {
         Ok(run) => run,
         Err(GranuleState::Committed) if trap == Trap::Missing => {
@@ -269,11 +272,19 @@ fn refill(
 fn settle(space: &Space, head: usize, state: GranuleState, cpu: usize) -> Result<(), Fallback> {
     if state == GranuleState::Committing {
         stats::count_on(cpu, Counter::PteLock);
-        if unlikely(handler_guard::nested() || space.lock.held_by(sys::thread_id())) {
+        if unlikely(space.lock.held_by(sys::thread_id())) {
             // Our own thread may own that word: the classic path reports it.
             return Err(Fallback::Changed);
         }
-        space.granules.wait_settled(head);
+        if unlikely(handler_guard::nested()) {
+            // Another thread's fault finishes without us; the fault this
+            // one interrupted cannot: the classic path judges.
+            if handler_guard::interrupted_may_own(head) || !wait_settled_nested(space, head) {
+                return Err(Fallback::Changed);
+            }
+        } else {
+            space.granules.wait_settled(head);
+        }
     }
     // Committed by someone else (or given back by its owner, and the retry
     // faults again).
@@ -284,6 +295,25 @@ fn settle(space: &Space, head: usize, state: GranuleState, cpu: usize) -> Result
         return Err(Fallback::Changed);
     }
     Ok(())
+}
+
+/// How long a nested fault waits for another thread's commit of a granule
+/// before calling it a deadlock: that thread may itself be nested, waiting
+/// for the granule the fault this one interrupted holds.
+const NESTED_WAIT_NS: u64 = 5_000_000_000;
+
+/// Waits, bounded, until the word of `head` is not `Committing`; false if
+/// it still is after `NESTED_WAIT_NS`.
+fn wait_settled_nested(space: &Space, head: usize) -> bool {
+    let deadline = sys::monotonic_ns().saturating_add(NESTED_WAIT_NS);
+    let mut spins = 0u32;
+    while space.granules.state(head) == GranuleState::Committing {
+        if sys::monotonic_ns() > deadline {
+            return false;
+        }
+        crate::granule::backoff(&mut spins);
+    }
+    true
 }
 
 /// Counts consecutive faults by this thread that found the granule at
@@ -337,26 +367,33 @@ fn classic(space: &Space, addr: usize, access: AccessKind, trap: Trap) -> Outcom
         return Outcome::Fatal(FatalFault::WriteToReadOnly { start, end });
     }
     let desc = space.descs.get(idx);
+    let _own = handler_guard::owning(plan.head, plan.head + plan.len());
+    // A speculative fault or refill owns the word; it needs no lock to
+    // finish. If this fault is nested, the owner may be the fault its
+    // signal interrupted, on this very thread, which cannot finish while
+    // we wait; another thread's fault finishes (waited for, bounded).
+    let wait_for_owner = |head| {
+        if !handler_guard::nested() {
+            space.granules.wait_settled(head);
+            true
+        } else {
+            !handler_guard::interrupted_may_own(head) && wait_settled_nested(space, head)
+        }
+    };
     loop {
         let run: LockedRun<'_> = match plan.lock(&space.granules) {
             Ok(run) => run,
             Err(GranuleState::Committing) => {
-                if handler_guard::nested() {
-                    // The owner may be the fault this signal interrupted, on
-                    // this very thread: it cannot finish while we wait.
+                if !wait_for_owner(plan.head) {
                     return Outcome::Fatal(FatalFault::Nested);
                 }
-                // A speculative fault owns it; it needs no lock to finish.
-                space.granules.wait_settled(plan.head);
                 continue;
             }
             Err(GranuleState::Committed) if trap == Trap::Missing => {
                 if space.granules.try_lock_committed(plan.head).is_err() {
-                    if handler_guard::nested() {
+                    if !wait_for_owner(plan.head) {
                         return Outcome::Fatal(FatalFault::Nested);
                     }
-                    // A speculative refill owns it; it needs no lock.
-                    space.granules.wait_settled(plan.head);
                     continue;
                 }
                 let filled = backend::refill(plan.head, plan.granule);

@@ -13,7 +13,13 @@ use core::cell::Cell;
 
 thread_local! {
     static DEPTH: Cell<u32> = const { Cell::new(0) };
+    /// Per handler depth (1, 2, …), the granule words `[start, end)` that
+    /// fault is locking or owns (G1 in `granule`); `(0, 0)` when none.
+    static OWNED: [Cell<(usize, usize)>; OWNED_DEPTHS] =
+        const { [const { Cell::new((0, 0)) }; OWNED_DEPTHS] };
 }
+
+const OWNED_DEPTHS: usize = 4;
 
 /// Marks this thread as inside the handler while alive.
 pub(crate) struct HandlerScope(());
@@ -48,6 +54,45 @@ pub(crate) fn nested() -> bool {
 #[inline]
 pub fn in_fault_handler() -> bool {
     DEPTH.with(|d| d.get() != 0)
+}
+
+/// Marks the granule words of `[start, end)` as this fault's while alive:
+/// set before the fault tries to lock them, so that a fault nested in it
+/// (a signal handler that interrupted it touched lazy memory) can tell a
+/// word this thread may hold — waiting for it would never end — from one
+/// another thread holds and will release.
+pub(crate) struct Owning {
+    level: usize,
+    outer: (usize, usize),
+}
+
+pub(crate) fn owning(start: usize, end: usize) -> Owning {
+    let level = (DEPTH.with(Cell::get).max(1) as usize - 1).min(OWNED_DEPTHS - 1);
+    Owning {
+        level,
+        outer: OWNED.with(|o| o[level].replace((start, end))),
+    }
+}
+
+impl Drop for Owning {
+    fn drop(&mut self) {
+        OWNED.with(|o| o[self.level].set(self.outer));
+    }
+}
+
+/// Whether a fault that this one interrupted on this thread may own the
+/// granule word of `head`.
+pub(crate) fn interrupted_may_own(head: usize) -> bool {
+    let depth = DEPTH.with(Cell::get) as usize;
+    if depth > OWNED_DEPTHS {
+        return true; // not recorded that deep: assume the worst
+    }
+    OWNED.with(|o| {
+        o[..depth.saturating_sub(1)].iter().any(|r| {
+            let (start, end) = r.get();
+            start <= head && head < end
+        })
+    })
 }
 
 #[cfg(debug_assertions)]

@@ -14,6 +14,11 @@
 //! example and bench builds enable it (a dev-dependency feature), where it
 //! costs one relaxed load per system call.
 //!
+//! Besides failures, tests can *hold* commits: while a hold is on, every
+//! commit (the fault path's backend call, by any thread) waits before it
+//! starts, with its granules locked `Committing` — the window in which
+//! another thread's fault meets them — until the hold is lifted.
+//!
 //! Invariants:
 //! - J1: `injected(call)` counts exactly the calls `check` failed.
 //! - J2: a plan with `count == 0` never fails a call.
@@ -121,6 +126,50 @@ mod plan {
         Err(Errno(p.errno.load(Relaxed)))
     }
 }
+
+#[cfg(feature = "fault-injection")]
+mod hold {
+    use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    static HOLD: AtomicBool = AtomicBool::new(false);
+    static HELD: AtomicU64 = AtomicU64::new(0);
+
+    /// Holds every commit that starts from now on, until `hold_commits(false)`.
+    pub fn hold_commits(on: bool) {
+        // SeqCst: the test reads `held_commits` to know a commit is held;
+        // no data hangs off these words otherwise.
+        HOLD.store(on, Ordering::SeqCst);
+    }
+
+    /// How many commits are waiting at the hold now.
+    pub fn held_commits() -> u64 {
+        HELD.load(Ordering::SeqCst)
+    }
+
+    /// Waits while a hold is on. Async-signal-safe (atomics and
+    /// `sched_yield`); signals are delivered while it waits.
+    pub fn commit_hold_point() {
+        if !HOLD.load(Ordering::Relaxed) {
+            return;
+        }
+        HELD.fetch_add(1, Ordering::SeqCst);
+        while HOLD.load(Ordering::SeqCst) {
+            crate::sys::yield_now();
+        }
+        HELD.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(feature = "fault-injection")]
+pub use hold::{held_commits, hold_commits};
+
+#[cfg(feature = "fault-injection")]
+pub(crate) use hold::commit_hold_point;
+
+/// Without the feature no commit is ever held.
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub(crate) fn commit_hold_point() {}
 
 #[cfg(feature = "fault-injection")]
 pub use plan::{clear, fail, injected};

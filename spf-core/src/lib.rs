@@ -36,6 +36,7 @@ compile_error!(
 
 mod backend;
 mod cap;
+mod chain;
 mod commit;
 mod descriptor;
 mod epoch;
@@ -84,6 +85,31 @@ pub fn init() -> Result<(), Error> {
     space::Space::get().map(|_| ())
 }
 
+/// Checks that the calling thread can take spf's lazy commits: that it
+/// does not block `SIGSEGV`, nor `SIGBUS` under the userfaultfd backend
+/// (starting the space first if needed, to know the backend).
+///
+/// A thread that blocks them (servers often `sigfillset` and
+/// `pthread_sigmask` in worker threads) is killed by the kernel the first
+/// time it touches an uncommitted granule of lazy memory — a [`Region`],
+/// an `Arena`, or `SpfAlloc::lazy()` memory: the kernel forces a blocked
+/// synchronous fault signal to its default action before any handler can
+/// run, so spf cannot report it then. Call this where such a thread starts
+/// (or in a debug assertion); the error says what to do. Memory committed
+/// before the touch ([`Region::commit`], `Arena::prefault`, blocks from
+/// `SpfAlloc::new()`) is safe in any thread.
+pub fn check_signal_mask() -> Result<(), Error> {
+    space::Space::get()?;
+    let blocked = |sig| signal::blocked_fault_signal(sig);
+    let signal = match (blocked(libc::SIGSEGV), blocked(libc::SIGBUS)) {
+        (false, false) => return Ok(()),
+        (true, true) => "SIGSEGV and SIGBUS",
+        (true, false) => "SIGSEGV",
+        (false, true) => "SIGBUS",
+    };
+    Err(Error::FaultSignalBlocked { signal })
+}
+
 /// The commit backend in use, once the space has started (`None` before).
 pub fn backend() -> Option<Backend> {
     space::Space::ready().map(|_| backend::active())
@@ -109,7 +135,7 @@ pub mod testing {
     /// `fault-injection`); see the `inject` module.
     #[cfg(feature = "fault-injection")]
     pub mod inject {
-        pub use crate::inject::{clear, fail, injected, Call};
+        pub use crate::inject::{clear, fail, held_commits, hold_commits, injected, Call};
     }
 
     /// Steps 2–3 of the fault path alone (map lookup, descriptor snapshot,

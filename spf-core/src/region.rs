@@ -24,8 +24,13 @@
 //! Lazy memory is committed by a signal handler (`SIGBUS` under the
 //! userfaultfd backend, `SIGSEGV` otherwise). A thread that blocks those
 //! signals and touches an uncommitted granule is killed by the kernel,
-//! which forces a blocked synchronous fault signal to its default action.
-//! Threads that block signals should `commit` the memory they will touch.
+//! which forces a blocked synchronous fault signal to its default action
+//! (the process dies by that signal, with no message: spf's handler never
+//! runs). Servers often block every signal in worker threads (`sigfillset`
+//! and `pthread_sigmask`): leave `SIGSEGV` and `SIGBUS` out of that mask, or
+//! [`commit`](Region::commit) the memory such a thread will touch.
+//! [`check_signal_mask`](crate::check_signal_mask) tells a thread whether
+//! it can take lazy commits, with what to do if not.
 //!
 //! [`Backend`]: crate::Backend
 //!
@@ -177,6 +182,13 @@ impl RegionOptions {
 }
 
 /// A region of lazily committed memory. Dropping it destroys the region.
+///
+/// A thread that blocks `SIGSEGV` or `SIGBUS` (`sigfillset` +
+/// `pthread_sigmask`, as servers do in worker threads) is killed by the
+/// kernel when it first touches an uncommitted granule: [`Region::commit`]
+/// what such a thread will touch, or unblock those two signals
+/// ([`check_signal_mask`](crate::check_signal_mask) tells; see the module
+/// docs).
 #[derive(Debug)]
 pub struct Region {
     idx: RegionIdx,
@@ -198,6 +210,9 @@ impl Region {
     /// committed on first touch unless the options say `eager`.
     pub fn reserve(len: usize, options: RegionOptions) -> Result<Region, Error> {
         let space = Space::get()?;
+        if !options.eager {
+            crate::signal::before_lazy_region();
+        }
         let granule = options.granule_bytes()?;
         let spec = RegionSpec {
             granule,

@@ -682,12 +682,6 @@ pub fn current_handler(sig: libc::c_int) -> usize {
     }
 }
 
-/// Restores `action` for `sig`. Async-signal-safe.
-pub fn restore_handler(sig: libc::c_int, action: &SigAction) {
-    // SAFETY: `action` is a disposition previously returned by sigaction.
-    unsafe { libc::sigaction(sig, action, ptr::null_mut()) };
-}
-
 /// Resets `sig` to the default disposition. Async-signal-safe.
 pub fn default_handler(sig: libc::c_int) {
     // SAFETY: a zeroed sigaction with SIG_DFL is a valid disposition.
@@ -704,11 +698,80 @@ pub fn raise(sig: libc::c_int) {
     unsafe { libc::raise(sig) };
 }
 
+/// `SIG_DFL` with no flags and an empty mask, as a saved disposition.
+pub fn default_action() -> SigAction {
+    // SAFETY: a zeroed sigaction is a valid value; SIG_DFL is 0.
+    let mut dfl: libc::sigaction = unsafe { core::mem::zeroed() };
+    dfl.sa_sigaction = libc::SIG_DFL;
+    dfl
+}
+
+/// A thread's set of blocked signals.
+pub type SigSet = libc::sigset_t;
+
+/// Blocks every signal on this thread; returns the mask it replaced.
+/// Async-signal-safe.
+pub fn block_all_signals() -> SigSet {
+    // SAFETY: zeroed sigsets are valid to fill in; pthread_sigmask is given
+    // valid pointers.
+    unsafe {
+        let mut all: libc::sigset_t = core::mem::zeroed();
+        libc::sigfillset(&mut all);
+        let mut old: libc::sigset_t = core::mem::zeroed();
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        old
+    }
+}
+
+/// Adds `mask` and, if `sig` is not 0, `sig` to this thread's blocked
+/// signals; returns the mask it replaced. Async-signal-safe.
+pub fn block_signals(mask: &SigSet, sig: libc::c_int) -> SigSet {
+    // SAFETY: as in `block_all_signals`.
+    unsafe {
+        let mut add = *mask;
+        if sig != 0 {
+            libc::sigaddset(&mut add, sig);
+        }
+        let mut old: libc::sigset_t = core::mem::zeroed();
+        libc::pthread_sigmask(libc::SIG_BLOCK, &add, &mut old);
+        old
+    }
+}
+
+/// Makes `mask` this thread's blocked signals. Async-signal-safe.
+pub fn set_signal_mask(mask: &SigSet) {
+    // SAFETY: `mask` is a valid sigset.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, mask, ptr::null_mut()) };
+}
+
+/// Unblocks `sig` on this thread. Async-signal-safe.
+pub fn unblock_signal(sig: libc::c_int) {
+    // SAFETY: a zeroed sigset filled in with one signal.
+    unsafe {
+        let mut one: libc::sigset_t = core::mem::zeroed();
+        libc::sigemptyset(&mut one);
+        libc::sigaddset(&mut one, sig);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &one, ptr::null_mut());
+    }
+}
+
+/// Whether this thread blocks `sig` now. Async-signal-safe.
+pub fn signal_blocked(sig: libc::c_int) -> bool {
+    // SAFETY: a zeroed sigset to fill in; a null new set only queries.
+    unsafe {
+        let mut now: libc::sigset_t = core::mem::zeroed();
+        libc::pthread_sigmask(libc::SIG_BLOCK, ptr::null(), &mut now);
+        libc::sigismember(&now, sig) == 1
+    }
+}
+
 /// What the previous disposition of a signal was, for chaining.
 pub enum PreviousHandler {
-    /// `SIG_DFL` or `SIG_IGN`: restore it and return; the access re-executes
-    /// and the kernel applies it (an ignored synchronous fault kills anyway).
+    /// `SIG_DFL`: the process ends by the signal.
     Default,
+    /// `SIG_IGN`: a signal a process sent is dropped; a fault kills as with
+    /// `SIG_DFL` (the kernel forces the default on an ignored fault).
+    Ignore,
     Info(SigInfoHandler),
     Plain(extern "C" fn(libc::c_int)),
 }
@@ -716,8 +779,10 @@ pub enum PreviousHandler {
 /// Classifies a saved disposition. Async-signal-safe.
 pub fn classify_previous(action: &SigAction) -> PreviousHandler {
     let h = action.sa_sigaction;
-    if h == libc::SIG_DFL || h == libc::SIG_IGN {
+    if h == libc::SIG_DFL {
         PreviousHandler::Default
+    } else if h == libc::SIG_IGN {
+        PreviousHandler::Ignore
     } else if action.sa_flags & libc::SA_SIGINFO != 0 {
         // SAFETY: with SA_SIGINFO set, sa_sigaction holds a three-argument handler.
         PreviousHandler::Info(unsafe { core::mem::transmute::<usize, SigInfoHandler>(h) })

@@ -367,6 +367,11 @@ mod sys {
     pub fn yield_now() {
         loom::thread::yield_now();
     }
+
+    /// Read only by nested faults' bounded wait, which the model never makes.
+    pub fn monotonic_ns() -> u64 {
+        0
+    }
 }
 
 mod options {
@@ -397,6 +402,17 @@ mod handler_guard {
     /// The model never nests a fault inside a fault.
     pub(crate) fn nested() -> bool {
         false
+    }
+
+    pub(crate) struct Owning;
+
+    pub(crate) fn owning(_start: usize, _end: usize) -> Owning {
+        Owning
+    }
+
+    /// Asked only by nested faults, which the model never makes.
+    pub(crate) fn interrupted_may_own(_head: usize) -> bool {
+        true
     }
 }
 

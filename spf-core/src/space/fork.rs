@@ -33,5 +33,6 @@ pub(crate) extern "C" fn child() {
     // The child's lazy zone is no longer registered with userfaultfd: it
     // registers again before anything can fault (B1).
     backend::after_fork_in_child();
+    crate::chain::after_fork_in_child();
     parent();
 }
