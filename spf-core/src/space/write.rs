@@ -94,7 +94,8 @@ impl<'a> WriteSection<'a> {
     pub(crate) fn shrink(&self, new_len: usize) -> Option<(usize, usize)> {
         let granule = self.desc.flags().granule();
         let (start, len) = (self.desc.start(), self.desc.len());
-        let new_len = new_len.max(1).next_multiple_of(granule);
+        // A length that does not round (near `usize::MAX`) is no shrink.
+        let new_len = new_len.max(1).checked_next_multiple_of(granule)?;
         if new_len >= len {
             return None;
         }
