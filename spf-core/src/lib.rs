@@ -100,6 +100,12 @@ pub mod testing {
         crate::space::Space::ready().is_some_and(|s| s.lock.held_by(crate::sys::thread_id()))
     }
 
+    /// Ahead-of-touch bytes in speculative commit calls, measured at the
+    /// commit (see `commit::ahead_watch`): `(most at once over all CPUs,
+    /// most in one call)`, and the reset of both.
+    #[cfg(all(feature = "fault-injection", not(loom)))]
+    pub use crate::commit::ahead_watch::{peaks as ahead_peaks, reset as reset_ahead_peaks};
+
     /// Adds `bytes` to the committed-bytes gauge without committing
     /// anything: breaks an invariant on purpose, so a test can watch
     /// `check_invariants` report it. Undo with `-bytes`.
