@@ -139,6 +139,7 @@ fn region_sizes_that_do_not_fit_are_refused() {
         assert!(r.decommit(range.clone()).is_err(), "decommit({range:?})");
         assert!(r.purge(range.clone()).is_err(), "purge({range:?})");
     }
+    assert!(!r.is_committed(len) && !r.is_committed(usize::MAX));
     // SAFETY: a bad range is refused before anything is touched.
     assert!(unsafe { spf::purge_pages(r.as_ptr(), usize::MAX - 4095) }.is_err());
     // SAFETY: as above.

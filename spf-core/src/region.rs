@@ -335,13 +335,12 @@ impl Region {
             .load(Ordering::Relaxed)
     }
 
-    /// Whether the granule holding byte `offset` is committed.
+    /// Whether the granule holding byte `offset` is committed (`false` for
+    /// an offset outside the region).
     pub fn is_committed(&self, offset: usize) -> bool {
-        assert!(
-            offset < self.len,
-            "offset {offset} outside a {}-byte region",
-            self.len
-        );
+        if offset >= self.len {
+            return false;
+        }
         let head = self.start + (offset & !(self.granule - 1));
         self.space().granules.state(head) == GranuleState::Committed
     }
