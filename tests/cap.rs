@@ -19,6 +19,7 @@ const CAP: usize = 512 << 10;
 /// commit-ahead, so most faults ask for far more than the cap allows.
 fn oversubscribed_run() -> spf::Stats {
     spf::reset_peaks();
+    spf::testing::reset_ahead_peaks();
     let before = spf::stats();
     let opts = RegionOptions::default()
         .granule(64 << 10)
@@ -54,6 +55,21 @@ fn in_flight_bytes_never_exceed_the_cap() {
         let st = oversubscribed_run();
         eprintln!("{policy:?}:\n{st}");
         assert!(st.max_inflight_bytes as usize <= CAP, "{policy:?}: {st}");
+        // The same bound, measured at the commits themselves rather than
+        // read back from the cap's own admission (spf-core's test-build
+        // watch): no speculative commit carries more than the cap, and all
+        // of them at once carry no more than the cap on every CPU.
+        let (all, one) = spf::testing::ahead_peaks();
+        eprintln!("{policy:?}: ahead bytes in commit calls: {all} at once, {one} in one");
+        assert!(
+            one as usize <= CAP,
+            "{policy:?}: one commit carried {one} ahead"
+        );
+        assert!(
+            all as usize <= CAP * cpus(),
+            "{policy:?}: {all} ahead bytes in commits at once on {} CPUs",
+            cpus()
+        );
         assert!(st.max_inflight_bytes > 0, "the budget was never used: {st}");
         assert!(st.spf_cap > 0, "{policy:?}: the cap never bit: {st}");
         assert!(st.commit_ahead > 0, "commit-ahead never ran: {st}");
@@ -68,6 +84,31 @@ fn in_flight_bytes_never_exceed_the_cap() {
     spf::set_cap(spf::cap_default());
 }
 
+fn cpus() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize
+}
+
+/// Without the cap the same run commits far more than the cap ahead in
+/// single commits: the measurement above sees real commits, so its bound
+/// can fail.
+#[test]
+fn without_the_cap_commits_carry_more_than_it() {
+    let _s = serial();
+    spf::set_mode(Mode::Speculative);
+    spf::set_cap(usize::MAX);
+    spf::set_cap_policy(CapPolicy::Shrink);
+    let st = oversubscribed_run();
+    spf::set_cap(spf::cap_default());
+    let (all, one) = spf::testing::ahead_peaks();
+    eprintln!("uncapped: ahead bytes in commit calls: {all} at once, {one} in one");
+    assert_eq!(st.spf_cap, 0, "{st}");
+    assert!(
+        one as usize > CAP,
+        "one commit carried only {one} ahead: {st}"
+    );
+}
+
 #[test]
 fn a_zero_cap_allows_no_speculative_allocation_ahead() {
     let _s = serial();
@@ -77,6 +118,11 @@ fn a_zero_cap_allows_no_speculative_allocation_ahead() {
     let st = oversubscribed_run();
     spf::set_cap(spf::cap_default());
     assert_eq!(st.max_inflight_bytes, 0, "{st}");
+    assert_eq!(
+        spf::testing::ahead_peaks(),
+        (0, 0),
+        "ahead bytes under a zero cap"
+    );
     assert_eq!(st.commit_ahead, 0, "{st}");
     assert_eq!(st.classic, 0, "shrinking keeps faults speculative: {st}");
 }

@@ -117,13 +117,20 @@ impl Arena {
 
     /// As `with_capacity`, and allocation fails with
     /// [`ArenaError::CommitLimit`] rather than let committed memory pass
-    /// `limit` bytes.
+    /// `limit` bytes. The arena then reserves no more than the limit
+    /// (rounded down to 64 KiB; [`Arena::capacity`] says what it got):
+    /// a bump arena never hands out memory past its limit before a reset,
+    /// and the fault path's commit-ahead, which commits granules ahead of
+    /// the touch, stops at the region's end.
     pub fn with_commit_limit(bytes: usize, limit: usize) -> Result<Arena, ArenaError> {
         let opts = RegionOptions::default()
             .granule(GRANULE)
             .commit_ahead(1 << 20);
+        // At least one granule: a region cannot be empty, and a limit below
+        // a granule refuses every allocation anyway (`alloc`).
+        let usable = (limit / GRANULE * GRANULE).max(GRANULE);
         Ok(Arena {
-            region: Region::reserve(bytes, opts)?,
+            region: Region::reserve(bytes.min(usable), opts)?,
             next: AtomicUsize::new(0),
             limit,
         })
@@ -137,18 +144,19 @@ impl Arena {
         loop {
             let start = (base + cur).next_multiple_of(layout.align()) - base;
             let end = start.saturating_add(layout.size());
-            if end > cap {
-                return Err(ArenaError::Exhausted {
-                    requested: layout.size(),
-                    remaining: cap - cur,
-                });
-            }
-            // Committed memory is at most the granules covering [0, end).
-            let needed = end.next_multiple_of(GRANULE);
+            // Committed memory is at most the granules covering [0, end)
+            // (the region ends within the limit, so commit-ahead too).
+            let needed = end.checked_next_multiple_of(GRANULE).unwrap_or(usize::MAX);
             if needed > self.limit {
                 return Err(ArenaError::CommitLimit {
                     limit: self.limit,
                     needed,
+                });
+            }
+            if end > cap {
+                return Err(ArenaError::Exhausted {
+                    requested: layout.size(),
+                    remaining: cap - cur,
                 });
             }
             // Relaxed: the bump only hands out disjoint ranges; the memory

@@ -342,7 +342,11 @@ pub(crate) fn commit(addr: usize, len: usize, prot: Prot, populate: bool) -> Res
         Backend::Mprotect => {
             stats::count(Counter::Mprotect);
             if let Err(errno) = sys::protect(addr, len, prot) {
+                // A partly applied mprotect may have let another thread
+                // write there: revoke, then drop what it wrote (the range
+                // must read zero when it is committed again).
                 revert_protection(addr, len);
+                let _ = sys::discard(addr, len);
                 return Err(errno);
             }
             if populate {
@@ -418,18 +422,26 @@ fn fill_missing(addr: usize, len: usize) -> Result<(), Errno> {
 /// zero when next committed. Never fails: if the kernel refuses, the range
 /// is replaced by fresh memory; if even that fails, granule states could no
 /// longer describe the pages, and the process ends with a message.
+///
+/// Access is revoked *before* the pages are dropped, under every backend:
+/// a write racing the decommit then faults to us (and waits for the
+/// granule words the writer holds) instead of landing between the drop and
+/// the revoke, where it would survive in an inaccessible page and be read
+/// back when the range is next committed — breaking "a fresh region reads
+/// zero", which `alloc_zeroed` relies on. Under `uffd` dropping *is* the
+/// revoke (a dropped page is missing), and `MADV_GUARD_INSTALL` zaps each
+/// page as it installs its marker, so both are one step.
 pub(crate) fn drop_pages(addr: usize, len: usize) {
     match at(addr) {
         Backend::Mprotect => {
-            if sys::discard(addr, len).is_ok() {
-                // Revoking can fail (ENOMEM when the kernel cannot split a
-                // mapping); `revert_protection` then ends the process.
-                revert_protection(addr, len);
+            stats::count(Counter::Mprotect);
+            // Revoking can fail (ENOMEM when the kernel cannot split a
+            // mapping): fresh reserved memory then revokes and drops at once.
+            if sys::protect(addr, len, Prot::None).is_ok() && sys::discard(addr, len).is_ok() {
                 return;
             }
-            stats::count(Counter::Mprotect);
             if let Err(errno) = sys::replace_reserved(addr, len) {
-                fatal_drop(addr, len, "madvise and mmap both failed", errno);
+                fatal_drop(addr, len, "mprotect or madvise, then mmap, failed", errno);
             }
         }
         Backend::Uffd => {

@@ -125,6 +125,8 @@ impl LockedRun<'_> {
     /// `backend`: reverted under `mprotect`, kept for the retry otherwise).
     pub fn apply(&self) -> Result<(), Errno> {
         let p = &self.plan;
+        #[cfg(all(feature = "fault-injection", not(loom)))]
+        let _watch = ahead_watch::Watch::start(p);
         backend::commit(p.head, p.len(), p.prot, p.populate)
     }
 
@@ -156,5 +158,66 @@ impl Drop for LockedRun<'_> {
                 );
             }
         }
+    }
+}
+
+/// Test builds only (feature `fault-injection`): the bytes speculative
+/// commits allocate ahead of touch, measured around the commit call itself
+/// from the run actually locked — not from the cap's admission — so a test
+/// can show the per-CPU cap holds rather than re-read the number the cap's
+/// compare-and-swap wrote.
+#[cfg(all(feature = "fault-injection", not(loom)))]
+pub mod ahead_watch {
+    use super::CommitPlan;
+    use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+    /// Ahead bytes inside commit calls now, over all CPUs.
+    static NOW: AtomicU64 = AtomicU64::new(0);
+    /// The most `NOW` has been.
+    static PEAK: AtomicU64 = AtomicU64::new(0);
+    /// The most one commit call has carried.
+    static PEAK_ONE: AtomicU64 = AtomicU64::new(0);
+
+    /// One commit call's ahead bytes, counted until dropped.
+    pub(crate) struct Watch(u64);
+
+    impl Watch {
+        /// Async-signal-safe: atomics only.
+        pub(crate) fn start(plan: &CommitPlan) -> Watch {
+            // What the cap bounds: the plan's charge, but for a plan of its
+            // own granule alone (the cap shrinks a plan to that, never
+            // below). The classic path holds the space lock and is not
+            // capped; a speculative commit while some writer holds it is
+            // left out too (an undercount, never an overcount).
+            let capped = plan.count > 1 || plan.populate;
+            let classic = crate::space::Space::ready().is_some_and(|s| s.lock.is_locked());
+            let bytes = if capped && !classic { plan.charge() } else { 0 };
+            if bytes > 0 {
+                // Relaxed: counters read after the threads are joined.
+                PEAK_ONE.fetch_max(bytes, Relaxed);
+                let now = NOW.fetch_add(bytes, Relaxed) + bytes;
+                PEAK.fetch_max(now, Relaxed);
+            }
+            Watch(bytes)
+        }
+    }
+
+    impl Drop for Watch {
+        fn drop(&mut self) {
+            if self.0 > 0 {
+                NOW.fetch_sub(self.0, Relaxed);
+            }
+        }
+    }
+
+    /// `(most in commit calls at once over all CPUs, most in one call)`.
+    pub fn peaks() -> (u64, u64) {
+        (PEAK.load(Relaxed), PEAK_ONE.load(Relaxed))
+    }
+
+    /// Starts the peaks over.
+    pub fn reset() {
+        PEAK.store(0, Relaxed);
+        PEAK_ONE.store(0, Relaxed);
     }
 }

@@ -130,9 +130,10 @@ impl ExtentAllocator {
     }
 
     /// Takes exactly `[start, start + pages)` if it is free (growing a region
-    /// in place). Returns whether it was taken.
+    /// in place). Returns whether it was taken; nothing (`pages == 0`) is
+    /// never taken, so a caller's truncated count cannot pass for success.
     pub fn take_at(&mut self, start: u32, pages: u32) -> bool {
-        if start >= self.total {
+        if pages == 0 || start >= self.total {
             return false;
         }
         let i = self.boundary[start as usize];

@@ -138,6 +138,28 @@ pub mod testing {
         pub use crate::inject::{clear, fail, held_commits, hold_commits, injected, Call};
     }
 
+    /// Whether the calling thread holds the space lock now (false before
+    /// the space starts): lets a test's allocator catch allocations made
+    /// under it, which `SpfAlloc` could need the lock for.
+    #[cfg(feature = "fault-injection")]
+    pub fn space_lock_held_by_me() -> bool {
+        crate::space::Space::ready().is_some_and(|s| s.lock.held_by(crate::sys::thread_id()))
+    }
+
+    /// Ahead-of-touch bytes in speculative commit calls, measured at the
+    /// commit (see `commit::ahead_watch`): `(most at once over all CPUs,
+    /// most in one call)`, and the reset of both.
+    #[cfg(all(feature = "fault-injection", not(loom)))]
+    pub use crate::commit::ahead_watch::{peaks as ahead_peaks, reset as reset_ahead_peaks};
+
+    /// Adds `bytes` to the committed-bytes gauge without committing
+    /// anything: breaks an invariant on purpose, so a test can watch
+    /// `check_invariants` report it. Undo with `-bytes`.
+    #[cfg(feature = "fault-injection")]
+    pub fn skew_committed_gauge(bytes: i64) {
+        crate::stats::add_committed(bytes);
+    }
+
     /// Steps 2–3 of the fault path alone (map lookup, descriptor snapshot,
     /// bounds check), for measuring what a lookup costs.
     #[inline]

@@ -65,6 +65,12 @@ impl SpaceLock {
         }
     }
 
+    /// Whether anyone holds the lock now (a snapshot). Async-signal-safe.
+    #[cfg(feature = "fault-injection")]
+    pub fn is_locked(&self) -> bool {
+        self.state.load(Ordering::Relaxed) != 0
+    }
+
     /// Whether `tid` holds the lock now.
     pub fn held_by(&self, tid: u32) -> bool {
         self.state.load(Ordering::Relaxed) != 0 && self.owner.load(Ordering::Relaxed) == tid

@@ -329,7 +329,10 @@ impl Region {
     }
 
     /// Grows the region in place to `new_len` bytes, if the address space
-    /// after it is free; otherwise `Error::CannotGrowInPlace`. An eager
+    /// after it is free; otherwise `Error::CannotGrowInPlace`, or
+    /// `Error::BadSize` for a length no region can have (past the
+    /// reservation). A `new_len` no larger than the region changes
+    /// nothing. An eager
     /// region commits the new part too; if that commit fails, the region
     /// has grown (see [`Region::len`]) but the new part stays lazy.
     pub fn grow(&mut self, new_len: usize) -> Result<(), Error> {
@@ -342,7 +345,8 @@ impl Region {
     }
 
     /// Shrinks the region in place to `new_len` bytes (at least one
-    /// granule); the tail's pages are dropped.
+    /// granule); the tail's pages are dropped. A `new_len` no smaller than
+    /// the region changes nothing.
     pub fn shrink(&mut self, new_len: usize) {
         self.len = self.space().shrink(self.idx, new_len);
     }
@@ -356,13 +360,12 @@ impl Region {
             .load(Ordering::Relaxed)
     }
 
-    /// Whether the granule holding byte `offset` is committed.
+    /// Whether the granule holding byte `offset` is committed (`false` for
+    /// an offset outside the region).
     pub fn is_committed(&self, offset: usize) -> bool {
-        assert!(
-            offset < self.len,
-            "offset {offset} outside a {}-byte region",
-            self.len
-        );
+        if offset >= self.len {
+            return false;
+        }
         let head = self.start + (offset & !(self.granule - 1));
         self.space().granules.state(head) == GranuleState::Committed
     }
@@ -412,7 +415,13 @@ impl Drop for Region {
 /// caller owns, and hold nothing anyone will read again.
 pub unsafe fn purge_pages(ptr: *mut u8, len: usize) -> Result<(), Error> {
     let space = Space::get()?;
-    let (from, to) = (ptr as usize, ptr as usize + len);
+    let from = ptr as usize;
+    if len == 0 && from % crate::PAGE_SIZE == 0 {
+        return Ok(()); // nothing to purge, as for `Region::purge`
+    }
+    // A length that wraps past the address space ends at its top, outside
+    // the reservation: refused below.
+    let to = from.saturating_add(len);
     if from % crate::PAGE_SIZE != 0
         || len % crate::PAGE_SIZE != 0
         || !space.contains(from)

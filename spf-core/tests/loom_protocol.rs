@@ -546,6 +546,7 @@ mod backend {
         stats::count(Counter::Mprotect);
         if let Err(errno) = sys::protect(addr, len, prot) {
             revert_protection(addr, len);
+            let _ = sys::discard(addr, len);
             return Err(errno);
         }
         if populate {
@@ -561,11 +562,11 @@ mod backend {
             let _ = sys::discard(addr, len);
             return;
         }
-        if sys::discard(addr, len).is_ok() {
-            revert_protection(addr, len);
+        // Revoke first, then drop (a racing write must fault, not survive).
+        stats::count(Counter::Mprotect);
+        if sys::protect(addr, len, Prot::None).is_ok() && sys::discard(addr, len).is_ok() {
             return;
         }
-        stats::count(Counter::Mprotect);
         if let Err(errno) = sys::replace_reserved(addr, len) {
             crate::report::report!("spf: fatal: cannot drop {addr:#x}+{len}: {errno}\n");
             sys::abort();

@@ -91,7 +91,7 @@ pub(crate) struct Zone {
 
 impl Zone {
     pub(crate) fn new(start: usize, len: usize, max_regions: usize) -> Result<Zone, sys::Errno> {
-        let pages = (len / PAGE_SIZE) as u32;
+        let pages = u32::try_from(len / PAGE_SIZE).map_err(|_| sys::Errno(libc::EINVAL))?;
         Ok(Zone {
             start,
             len,
@@ -105,6 +105,14 @@ impl Zone {
 
     fn contains(&self, addr: usize) -> bool {
         addr.wrapping_sub(self.start) < self.len
+    }
+
+    /// `bytes` (at most the zone's length) in pages.
+    fn pages_in(&self, bytes: usize) -> u32 {
+        debug_assert!(bytes <= self.len);
+        // The zone's pages fit u32 (`new`), so no byte count up to its
+        // length truncates.
+        (bytes / PAGE_SIZE) as u32
     }
 
     fn page_of(&self, addr: usize) -> u32 {
@@ -160,16 +168,6 @@ impl Space {
         opts: &RegionSpec,
     ) -> Result<(RegionIdx, usize, usize), Error> {
         let granule = opts.granule;
-        if len == 0 || len > self.len {
-            return Err(Error::BadSize { len });
-        }
-        let len = len.next_multiple_of(granule);
-        let pages = (len / PAGE_SIZE) as u32;
-        let align = opts.align;
-        if align > self.len {
-            return Err(Error::BadAlignment { align });
-        }
-        let align = (align / PAGE_SIZE) as u32;
         let flags = RegionFlags::new(
             granule.trailing_zeros(),
             opts.read_only,
@@ -177,11 +175,23 @@ impl Space {
             opts.speculative,
         )
         .with_eager(opts.eager);
-        let ahead = (opts.commit_ahead / granule).min(u32::MAX as usize) as u32;
         let zone = match &self.lazy {
             Some(lazy) if backend::wants_lazy_zone(opts.eager, flags.huge()) => lazy,
             _ => &self.protected,
         };
+        // A region lies in one zone (A4): a length or alignment past the
+        // zone cannot be had, and whatever fits it counts its pages in u32.
+        let len = match len.checked_next_multiple_of(granule) {
+            Some(rounded) if len > 0 && rounded <= zone.len => rounded,
+            _ => return Err(Error::BadSize { len }),
+        };
+        let pages = zone.pages_in(len);
+        let align = opts.align;
+        if align > zone.len {
+            return Err(Error::BadAlignment { align });
+        }
+        let align = zone.pages_in(align);
+        let ahead = (opts.commit_ahead / granule).min(u32::MAX as usize) as u32;
         for attempt in 0..4 {
             let held = self.lock();
             let Some(page) = zone.extents(&held).alloc(pages, align) else {
@@ -393,19 +403,24 @@ impl Space {
     }
 
     /// Grows a region in place to `new_len` (rounded up to the granule);
-    /// the new part is lazy.
+    /// the new part is lazy. A length that does not fit the region's zone
+    /// is `BadSize`; one that would fit but for the regions after it,
+    /// `CannotGrowInPlace`.
     pub fn grow(&self, idx: RegionIdx, new_len: usize) -> Result<usize, Error> {
         let held = self.lock();
         let desc = self.descs.get(idx);
         let granule = desc.flags().granule();
         let (start, len) = (desc.start(), desc.len());
-        let new_len = new_len.next_multiple_of(granule);
+        let zone = self.zone_of(start);
+        let new_len = match new_len.checked_next_multiple_of(granule) {
+            Some(rounded) if rounded <= zone.len => rounded,
+            _ => return Err(Error::BadSize { len: new_len }),
+        };
         if new_len <= len {
             return Ok(len);
         }
         let end = start + len;
-        let extra = ((new_len - len) / PAGE_SIZE) as u32;
-        let zone = self.zone_of(start);
+        let extra = zone.pages_in(new_len - len);
         if !zone.contains(end) || !zone.extents(&held).take_at(zone.page_of(end), extra) {
             return Err(Error::CannotGrowInPlace { len, new_len });
         }

@@ -94,7 +94,8 @@ impl<'a> WriteSection<'a> {
     pub(crate) fn shrink(&self, new_len: usize) -> Option<(usize, usize)> {
         let granule = self.desc.flags().granule();
         let (start, len) = (self.desc.start(), self.desc.len());
-        let new_len = new_len.max(1).next_multiple_of(granule);
+        // A length that does not round (near `usize::MAX`) is no shrink.
+        let new_len = new_len.max(1).checked_next_multiple_of(granule)?;
         if new_len >= len {
             return None;
         }
@@ -106,52 +107,89 @@ impl<'a> WriteSection<'a> {
     }
 
     /// Makes the region read-only or read/write; committed memory changes
-    /// with it. On failure the flags are changed but some committed runs
-    /// may keep the old protection (the error says which call failed).
+    /// with it. On failure nothing changes: the flags stay as they were,
+    /// and the pages already given the new protection get the old one back
+    /// (if even that fails, flags and pages could disagree — a read-only
+    /// region writable — so the process ends with a message).
     pub(crate) fn protect(&self, read_only: bool) -> Result<(), Errno> {
-        let flags = self.desc.flags().with_read_only(read_only);
-        let granule = flags.granule();
+        let old = self.desc.flags();
+        let flags = old.with_read_only(read_only);
         let (start, end) = (self.desc.start(), self.desc.start() + self.desc.len());
-        self.desc.set_flags(flags);
+        // The flags change only once the pages have: inside the section no
+        // fault can commit (S3), so nothing reads them meanwhile.
         if backend::at(start) != Backend::Mprotect {
             // Wait for the faults committing in the region, then change the
             // whole region at once: uncommitted pages stay missing or
             // guarded whatever their protection.
+            let granule = flags.granule();
             let mut h = start;
             while h < end {
                 let state = self.granules.lock_settled(h);
                 self.granules.unlock(h, state);
                 h += granule;
             }
-            return backend::protect_region(start, end, flags.prot()).unwrap_or(Ok(()));
+            let changed = backend::protect_region(start, end, flags.prot()).unwrap_or(Ok(()));
+            if let Err(errno) = changed {
+                // mprotect may have changed part of the range before failing.
+                if let Some(Err(again)) = backend::protect_region(start, end, old.prot()) {
+                    self.fatal_protect(start, end, again);
+                }
+                return Err(errno);
+            }
+        } else if let Err((errno, reached)) = self.protect_runs(end, flags.prot()) {
+            // Put back the runs up to and including the one that failed.
+            if let Err((again, _)) = self.protect_runs(reached, old.prot()) {
+                self.fatal_protect(start, reached, again);
+            }
+            return Err(errno);
         }
-        // Protected zone: only committed runs are accessible, one mprotect
-        // per run.
-        let mut result = Ok(());
+        self.desc.set_flags(flags);
+        Ok(())
+    }
+
+    /// Protected zone: gives the committed runs of `[start, to)` protection
+    /// `prot`, one `mprotect` per run (only committed runs are
+    /// accessible). Stops at the first failure: `(errno, end of the run
+    /// that failed)`.
+    fn protect_runs(&self, to: usize, prot: Prot) -> Result<(), (Errno, usize)> {
+        let granule = self.desc.flags().granule();
+        let start = self.desc.start();
         let mut run_start = start;
         let mut at = start;
-        while at <= end {
-            let committed = at < end && self.granules.lock_settled(at) == GranuleState::Committed;
+        while at <= to {
+            let committed = at < to && self.granules.lock_settled(at) == GranuleState::Committed;
             if !committed {
+                let mut failed = None;
                 if at > run_start {
                     stats::count(stats::Counter::Mprotect);
-                    if let Err(errno) = sys::protect(run_start, at - run_start, flags.prot()) {
-                        result = Err(errno);
-                    }
+                    failed = sys::protect(run_start, at - run_start, prot).err();
                     let mut h = run_start;
                     while h < at {
                         self.granules.unlock(h, GranuleState::Committed);
                         h += granule;
                     }
                 }
-                if at < end {
+                if at < to {
                     self.granules.unlock(at, GranuleState::Uncommitted);
+                }
+                if let Some(errno) = failed {
+                    return Err((errno, at));
                 }
                 run_start = at + granule;
             }
             at += granule;
         }
-        result
+        Ok(())
+    }
+
+    #[cold]
+    fn fatal_protect(&self, from: usize, to: usize, errno: Errno) -> ! {
+        crate::report::report!(
+            "spf: fatal: a failed protect could not give [{from:#x}, {to:#x}) its old \
+             protection back: mprotect failed with {errno}; the kernel's vm.max_map_count \
+             may be exhausted\n"
+        );
+        sys::abort();
     }
 
     /// Gives `[from, to)`, leaving a read-only region, the protection of
