@@ -171,7 +171,7 @@ unsafe impl GlobalAlloc for SpfAlloc {
         }
         let keep = layout.size().min(new_size);
         if new.is_none() && self.lazy_large() {
-            // DESIGN: commit lazy memory before the allocator writes into it.
+            // docs/DESIGN.md: commit lazy memory before the allocator writes into it.
             // SAFETY: `p` is the large block just allocated.
             if let Some(r) = unsafe { spf_core::Region::from_raw(p) } {
                 let _ = r.commit(0..keep);

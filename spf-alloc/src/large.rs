@@ -354,7 +354,7 @@ pub fn realloc(
         return null_mut();
     }
     if lazy {
-        // DESIGN: the allocator commits lazy memory before writing into it.
+        // docs/DESIGN.md: the allocator commits lazy memory before writing into it.
         // SAFETY: `new` is a live large block we just allocated.
         if let Some(r) = unsafe { Region::from_raw(new) } {
             let _ = r.commit(0..old_size);

@@ -12,7 +12,7 @@
 //! from resetting each other's windows. A wrong guess costs memory or a
 //! fault, never correctness: every granule is locked before it is committed
 //! and the lock run stops at the first granule that is not `Uncommitted`
-//! (DESIGN: commit-ahead locks every granule it commits, all in one region,
+//! (docs/DESIGN.md: commit-ahead locks every granule it commits, all in one region,
 //! before the one commit call).
 //!
 //! Invariant K1: a `LockedRun` owns the granule locks of `[head, head +

@@ -1,7 +1,7 @@
 //! spf-core's own epoch collector (crossbeam-epoch), which decides when the
 //! descriptor and the address range of a destroyed region may be reused.
 //!
-//! The fault handler never pins (DESIGN: `pin()` can allocate and is not
+//! The fault handler never pins (docs/DESIGN.md: `pin()` can allocate and is not
 //! reentrant); it is protected by type-stable descriptors and sequence
 //! counts instead, and so is [`crate::region_at`], which allocators call
 //! from `dealloc` (a pin there could free epoch garbage through that same

@@ -1,7 +1,7 @@
 //! The fault path: from a faulting address to a committed granule, or to a
 //! verdict that the fault is not ours or is fatal.
 //!
-//! [`handle`] reads top-down as the steps of DESIGN.md:
+//! [`handle`] reads top-down as the steps of docs/DESIGN.md:
 //!
 //! 1. classify: outside the reservation (or a `SIGBUS` outside the
 //!    userfaultfd zone) → [`Outcome::NotOurs`];
@@ -20,7 +20,7 @@
 //! 8. publish `Committed` and account the bytes;
 //! 9. release the slot (on drop); the access restarts.
 //!
-//! Step 8 differs from DESIGN.md's first reading, which re-checked the
+//! Step 8 differs from the kernel series' first reading, which re-checked the
 //! sequence count after the `mprotect` and undid the commit on a change.
 //! That undo loses data: once the granule is accessible another thread can
 //! write to it without faulting, and the undo (`MADV_DONTNEED`, or

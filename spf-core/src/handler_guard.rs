@@ -1,7 +1,7 @@
 //! Knowing whether this thread is inside the fault handler, and a
 //! debug-build allocator wrapper that aborts if anything allocates there.
 //!
-//! DESIGN requires the handler to allocate nothing. An allocator cannot see
+//! docs/DESIGN.md requires the handler to allocate nothing. An allocator cannot see
 //! who calls it, so the handler marks its thread with a `const`-initialised
 //! thread-local depth (safe to touch from a signal handler: no lazy
 //! initialisation, no destructor), and [`HandlerAllocGuard`] — the global

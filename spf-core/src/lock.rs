@@ -5,7 +5,7 @@
 //! it inside the `SIGSEGV` handler: it is built only from atomics and the
 //! `futex` system call, both async-signal-safe, and it records its owner so
 //! that a handler finding its own thread inside can report the bug instead
-//! of deadlocking (DESIGN: nothing touches lazy memory under the lock).
+//! of deadlocking (docs/DESIGN.md: nothing touches lazy memory under the lock).
 //!
 //! Invariants:
 //! - L1: `state` is 0 (free), 1 (held) or 2 (held, maybe waiters).

@@ -6,7 +6,7 @@
 //! the loom model compiles unchanged), the invariant checker in `check`,
 //! the fork handlers in `fork`; start-up is the crate's `startup` module.
 //!
-//! Every writer follows one pattern (DESIGN: writers):
+//! Every writer follows one pattern (docs/DESIGN.md, "Writers"):
 //! 1. take the space lock (no lazy memory is touched while it is held);
 //! 2. make the region's `seq` odd (S3: from here on, no fault can start a
 //!    commit in the region);
