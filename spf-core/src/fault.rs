@@ -20,7 +20,7 @@
 //! 8. publish `Committed` and account the bytes;
 //! 9. release the slot (on drop); the access restarts.
 //!
-//! Step 8 differs from the kernel series' first reading, which re-checked the
+//! Step 8 differs from an earlier version of this design, which re-checked the
 //! sequence count after the `mprotect` and undid the commit on a change.
 //! That undo loses data: once the granule is accessible another thread can
 //! write to it without faulting, and the undo (`MADV_DONTNEED`, or
