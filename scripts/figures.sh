@@ -15,8 +15,9 @@
 # prints the tables that docs/BENCHMARKS.md quotes. A commit backend the
 # machine refuses is left out of the pictures and named on stderr.
 # The kvserver part needs memaslap (apt-get install libmemcached-tools) and
-# runs scripts/kvserver-load.sh --rss (spf, jemalloc and glibc at 8 and 32
-# connections, 10 s each); without memaslap that picture keeps its data.
+# runs scripts/kvserver-load.sh --rss-csv (spf, jemalloc and glibc at 8 and
+# 32 connections, the same 500,000 operations each); without memaslap that
+# picture keeps its data.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -76,8 +77,8 @@ if [ "$measure" = 1 ]; then
     if part kvserver; then
         if command -v memaslap >/dev/null || command -v memcaslap >/dev/null; then
             echo "figures: kvserver RSS over time" >&2
-            scripts/kvserver-load.sh -t 10 -c "8 32" -a "spf jemalloc system" \
-                --rss "$raw/kvserver-rss.csv" >"$raw/kvserver-load.txt"
+            scripts/kvserver-load.sh -x 500000 -c "8 32" -a "spf jemalloc system" \
+                --rss-csv "$raw/kvserver-rss.csv" >"$raw/kvserver-load.txt"
         else
             echo "figures: memaslap not found: kvserver-rss.svg keeps its last data" >&2
         fi

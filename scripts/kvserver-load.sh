@@ -9,16 +9,12 @@
 # is stopped) and, under SpfAlloc, its faults (speculative / classic).
 #
 # usage: scripts/kvserver-load.sh [-t SECONDS] [-m MiB] [-c "2 8 32"]
-#                   [-a "spf spf-touch jemalloc system"] [--rss FILE] [--no-build]
+#                   [-a "spf spf-touch jemalloc system"] [--no-build]
 #   -t   seconds per cell (default 10)
 #   -m   the server's memory limit, MiB (default 256; memaslap's working
 #        set is larger, so the server evicts and the allocator churns)
 #   -c   connection counts
 #   -a   allocators
-#   --rss FILE   also sample the server's resident memory (VmRSS) every
-#        100 ms while the load runs, into FILE as CSV with the header
-#        allocator,connections,t_ms,rss_kib (t_ms from the load's start);
-#        scripts/figures.sh draws it
 #   --no-build   reuse the binaries of the last run
 #
 # Needs memaslap (Debian: apt-get install libmemcached-tools, which names
@@ -32,16 +28,14 @@ mib=256
 conns="2 8 32"
 allocs="spf spf-touch jemalloc system"
 build=1
-rss_csv=
 while [ $# -gt 0 ]; do
     case "$1" in
         -t) secs=$2; shift 2 ;;
         -m) mib=$2; shift 2 ;;
         -c) conns=$2; shift 2 ;;
         -a) allocs=$2; shift 2 ;;
-        --rss) rss_csv=$2; shift 2 ;;
         --no-build) build=0; shift ;;
-        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
         *) echo "kvserver-load: unknown argument $1 (try -h)" >&2; exit 2 ;;
     esac
 done
@@ -134,21 +128,6 @@ parse_memaslap() {
         }' "$1"
 }
 
-# Samples VmRSS of process $1 every 100 ms, as CSV rows "$2,$3,t_ms,kib",
-# until the process is gone or this sampler is killed.
-sample_rss() {
-    local pid=$1 start now kib
-    start=$(date +%s%N)
-    while kib=$(awk '/^VmRSS:/ { print $2 }' "/proc/$pid/status" 2>/dev/null) && [ -n "$kib" ]; do
-        now=$(date +%s%N)
-        echo "$2,$3,$(( (now - start) / 1000000 )),$kib"
-        sleep 0.1
-    done
-}
-if [ -n "$rss_csv" ]; then
-    echo "allocator,connections,t_ms,rss_kib" > "$rss_csv"
-fi
-
 cpus=$(nproc)
 echo "kvserver-load: $(nproc) CPUs, kernel $(uname -r), ${secs} s per cell, -m ${mib} MiB, $memaslap" >&2
 echo
@@ -174,20 +153,11 @@ for c in $conns; do
         fi
         # memaslap wants no more threads than connections.
         threads=$(( c < cpus ? c : cpus ))
-        sampler=
-        if [ -n "$rss_csv" ]; then
-            sample_rss "$server_pid" "$a" "$c" >> "$rss_csv" &
-            sampler=$!
-        fi
         if ! "$memaslap" -s "127.0.0.1:$port" -F "$cfg" -t "${secs}s" -S "${secs}s" \
                 -T "$threads" -c "$c" > "$log.memaslap" 2>&1; then
             echo "kvserver-load: memaslap failed against kvserver-$a, -c $c:" >&2
             tail -20 "$log.memaslap" >&2
             exit 1
-        fi
-        if [ -n "$sampler" ]; then
-            kill "$sampler" 2>/dev/null || true
-            wait "$sampler" 2>/dev/null || true
         fi
         server_stats "$port" > "$log.stats"
         hwm_kib=$(awk '/^VmHWM:/ { print $2 }' "/proc/$server_pid/status")
