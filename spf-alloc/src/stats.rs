@@ -26,6 +26,10 @@ pub struct AllocStats {
     pub cached_large: u64,
     /// Thread heaps ever made (they are recycled when threads exit).
     pub heaps: u64,
+    /// Pages of thread heaps given back to the kernel by another thread,
+    /// because every block in them had been freed by other threads while
+    /// their owner was idle (or `purge` ran).
+    pub pages_reclaimed: u64,
     /// spf-core's fault counters.
     pub core: spf_core::Stats,
 }
@@ -57,6 +61,7 @@ pub fn stats() -> AllocStats {
         large_blocks: large::LIVE_BLOCKS.load(Relaxed),
         cached_large: large::CACHED_BYTES.load(Relaxed),
         heaps,
+        pages_reclaimed: heap::PAGES_RECLAIMED.load(Relaxed),
         core,
     }
 }
@@ -73,6 +78,7 @@ impl AllocStats {
             (self.large_blocks, "large_blocks"),
             (self.cached_large, "bytes_cached_large"),
             (self.heaps, "heaps"),
+            (self.pages_reclaimed, "pages_reclaimed"),
         ] {
             writeln!(f, "{v:>16}      {name}")?;
         }
