@@ -64,8 +64,10 @@ use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use spf_core::{Region, RegionOptions};
 
 pub const SEGMENT_SIZE: usize = 4 << 20;
-pub const PAGE_SIZE: usize = 64 << 10;
-pub const PAGES_PER_SEGMENT: usize = SEGMENT_SIZE / PAGE_SIZE;
+/// A small page, and the stride of page descriptors: 64 KiB. Not the
+/// kernel's page (spf-core's `PAGE_SIZE`, 4 KiB), hence the name.
+pub const SMALL_PAGE_SIZE: usize = 64 << 10;
+pub const PAGES_PER_SEGMENT: usize = SEGMENT_SIZE / SMALL_PAGE_SIZE;
 /// A medium page: 1 MiB, 16 descriptors apart.
 pub const MEDIUM_PAGE_SIZE: usize = 1 << 20;
 const MEDIUM_PAGES: [usize; 3] = [16, 32, 48];
@@ -139,10 +141,10 @@ const _: () = assert!(core::mem::size_of::<Page>() == 128);
 /// Words of the block ledger: one bit for each block of the page with the
 /// most blocks (64 KiB of 16-byte blocks).
 #[cfg(debug_assertions)]
-pub const LEDGER_WORDS: usize = PAGE_SIZE / 16 / 64;
+pub const LEDGER_WORDS: usize = SMALL_PAGE_SIZE / 16 / 64;
 
 // The page descriptors live in the segment's first 64 KiB page.
-const _: () = assert!(core::mem::size_of::<Segment>() <= PAGE_SIZE);
+const _: () = assert!(core::mem::size_of::<Segment>() <= SMALL_PAGE_SIZE);
 
 #[repr(C)]
 pub struct Segment {
@@ -162,7 +164,7 @@ pub struct Segment {
     index_mask: usize,
 }
 
-const _: () = assert!(MEDIUM_PAGE_SIZE == PAGE_SIZE << 4 && MEDIUM_PAGES[0] == 0x10);
+const _: () = assert!(MEDIUM_PAGE_SIZE == SMALL_PAGE_SIZE << 4 && MEDIUM_PAGES[0] == 0x10);
 
 /// The descriptor of the page holding `ptr`.
 ///
@@ -190,7 +192,7 @@ impl Page {
     pub fn init(&self, class: usize) {
         let size = block_size(class);
         let len = if is_small(class) {
-            PAGE_SIZE
+            SMALL_PAGE_SIZE
         } else {
             MEDIUM_PAGE_SIZE
         };
@@ -316,7 +318,7 @@ impl Page {
     /// Bytes of memory the page spans.
     pub fn bytes(&self) -> usize {
         if is_small(self.class.get() as usize) {
-            PAGE_SIZE
+            SMALL_PAGE_SIZE
         } else {
             MEDIUM_PAGE_SIZE
         }
@@ -527,7 +529,7 @@ pub fn page_alloc(class: usize) -> *mut Page {
 #[cold]
 fn segment_new(small: bool) -> Option<*mut Page> {
     let opts = RegionOptions::default()
-        .granule(PAGE_SIZE)
+        .granule(SMALL_PAGE_SIZE)
         .align(SEGMENT_SIZE)
         .eager();
     let base = Region::reserve(SEGMENT_SIZE, opts).ok()?.into_raw();
@@ -540,7 +542,7 @@ fn segment_new(small: bool) -> Option<*mut Page> {
         ptr::addr_of_mut!((*seg).index_mask).write(if small { 63 } else { 0x30 });
         (*seg).used.set(1);
         for (i, page) in (*seg).pages.iter().enumerate() {
-            page.area.set(base.add(i * PAGE_SIZE));
+            page.area.set(base.add(i * SMALL_PAGE_SIZE));
         }
     }
     // SAFETY: as above.
@@ -817,7 +819,7 @@ pub fn purge_all() {
 
 fn purge(page: &Page) {
     let len = if is_small(page.class.get() as usize) {
-        PAGE_SIZE
+        SMALL_PAGE_SIZE
     } else {
         MEDIUM_PAGE_SIZE
     };

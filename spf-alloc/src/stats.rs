@@ -2,7 +2,7 @@
 
 use crate::heap::{self, ALL_HEAPS};
 use crate::large;
-use crate::segment::{MEDIUM_PAGES_IN_USE, MEDIUM_PAGE_SIZE, PAGE_SIZE, SMALL_PAGES_IN_USE};
+use crate::segment::{MEDIUM_PAGES_IN_USE, MEDIUM_PAGE_SIZE, SMALL_PAGES_IN_USE, SMALL_PAGE_SIZE};
 use core::fmt;
 use core::sync::atomic::Ordering::Relaxed;
 
@@ -52,7 +52,7 @@ pub fn stats() -> AllocStats {
     let large_bytes = large::LIVE_BYTES.load(Relaxed);
     AllocStats {
         allocated: small.max(0) as u64 + large_bytes,
-        active: SMALL_PAGES_IN_USE.load(Relaxed) * PAGE_SIZE as u64
+        active: SMALL_PAGES_IN_USE.load(Relaxed) * SMALL_PAGE_SIZE as u64
             + MEDIUM_PAGES_IN_USE.load(Relaxed) * MEDIUM_PAGE_SIZE as u64
             + large_bytes,
         committed: core.committed_bytes,
