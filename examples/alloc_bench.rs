@@ -198,6 +198,13 @@ fn rows() -> Vec<Row> {
         .large()
         .rss(),
         Row::new("realloc growth to 64 MiB", "ms", 5, realloc_growth).large(),
+        Row::new(
+            "mixed torture (8 thr × 4 waves, 1 B–32 MiB, realloc, cross-thread, fork), per rep",
+            "ms",
+            1,
+            torture,
+        )
+        .rss(),
     ]
 }
 

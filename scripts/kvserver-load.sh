@@ -8,13 +8,21 @@
 # evictions, the server's peak resident memory (VmHWM, read just before it
 # is stopped) and, under SpfAlloc, its faults (speculative / classic).
 #
-# usage: scripts/kvserver-load.sh [-t SECONDS] [-m MiB] [-c "2 8 32"]
-#                   [-a "spf spf-touch jemalloc system"] [--no-build]
+# While each cell's load runs, the server's resident memory (VmRSS) is
+# sampled every 100 ms into a CSV file with the header
+# `allocator,connections,t_ms,rss_kib` (t_ms: since the load started).
+#
+# usage: scripts/kvserver-load.sh [-t SECONDS | -x OPS] [-m MiB] [-c "2 8 32"]
+#                   [-a "spf spf-touch jemalloc system"] [--rss-csv PATH] [--no-build]
 #   -t   seconds per cell (default 10)
+#   -x   a fixed number of operations per cell instead (memaslap -x): the
+#        same load for every allocator, whatever its speed
 #   -m   the server's memory limit, MiB (default 256; memaslap's working
 #        set is larger, so the server evicts and the allocator churns)
 #   -c   connection counts
 #   -a   allocators
+#   --rss-csv    where the RSS samples go (default
+#                $CARGO_TARGET_DIR/kvserver-rss.csv, i.e. target/)
 #   --no-build   reuse the binaries of the last run
 #
 # Needs memaslap (Debian: apt-get install libmemcached-tools, which names
@@ -28,14 +36,18 @@ mib=256
 conns="2 8 32"
 allocs="spf spf-touch jemalloc system"
 build=1
+ops=
+csv=
 while [ $# -gt 0 ]; do
     case "$1" in
         -t) secs=$2; shift 2 ;;
+        -x) ops=$2; shift 2 ;;
+        --rss-csv) csv=$2; shift 2 ;;
         -m) mib=$2; shift 2 ;;
         -c) conns=$2; shift 2 ;;
         -a) allocs=$2; shift 2 ;;
         --no-build) build=0; shift ;;
-        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
         *) echo "kvserver-load: unknown argument $1 (try -h)" >&2; exit 2 ;;
     esac
 done
@@ -49,6 +61,9 @@ fi
 target=${CARGO_TARGET_DIR:-target}
 out="$target/kvserver-load"
 mkdir -p "$out/results"
+csv=${csv:-$target/kvserver-rss.csv}
+mkdir -p "$(dirname "$csv")"
+echo "allocator,connections,t_ms,rss_kib" > "$csv"
 
 # The binary an allocator runs: spf-touch is the spf binary with
 # SPF_COMMIT=touch in its environment.
@@ -85,8 +100,36 @@ cmd
 1 0.9
 EOF
 
+# Appends "allocator,connections,t_ms,rss_kib" lines for process $1 to
+# $csv every 100 ms (on a fixed schedule from the start, so the sampling
+# time does not drift) until the process is gone or this is killed.
+sample_rss() {
+    local pid=$1 a=$2 c=$3 t0 now next kib
+    t0=$(date +%s%N)
+    next=$t0
+    while kib=$(awk '/^VmRSS:/ { print $2 }' "/proc/$pid/status" 2>/dev/null) && [ -n "$kib" ]; do
+        now=$(date +%s%N)
+        echo "$a,$c,$(( (now - t0) / 1000000 )),$kib" >> "$csv"
+        next=$(( next + 100000000 ))
+        now=$(date +%s%N)
+        if (( next > now )); then
+            sleep "$(printf '0.%09d' $(( next - now )))"
+        fi
+    done
+}
+
+sampler_pid=
+stop_sampler() {
+    if [ -n "$sampler_pid" ]; then
+        kill "$sampler_pid" 2>/dev/null || true
+        wait "$sampler_pid" 2>/dev/null || true
+        sampler_pid=
+    fi
+}
+
 server_pid=
 stop_server() {
+    stop_sampler
     if [ -n "$server_pid" ]; then
         kill "$server_pid" 2>/dev/null || true
         wait "$server_pid" 2>/dev/null || true
@@ -129,7 +172,14 @@ parse_memaslap() {
 }
 
 cpus=$(nproc)
-echo "kvserver-load: $(nproc) CPUs, kernel $(uname -r), ${secs} s per cell, -m ${mib} MiB, $memaslap" >&2
+if [ -n "$ops" ]; then
+    load=(-x "$ops" -S 1s)
+    per_cell="$ops operations"
+else
+    load=(-t "${secs}s" -S "${secs}s")
+    per_cell="${secs} s"
+fi
+echo "kvserver-load: $(nproc) CPUs, kernel $(uname -r), $per_cell per cell, -m ${mib} MiB, $memaslap; RSS samples in $csv" >&2
 echo
 echo "| allocator | connections | ops/s | mean µs | p99 µs (≤) | get misses | evictions | peak RSS MiB | spf faults (spec./classic) |"
 echo "|---|---|---|---|---|---|---|---|---|"
@@ -153,12 +203,15 @@ for c in $conns; do
         fi
         # memaslap wants no more threads than connections.
         threads=$(( c < cpus ? c : cpus ))
-        if ! "$memaslap" -s "127.0.0.1:$port" -F "$cfg" -t "${secs}s" -S "${secs}s" \
+        sample_rss "$server_pid" "$a" "$c" &
+        sampler_pid=$!
+        if ! "$memaslap" -s "127.0.0.1:$port" -F "$cfg" "${load[@]}" \
                 -T "$threads" -c "$c" > "$log.memaslap" 2>&1; then
             echo "kvserver-load: memaslap failed against kvserver-$a, -c $c:" >&2
             tail -20 "$log.memaslap" >&2
             exit 1
         fi
+        stop_sampler
         server_stats "$port" > "$log.stats"
         hwm_kib=$(awk '/^VmHWM:/ { print $2 }' "/proc/$server_pid/status")
         stop_server

@@ -456,3 +456,172 @@ pub fn fault_variants() -> Vec<(String, Touched)> {
     }
     v
 }
+
+/// Threads of the mixed torture workload.
+pub const TORTURE_THREADS: usize = 8;
+/// Waves of threads per repetition (each wave's threads exit and new ones
+/// start: thread churn).
+pub const TORTURE_WAVES: usize = 4;
+/// Operations per thread per wave.
+pub const TORTURE_OPS: usize = 20_000;
+/// Blocks each thread holds at once.
+const TORTURE_SLOTS: usize = 256;
+/// Slots of the table through which blocks change threads.
+const TORTURE_SHARED: usize = 1024;
+
+/// A size for the torture workload, 1 B – 32 MiB, most of them small: 1 in
+/// 4,096 in 4–32 MiB, 1 in 256 in 256 KiB–4 MiB, 1 in 16 in 1–256 KiB,
+/// the rest 1 B–1 KiB.
+fn torture_size(rng: &mut Rng) -> usize {
+    let r = rng.next();
+    let span = |lo: usize, hi: usize, x: u64| lo + (x as usize % (hi - lo));
+    match r % 4096 {
+        0 => span(4 << 20, 32 << 20, r >> 12),
+        1..=16 => span(256 << 10, 4 << 20, r >> 12),
+        17..=272 => span(1 << 10, 256 << 10, r >> 12),
+        _ => span(1, 1 << 10, r >> 12),
+    }
+}
+
+/// Writes one byte per 4 KiB page of `[p + from, p + to)` and the last.
+///
+/// # Safety
+/// `p` is a live block of at least `to` bytes.
+unsafe fn torture_touch(p: *mut u8, from: usize, to: usize) {
+    let mut off = from;
+    while off < to {
+        // SAFETY: inside the block (the caller's contract).
+        unsafe { p.add(off).write_volatile(off as u8) };
+        off += 4096;
+    }
+    if to > from {
+        // SAFETY: as above.
+        unsafe { p.add(to - 1).write_volatile(1) };
+    }
+}
+
+/// The mixed torture: `n` repetitions of `TORTURE_WAVES` waves of
+/// `TORTURE_THREADS` threads (thread churn), each holding up to 256 blocks
+/// of 1 B – 32 MiB (every page touched) and replacing them: a quarter
+/// grow or shrink by `realloc`, a quarter go to another thread through a
+/// lock-free table (the block that was there is freed here: cross-thread
+/// frees), the rest are freed by their own thread. Once per repetition a
+/// thread forks; the child allocates and frees with the same allocator and
+/// exits. What a thread holds when it exits goes to the table or is freed.
+pub fn torture(a: Alloc, n: u64) -> Duration {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // Blocks in the table carry their size in their first word (≥ 8 B).
+    let shared: Vec<AtomicUsize> = (0..TORTURE_SHARED).map(|_| AtomicUsize::new(0)).collect();
+    let free_sized = |p: usize| {
+        if p != 0 {
+            // SAFETY: a block put in the table with its size in its first
+            // word, taken out of the table by exactly one swap.
+            unsafe {
+                let size = (p as *const usize).read();
+                a.dealloc(p as *mut u8, layout(size));
+            }
+        }
+    };
+    let start = Instant::now();
+    for rep in 0..n {
+        for wave in 0..TORTURE_WAVES {
+            std::thread::scope(|s| {
+                for t in 0..TORTURE_THREADS {
+                    let shared = &shared;
+                    s.spawn(move || {
+                        let seed = (rep * 1_000 + wave as u64 * 100 + t as u64) * 7919 + 17;
+                        let mut rng = Rng(seed);
+                        let mut held: Vec<(usize, usize)> = vec![(0, 0); TORTURE_SLOTS];
+                        let fork_at = (wave == 1 && t == 0).then_some(TORTURE_OPS / 2);
+                        for op in 0..TORTURE_OPS {
+                            if Some(op) == fork_at {
+                                torture_fork(a);
+                            }
+                            let i = (rng.next() % TORTURE_SLOTS as u64) as usize;
+                            let (p, size) = held[i];
+                            if p != 0 {
+                                match rng.next() % 4 {
+                                    0 => {
+                                        let new = torture_size(&mut rng);
+                                        // SAFETY: a live block of `size`
+                                        // bytes with this layout.
+                                        let q =
+                                            unsafe { a.realloc(p as *mut u8, layout(size), new) };
+                                        assert!(!q.is_null(), "realloc to {new} bytes failed");
+                                        // SAFETY: q holds `new` bytes.
+                                        unsafe { torture_touch(q, size.min(new), new) };
+                                        held[i] = (q as usize, new);
+                                        continue;
+                                    }
+                                    1 if size >= 8 => {
+                                        // SAFETY: a live block of ≥ 8 bytes.
+                                        unsafe { (p as *mut usize).write(size) };
+                                        let k = (rng.next() % TORTURE_SHARED as u64) as usize;
+                                        // AcqRel: publishes the size word,
+                                        // acquires the taken block's.
+                                        free_sized(shared[k].swap(p, Ordering::AcqRel));
+                                    }
+                                    // SAFETY: a live block of this layout.
+                                    _ => unsafe { a.dealloc(p as *mut u8, layout(size)) },
+                                }
+                            }
+                            let size = torture_size(&mut rng);
+                            let q = alloc_checked(a, layout(size));
+                            // SAFETY: a fresh block of `size` bytes.
+                            unsafe { torture_touch(q, 0, size) };
+                            held[i] = (q as usize, size);
+                        }
+                        for (k, (p, size)) in held.into_iter().enumerate() {
+                            if p == 0 {
+                                continue;
+                            }
+                            if size >= 8 && k % 2 == 0 {
+                                // SAFETY: as above.
+                                unsafe { (p as *mut usize).write(size) };
+                                free_sized(shared[k].swap(p, Ordering::AcqRel));
+                            } else {
+                                // SAFETY: a live block of this layout.
+                                unsafe { a.dealloc(p as *mut u8, layout(size)) };
+                            }
+                        }
+                    });
+                }
+            });
+        }
+    }
+    let elapsed = start.elapsed();
+    for slot in &shared {
+        free_sized(slot.swap(0, Ordering::Acquire));
+    }
+    elapsed
+}
+
+/// Forks from inside the torture workload: the child allocates and frees
+/// blocks of every size range with the allocator under test (whose locks
+/// its fork handlers took) and exits at once; the parent waits for it.
+fn torture_fork(a: Alloc) {
+    // SAFETY: the child only allocates, frees and `_exit`s.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        let mut rng = Rng(99);
+        for _ in 0..2_000 {
+            let size = torture_size(&mut rng);
+            let p = alloc_checked(a, layout(size));
+            // SAFETY: a fresh block of `size` bytes, freed once.
+            unsafe {
+                torture_touch(p, 0, size);
+                a.dealloc(p, layout(size));
+            }
+        }
+        // SAFETY: ends the child without running the parent's exit handlers.
+        unsafe { libc::_exit(0) };
+    }
+    let mut status = 0;
+    // SAFETY: our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "the forked child failed ({status:#x})"
+    );
+}

@@ -43,7 +43,7 @@ use crate::size_class::{block_size, CLASSES, SMALL_CLASSES};
 use crate::{large, misuse, options, thread};
 use core::cell::Cell;
 use core::ptr::null_mut;
-use core::sync::atomic::{AtomicI64, AtomicPtr, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 /// A heap. The fields the owner writes on every allocation (`queues`'
 /// pages, `allocated`) and the one other threads write (`remote_frees`) sit
@@ -68,6 +68,18 @@ pub struct Heap {
     pub next_all: AtomicPtr<Heap>,
     /// The heap pool's free list.
     next_free: Cell<*mut Heap>,
+    /// Held by the owner around every change to its queues and every
+    /// slow-path use of its pages, and by another thread reclaiming pages
+    /// of this heap (S5 in `segment`). Never held across a call that may
+    /// allocate (R1), never two heaps' at once.
+    lock: SpinLock<()>,
+    /// Set by the owner on its slow path, cleared by reclaim ticks: still
+    /// clear at the next tick means the owner took no slow path in between
+    /// (it is idle, or runs on its fast paths alone).
+    active: AtomicBool,
+    /// Set by another thread's reclaim tick when the owner is active and
+    /// has remote frees waiting: its next slow path sweeps.
+    sweep_requested: AtomicBool,
     /// Frees by other threads into this heap's pages since the last sweep:
     /// written by them, read by the owner. On a line of its own (and of its
     /// neighbour, which the processor prefetches in pairs).
@@ -135,6 +147,9 @@ impl Heap {
             last_release: Cell::new(0),
             next_all: AtomicPtr::new(null_mut()),
             next_free: Cell::new(null_mut()),
+            lock: SpinLock::new(()),
+            active: AtomicBool::new(false),
+            sweep_requested: AtomicBool::new(false),
             remote_frees: OwnLine(AtomicUsize::new(0)),
         }
     }
@@ -224,7 +239,14 @@ unsafe fn alloc_without_heap(heap: *mut Heap, class: usize) -> *mut u8 {
 #[cold]
 #[inline(never)]
 fn alloc_slow(h: &Heap, class: usize) -> *mut u8 {
-    if h.remote_frees.0.load(Ordering::Relaxed) > 16 * h.pages.get().max(64) {
+    // Relaxed: a hint for reclaim ticks; a load first keeps the line shared.
+    if !h.active.load(Ordering::Relaxed) {
+        h.active.store(true, Ordering::Relaxed);
+    }
+    if h.remote_frees.0.load(Ordering::Relaxed) > 16 * h.pages.get().max(64)
+        || h.sweep_requested.load(Ordering::Relaxed)
+    {
+        h.sweep_requested.store(false, Ordering::Relaxed);
         sweep(h, Keep::FirstOfClass);
     }
     let n = h.slow_paths.get().wrapping_add(1);
@@ -232,12 +254,45 @@ fn alloc_slow(h: &Heap, class: usize) -> *mut u8 {
     if n % 64 == 0 {
         release_on_decay(h);
         segment::maybe_decay();
+        reclaim_tick(h);
         if !segment::deferring() {
             // May destroy regions, which may allocate (R1): not under the
             // fallback lock.
             large::maybe_decay();
         }
     }
+    if let Some(b) = alloc_from_queue(h, class) {
+        return b;
+    }
+    loop {
+        let page = match adopt(h, class) {
+            Some(p) => p,
+            None => {
+                let p = segment::page_alloc(class);
+                if p.is_null() {
+                    return null_mut();
+                }
+                take(h, p);
+                p
+            }
+        };
+        // SAFETY: the page is now ours and first in its queue: no other
+        // thread touches it (S5), we need not hold our lock.
+        let p = unsafe { &*page };
+        if p.free.get().is_null() && p.capacity.get() < p.reserved.get() {
+            p.extend();
+        }
+        if !p.free.get().is_null() {
+            return pop(h, p);
+        }
+        // An adopted page that is still full stays in our queue; try another.
+    }
+}
+
+/// A block from the first pages of the class queue (collecting their
+/// remote frees, carving new blocks), or `None`: under the heap's lock.
+fn alloc_from_queue(h: &Heap, class: usize) -> Option<*mut u8> {
+    let _locked = h.lock.lock();
     let q = h.queue(class);
     let mut page = q.get().first;
     let mut looked = 0;
@@ -261,7 +316,7 @@ fn alloc_slow(h: &Heap, class: usize) -> *mut u8 {
                 }
                 q.set(list);
             }
-            return pop(h, p);
+            return Some(pop(h, p));
         }
         // Full: move it to the back, out of the way of the next search.
         if !next.is_null() {
@@ -276,28 +331,7 @@ fn alloc_slow(h: &Heap, class: usize) -> *mut u8 {
         page = next;
         looked += 1;
     }
-    loop {
-        let page = match adopt(h, class) {
-            Some(p) => p,
-            None => {
-                let p = segment::page_alloc(class);
-                if p.is_null() {
-                    return null_mut();
-                }
-                take(h, p);
-                p
-            }
-        };
-        // SAFETY: the page is now ours and in our queue.
-        let p = unsafe { &*page };
-        if p.free.get().is_null() && p.capacity.get() < p.reserved.get() {
-            p.extend();
-        }
-        if !p.free.get().is_null() {
-            return pop(h, p);
-        }
-        // An adopted page that is still full stays in our queue; try another.
-    }
+    None
 }
 
 #[inline(always)]
@@ -307,7 +341,10 @@ fn pop(h: &Heap, p: &Page) -> *mut u8 {
     // SAFETY: a free block of our page.
     p.free.set(unsafe { (*b).next });
     misuse::on_alloc(p, b as *const u8);
-    p.used.set(p.used.get() + 1);
+    // Relaxed: the owner is the only writer (see `Page::used`); only
+    // locked code or the first page of a queue gets here (S5).
+    p.used
+        .store(p.used.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
     h.add_allocated(p.size.get() as i64);
     b as *mut u8
 }
@@ -319,6 +356,7 @@ fn take(h: &Heap, page: *mut Page) {
     // Release: our later writes to the page follow the ownership change.
     p.heap
         .store(h as *const Heap as *mut Heap, Ordering::Release);
+    let _locked = h.lock.lock();
     let q = h.queue(p.class.get() as usize);
     let mut list = q.get();
     // SAFETY: the page is in no list.
@@ -336,24 +374,23 @@ fn take(h: &Heap, page: *mut Page) {
 /// came before the swap (its block is collected here) or fails on the tag;
 /// then it frees under the lock (`free_abandoned`), where tag and listing
 /// agree. Abandoned pages always hold live blocks: the free that empties
-/// one gives it back.
-fn put_abandoned(page: *mut Page) {
+/// one gives it back. Returns a segment to destroy with no lock held (R1).
+#[must_use]
+fn put_abandoned(page: *mut Page) -> Option<*mut Segment> {
     // SAFETY: the caller owns the page.
     let p = unsafe { &*page };
     // Relaxed: freers read `heap` only as a hint (`dealloc_remote`).
     p.heap.store(null_mut(), Ordering::Relaxed);
     let mut lists = ABANDONED.lock();
     p.collect_and_close();
-    if p.used.get() == 0 {
+    if p.used.load(Ordering::Relaxed) == 0 {
         drop(lists);
-        if let Some(seg) = segment::page_free(page) {
-            segment::segment_destroy(seg); // no lock held (R1)
-        }
-        return;
+        return segment::page_free(page);
     }
     p.abandoned.set(true);
     // SAFETY: the page is in no list.
     unsafe { lists.0[p.class.get() as usize].push_front(page) };
+    None
 }
 
 /// A remote free found its page tagged abandoned: free the block into the
@@ -374,8 +411,8 @@ fn free_abandoned(p: &Page, block: *mut Block) -> bool {
         // SAFETY: the block is ours to give back.
         unsafe { (*block).next = p.free.get() };
         p.free.set(block);
-        let used = p.used.get() - 1;
-        p.used.set(used);
+        let used = p.used.load(Ordering::Relaxed) - 1;
+        p.used.store(used, Ordering::Relaxed);
         if used != 0 {
             return true;
         }
@@ -402,7 +439,10 @@ fn adopt(h: &Heap, class: usize) -> Option<*mut Page> {
         unsafe {
             list.remove(p);
             (*p).abandoned.set(false);
-            debug_assert!((*p).used.get() > 0, "an empty abandoned page");
+            debug_assert!(
+                (*p).used.load(Ordering::Relaxed) > 0,
+                "an empty abandoned page"
+            );
             (*p).reopen();
         }
         p
@@ -429,6 +469,7 @@ fn sweep(h: &Heap, keep: Keep) -> bool {
     h.remote_frees.0.store(0, Ordering::Relaxed);
     let mut doomed: [*mut Segment; 4] = [null_mut(); 4];
     let mut n = 0;
+    let locked = h.lock.lock();
     'classes: for class in 0..CLASSES {
         let q = h.queue(class);
         let mut page = q.get().first;
@@ -437,7 +478,8 @@ fn sweep(h: &Heap, keep: Keep) -> bool {
             let p = unsafe { &*page };
             let next = p.next.get();
             p.collect();
-            if p.used.get() == 0 && (keep == Keep::None || page != q.get().first) {
+            if p.used.load(Ordering::Relaxed) == 0 && (keep == Keep::None || page != q.get().first)
+            {
                 if let Some(seg) = unqueue_and_free(h, page) {
                     doomed[n] = seg;
                     n += 1;
@@ -451,6 +493,7 @@ fn sweep(h: &Heap, keep: Keep) -> bool {
             page = next;
         }
     }
+    drop(locked); // R1: destroying may allocate
     for &seg in &doomed[..n] {
         segment::segment_destroy(seg);
     }
@@ -497,6 +540,9 @@ const MIN_BLOCK_PURGE: usize = 32 << 10;
 /// page that still holds live blocks goes back to the kernel at 4 KiB
 /// granularity (blocks from 36 KiB up; medium blocks are 10–256 KiB).
 fn purge_medium_free(h: &Heap) {
+    // Our pages' free lists, walked and purged while no reclaimer resets
+    // one of them (S5).
+    let _locked = h.lock.lock();
     for class in SMALL_CLASSES..CLASSES {
         let size = block_size(class);
         if size < MIN_BLOCK_PURGE + 4096 {
@@ -547,8 +593,11 @@ pub unsafe fn dealloc(ptr: *mut u8) {
         // SAFETY: the block is being freed: we may link it.
         unsafe { (*block).next = p.free.get() };
         p.free.set(block);
-        let used = p.used.get() - 1;
-        p.used.set(used);
+        let used = p.used.load(Ordering::Relaxed) - 1;
+        // Release pairs with the Acquire load of `Page::reclaim_if_free`:
+        // the link above is written before a reclaimer that sees this
+        // count resets the page. A plain store on x86.
+        p.used.store(used, Ordering::Release);
         h.add_allocated(-(p.size.get() as i64));
         if used == 0 {
             let list = h.queue(p.class.get() as usize).get();
@@ -600,13 +649,18 @@ pub static FALLBACK_FREED: AtomicI64 = AtomicI64::new(0);
 /// give it back to the pool.
 #[cold]
 fn page_empty(h: &Heap, page: *mut Page) {
-    if let Some(seg) = unqueue_and_free(h, page) {
+    let doomed = {
+        let _locked = h.lock.lock();
+        unqueue_and_free(h, page)
+    };
+    if let Some(seg) = doomed {
         segment::segment_destroy(seg); // R1: no lock held here
     }
 }
 
 /// Takes an empty page of ours out of its class queue and gives it to the
 /// pool; returns a segment to destroy once the heap is consistent (R2).
+/// Under the heap's lock.
 fn unqueue_and_free(h: &Heap, page: *mut Page) -> Option<*mut Segment> {
     // SAFETY: our page.
     let p = unsafe { &*page };
@@ -621,11 +675,17 @@ fn unqueue_and_free(h: &Heap, page: *mut Page) -> Option<*mut Segment> {
 
 /// A thread is exiting: give its pages to the pool or the abandoned lists.
 pub fn abandon(h: &Heap) {
-    let mut doomed: [*mut Segment; 8] = [null_mut(); 8];
-    let mut n = 0;
     for class in 0..CLASSES {
-        let q = h.queue(class);
-        let mut page = q.get().first;
+        // Detach the class's pages under the lock: from then on no
+        // reclaimer can reach them (S5), and they are ours to hand on with
+        // no lock held, so segments can be destroyed as they free (R1).
+        let mut page = {
+            let _locked = h.lock.lock();
+            let q = h.queue(class);
+            let first = q.get().first;
+            q.set(PageList::new());
+            first
+        };
         while !page.is_null() {
             // SAFETY: our page.
             let p = unsafe { &*page };
@@ -633,26 +693,148 @@ pub fn abandon(h: &Heap) {
             p.collect();
             p.next.set(null_mut());
             p.prev.set(null_mut());
-            if p.used.get() == 0 {
-                if let Some(seg) = segment::page_free(page) {
-                    if n < doomed.len() {
-                        doomed[n] = seg;
-                        n += 1;
-                    } else {
-                        segment::segment_destroy(seg);
-                    }
-                }
+            let doomed = if p.used.load(Ordering::Relaxed) == 0 {
+                segment::page_free(page)
             } else {
-                put_abandoned(page);
+                put_abandoned(page)
+            };
+            if let Some(seg) = doomed {
+                segment::segment_destroy(seg);
             }
             page = next;
         }
-        q.set(PageList::new());
     }
     h.pages.set(0);
     h.remote_frees.0.store(0, Ordering::Relaxed);
-    for &seg in &doomed[..n] {
-        segment::segment_destroy(seg);
+    h.active.store(false, Ordering::Relaxed);
+    h.sweep_requested.store(false, Ordering::Relaxed);
+}
+
+/// Pages of other threads' heaps reclaimed in place (S5), for statistics.
+pub static PAGES_RECLAIMED: AtomicU64 = AtomicU64::new(0);
+
+/// When a reclaim tick last ran (`monotonic_ns`).
+static LAST_RECLAIM: AtomicU64 = AtomicU64::new(0);
+
+/// Runs, at most every half decay time in the whole process, a reclaim
+/// pass over the other threads' heaps (`reclaim_heap`): called from slow
+/// paths, so an idle thread's pages are given back by threads that are
+/// still working.
+fn reclaim_tick(own: &Heap) {
+    let decay = options::decay_ns();
+    let now = spf_core::monotonic_ns();
+    let last = LAST_RECLAIM.load(Ordering::Relaxed);
+    if now.saturating_sub(last) < decay / 2
+        || LAST_RECLAIM
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+    {
+        return;
+    }
+    reclaim_others(own, Reclaim::Tick);
+}
+
+/// How a reclaim pass treats a heap.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reclaim {
+    /// Skip a busy heap's lock; reclaim the pages of heaps whose owner took
+    /// no slow path since the last tick, and ask active owners with remote
+    /// frees waiting to sweep.
+    Tick,
+    /// `spf::purge()`: wait for every heap's lock and reclaim whatever is
+    /// free, idle or not.
+    All,
+}
+
+/// A reclaim pass over every heap but `own` (which its owner releases
+/// itself). Takes one heap's lock at a time, and nothing under it may
+/// allocate (R1).
+fn reclaim_others(own: *const Heap, how: Reclaim) {
+    let mut h = ALL_HEAPS.load(Ordering::Acquire);
+    while !h.is_null() {
+        if !core::ptr::eq(h, own) {
+            // SAFETY: heaps are never freed; their locks and atomics are
+            // shared by design.
+            reclaim_heap(unsafe { &*h }, how);
+        }
+        // SAFETY: as above; `next_all` is written once, before publication.
+        h = unsafe { (*h).next_all.load(Ordering::Relaxed) };
+    }
+}
+
+/// Reclaims, under `h`'s lock, each page of `h` but the first of each
+/// class queue whose blocks were all freed by other threads (S5).
+fn reclaim_heap(h: &Heap, how: Reclaim) {
+    let _locked = match how {
+        Reclaim::Tick => match h.lock.try_lock() {
+            Some(l) => l,
+            None => return,
+        },
+        Reclaim::All => h.lock.lock(),
+    };
+    // Relaxed: a hint (what the owner did since the last tick).
+    if h.active.swap(false, Ordering::Relaxed) && how == Reclaim::Tick {
+        if h.remote_frees.0.load(Ordering::Relaxed) > 0 {
+            h.sweep_requested.store(true, Ordering::Relaxed);
+        }
+        return;
+    }
+    let mut n = 0;
+    for class in 0..CLASSES {
+        // The queues change only under the lock we hold.
+        let first = h.queue(class).get().first;
+        if first.is_null() {
+            continue;
+        }
+        // SAFETY: pages in a heap's queue are its pages (S1), linked under
+        // its lock.
+        let mut page = unsafe { (*first).next.get() };
+        while !page.is_null() {
+            // SAFETY: as above.
+            let p = unsafe { &*page };
+            let next = p.next.get();
+            // SAFETY: we hold the owner's lock; not the queue's first page.
+            if unsafe { p.reclaim_if_free() } {
+                n += 1;
+            }
+            page = next;
+        }
+    }
+    if n > 0 {
+        PAGES_RECLAIMED.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// `spf::purge()`'s part for other threads' heaps: every page whose blocks
+/// were all freed by other threads, but the first of each class queue.
+pub fn reclaim_all() {
+    reclaim_others(thread::heap(), Reclaim::All);
+}
+
+/// Takes every heap's lock for `fork()` (after the heap pool's lock, so
+/// no heap is made meanwhile): the child must not inherit a reclaim half
+/// done.
+pub fn fork_lock_heaps() {
+    let mut h = ALL_HEAPS.load(Ordering::Acquire);
+    while !h.is_null() {
+        // SAFETY: heaps are never freed.
+        unsafe {
+            (*h).lock.lock_forever();
+            h = (*h).next_all.load(Ordering::Relaxed);
+        }
+    }
+}
+
+/// # Safety
+/// After `fork_lock_heaps`, with no heap made since.
+pub unsafe fn fork_unlock_heaps() {
+    let mut h = ALL_HEAPS.load(Ordering::Acquire);
+    while !h.is_null() {
+        // SAFETY: the caller's contract: each was locked by us.
+        unsafe {
+            (*h).lock.unlock_forgotten();
+            h = (*h).next_all.load(Ordering::Relaxed);
+        }
     }
 }
 

@@ -43,15 +43,21 @@ pub use stats::{stats, AllocStats};
 /// Gives freed memory back to the kernel now (it stays reserved and
 /// committed, and reads as zero), instead of waiting for the decay time:
 /// every page in the page pool, every cached large block, the calling
-/// thread's empty pages (the one each class keeps for reuse too) and the
-/// free blocks inside its partly used medium pages. Other threads' heaps
-/// are theirs alone: each gives its empty pages back from its own
-/// allocation slow path once a decay time has passed, so a thread that has
-/// stopped allocating keeps what it held then. Decay otherwise runs only
-/// when the allocator is used, so an idle program can call this (from the
-/// threads that allocated) to shed freed memory.
+/// thread's empty pages (the one each class keeps for reuse too), the free
+/// blocks inside its partly used medium pages, and every page of another
+/// thread's heap whose blocks were all freed by other threads.
+///
+/// What it does not reach: in another thread's heap, the first page of
+/// each class queue (its owner allocates from it without a lock — the
+/// empty page a class keeps for reuse is one); free blocks inside partly
+/// used pages other than the calling thread's medium ones.
+/// Each thread gives those back itself, from its allocation slow path,
+/// once a decay time has passed. Decay otherwise runs only when the
+/// allocator is used, so an idle program can call this to shed freed
+/// memory.
 pub fn purge() {
     heap::release_own();
+    heap::reclaim_all();
     segment::purge_all();
     large::purge_all();
 }

@@ -48,6 +48,20 @@ impl<T> SpinLock<T> {
         SpinGuard { lock: self }
     }
 
+    /// The lock if it is free now, else `None` (for work that may be
+    /// skipped, such as reclaiming another heap's pages).
+    pub fn try_lock(&self) -> Option<SpinGuard<'_, T>> {
+        // Acquire pairs with the Release in `unlock`. A plain load first:
+        // a busy lock is then left shared rather than taken exclusive.
+        if self.locked.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.locked
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .ok()
+            .map(|_| SpinGuard { lock: self })
+    }
+
     /// Takes the lock and forgets the guard (fork prepare).
     pub fn lock_forever(&self) {
         core::mem::forget(self.lock());

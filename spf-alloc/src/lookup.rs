@@ -22,7 +22,7 @@
 //! loads; for large blocks also a scan of the large cache under its lock.
 
 use crate::large;
-use crate::segment::{Segment, MAGIC, PAGE_SIZE, SEGMENT_SIZE};
+use crate::segment::{Segment, MAGIC, SEGMENT_SIZE, SMALL_PAGE_SIZE};
 use crate::size_class::{block_size, is_small, MAX_PAGE_ALIGN, MEDIUM_MAX};
 use core::alloc::Layout;
 
@@ -73,7 +73,7 @@ pub fn block_layout(ptr: *const u8) -> Option<Layout> {
         return None;
     }
     let seg = seg_start as *const Segment;
-    let index = (addr - seg_start) / PAGE_SIZE;
+    let index = (addr - seg_start) / SMALL_PAGE_SIZE;
     // SAFETY: a live segment: its header stays until every page is free,
     // and a pointer into a page in use keeps that page from the pool.
     let pages = unsafe { &(*seg).pages };

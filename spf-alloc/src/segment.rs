@@ -45,18 +45,29 @@
 //!   that sees the tag does not push but frees under the abandoned lists'
 //!   lock, still holding its block. So no freer can be reading a page that
 //!   goes to the pool, and a remote free costs one locked instruction.
+//! - S5: another thread may reclaim a page of a heap it does not own only
+//!   under that heap's lock, only when the page is not the first of its
+//!   class queue, and only when every block out is on `thread_free`
+//!   (`Page::reclaim_if_free`): the page stays in the heap's queue, empty,
+//!   its memory purged. The owner takes its heap's lock around every
+//!   change to its queues and every slow-path use of its pages, so the
+//!   only unlocked owner accesses left are the fast paths: allocation from
+//!   the first page of a queue, and local frees into pages holding a live
+//!   block — neither reaches a page S5 may reclaim.
 
 use crate::lock::SpinLock;
 use crate::options;
 use crate::size_class::{block_size, is_small};
 use core::cell::Cell;
 use core::ptr::{self, null_mut};
-use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use spf_core::{Region, RegionOptions};
 
 pub const SEGMENT_SIZE: usize = 4 << 20;
-pub const PAGE_SIZE: usize = 64 << 10;
-pub const PAGES_PER_SEGMENT: usize = SEGMENT_SIZE / PAGE_SIZE;
+/// A small page, and the stride of page descriptors: 64 KiB. Not the
+/// kernel's page (spf-core's `PAGE_SIZE`, 4 KiB), hence the name.
+pub const SMALL_PAGE_SIZE: usize = 64 << 10;
+pub const PAGES_PER_SEGMENT: usize = SEGMENT_SIZE / SMALL_PAGE_SIZE;
 /// A medium page: 1 MiB, 16 descriptors apart.
 pub const MEDIUM_PAGE_SIZE: usize = 1 << 20;
 const MEDIUM_PAGES: [usize; 3] = [16, 32, 48];
@@ -85,8 +96,11 @@ pub struct Page {
     /// (Release), compared by freeing threads.
     pub heap: AtomicPtr<crate::heap::Heap>,
     /// Blocks out: handed out minus freed locally minus remote frees
-    /// collected (S2).
-    pub used: Cell<u32>,
+    /// collected (S2). Written by the owner only; an atomic so that another
+    /// thread reclaiming the page (`reclaim_if_free`, under the heap's
+    /// lock) may read it: the owner's local free stores it with Release,
+    /// plain loads and stores otherwise (no RMW).
+    pub used: AtomicU32,
     /// Blocks carved so far (`extend`); blocks past it are untouched.
     pub capacity: Cell<u32>,
     /// Blocks the page holds in all.
@@ -127,10 +141,10 @@ const _: () = assert!(core::mem::size_of::<Page>() == 128);
 /// Words of the block ledger: one bit for each block of the page with the
 /// most blocks (64 KiB of 16-byte blocks).
 #[cfg(debug_assertions)]
-pub const LEDGER_WORDS: usize = PAGE_SIZE / 16 / 64;
+pub const LEDGER_WORDS: usize = SMALL_PAGE_SIZE / 16 / 64;
 
 // The page descriptors live in the segment's first 64 KiB page.
-const _: () = assert!(core::mem::size_of::<Segment>() <= PAGE_SIZE);
+const _: () = assert!(core::mem::size_of::<Segment>() <= SMALL_PAGE_SIZE);
 
 #[repr(C)]
 pub struct Segment {
@@ -150,7 +164,7 @@ pub struct Segment {
     index_mask: usize,
 }
 
-const _: () = assert!(MEDIUM_PAGE_SIZE == PAGE_SIZE << 4 && MEDIUM_PAGES[0] == 0x10);
+const _: () = assert!(MEDIUM_PAGE_SIZE == SMALL_PAGE_SIZE << 4 && MEDIUM_PAGES[0] == 0x10);
 
 /// The descriptor of the page holding `ptr`.
 ///
@@ -178,12 +192,12 @@ impl Page {
     pub fn init(&self, class: usize) {
         let size = block_size(class);
         let len = if is_small(class) {
-            PAGE_SIZE
+            SMALL_PAGE_SIZE
         } else {
             MEDIUM_PAGE_SIZE
         };
         self.free.set(null_mut());
-        self.used.set(0);
+        self.used.store(0, Ordering::Relaxed);
         self.capacity.set(0);
         #[cfg(debug_assertions)]
         for word in &self.ledger {
@@ -271,7 +285,9 @@ impl Page {
             remote = next;
             n += 1;
         }
-        self.used.set(self.used.get() - n);
+        // Relaxed: owner-only writer (see `used`).
+        self.used
+            .store(self.used.load(Ordering::Relaxed) - n, Ordering::Relaxed);
     }
 
     /// Pushes a block freed by a thread that does not own the page; false
@@ -297,6 +313,78 @@ impl Page {
                 Err(seen) => head = seen,
             }
         }
+    }
+
+    /// Bytes of memory the page spans.
+    pub fn bytes(&self) -> usize {
+        if is_small(self.class.get() as usize) {
+            SMALL_PAGE_SIZE
+        } else {
+            MEDIUM_PAGE_SIZE
+        }
+    }
+
+    /// Reclaims a page of another thread's heap whose every block out was
+    /// freed by other threads (all are waiting on `thread_free`): the page
+    /// becomes an empty page of the same heap and class with no blocks
+    /// carved, and its memory goes back to the kernel (S5). True if it did.
+    ///
+    /// Why the count proves the page free: under the heap's lock nobody
+    /// collects `thread_free`, so the chain seen is stable apart from pushes
+    /// at its head, and the `n` blocks on it are counted in `used`. `used`
+    /// can only fall meanwhile (the owner's local frees), as only locked
+    /// code or an allocation from the class's first page raises it. So a
+    /// `used` of `n` read after the chain means no block of the page is
+    /// live: nothing will push to it or free into it, and the owner touches
+    /// it again only under the lock we hold.
+    ///
+    /// # Safety
+    /// The caller holds the lock of the heap that owns the page (S1), and
+    /// the page is not the first of its class queue (the only page the
+    /// owner allocates from without that lock).
+    pub unsafe fn reclaim_if_free(&self) -> bool {
+        // Acquire pairs with the Release pushes: the chain's links (and the
+        // release sequence of the CASes before it) are visible.
+        let head = self.thread_free.load(Ordering::Acquire);
+        if head.is_null() || head as usize == ABANDONED {
+            return false;
+        }
+        let mut n = 0u32;
+        let mut b = head;
+        while !b.is_null() {
+            n += 1;
+            // SAFETY: blocks on `thread_free` are free blocks of this page,
+            // and none is collected while the caller holds the heap's lock.
+            b = unsafe { (*b).next };
+        }
+        // Acquire pairs with the Release store of the owner's last local
+        // free: its writes to the page (its free list) happen before ours.
+        if self.used.load(Ordering::Acquire) != n {
+            return false;
+        }
+        // No block is live (see above): the page's fields are ours until
+        // the caller releases the heap's lock.
+        self.thread_free.store(null_mut(), Ordering::Relaxed);
+        let carved = (self.capacity.get() as usize * self.size.get() as usize)
+            .next_multiple_of(4096)
+            .min(self.bytes());
+        self.free.set(null_mut());
+        self.capacity.set(0);
+        self.used.store(0, Ordering::Relaxed);
+        #[cfg(debug_assertions)]
+        for word in &self.ledger {
+            debug_assert_eq!(
+                word.load(Ordering::Relaxed),
+                0,
+                "a free page with live blocks"
+            );
+        }
+        // SAFETY: the carved part of the page, inside its live segment
+        // (S3: the page is a heap's); nothing in it will be read again, as
+        // blocks are carved afresh from `capacity` 0. A failed purge leaves
+        // the memory resident, the page empty all the same.
+        let _ = unsafe { spf_core::purge_pages(self.area.get(), carved) };
+        true
     }
 }
 
@@ -441,7 +529,7 @@ pub fn page_alloc(class: usize) -> *mut Page {
 #[cold]
 fn segment_new(small: bool) -> Option<*mut Page> {
     let opts = RegionOptions::default()
-        .granule(PAGE_SIZE)
+        .granule(SMALL_PAGE_SIZE)
         .align(SEGMENT_SIZE)
         .eager();
     let base = Region::reserve(SEGMENT_SIZE, opts).ok()?.into_raw();
@@ -454,7 +542,7 @@ fn segment_new(small: bool) -> Option<*mut Page> {
         ptr::addr_of_mut!((*seg).index_mask).write(if small { 63 } else { 0x30 });
         (*seg).used.set(1);
         for (i, page) in (*seg).pages.iter().enumerate() {
-            page.area.set(base.add(i * PAGE_SIZE));
+            page.area.set(base.add(i * SMALL_PAGE_SIZE));
         }
     }
     // SAFETY: as above.
@@ -499,7 +587,7 @@ fn spans(small: bool) -> impl Iterator<Item = usize> {
 pub fn page_free(page: *mut Page) -> Option<*mut Segment> {
     // SAFETY: the caller owns the page and it is empty (S2).
     let p = unsafe { &*page };
-    debug_assert_eq!(p.used.get(), 0, "S2");
+    debug_assert_eq!(p.used.load(Ordering::Relaxed), 0, "S2");
     // No freer reads the page any more (S4). An abandoned page that
     // emptied keeps its tag until here; Relaxed: the pool lock publishes it.
     debug_assert!(
@@ -731,7 +819,7 @@ pub fn purge_all() {
 
 fn purge(page: &Page) {
     let len = if is_small(page.class.get() as usize) {
-        PAGE_SIZE
+        SMALL_PAGE_SIZE
     } else {
         MEDIUM_PAGE_SIZE
     };

@@ -2,7 +2,7 @@
 
 use crate::heap::{self, ALL_HEAPS};
 use crate::large;
-use crate::segment::{MEDIUM_PAGES_IN_USE, MEDIUM_PAGE_SIZE, PAGE_SIZE, SMALL_PAGES_IN_USE};
+use crate::segment::{MEDIUM_PAGES_IN_USE, MEDIUM_PAGE_SIZE, SMALL_PAGES_IN_USE, SMALL_PAGE_SIZE};
 use core::fmt;
 use core::sync::atomic::Ordering::Relaxed;
 
@@ -26,6 +26,10 @@ pub struct AllocStats {
     pub cached_large: u64,
     /// Thread heaps ever made (they are recycled when threads exit).
     pub heaps: u64,
+    /// Pages of thread heaps given back to the kernel by another thread,
+    /// because every block in them had been freed by other threads while
+    /// their owner was idle (or `purge` ran).
+    pub pages_reclaimed: u64,
     /// spf-core's fault counters.
     pub core: spf_core::Stats,
 }
@@ -48,7 +52,7 @@ pub fn stats() -> AllocStats {
     let large_bytes = large::LIVE_BYTES.load(Relaxed);
     AllocStats {
         allocated: small.max(0) as u64 + large_bytes,
-        active: SMALL_PAGES_IN_USE.load(Relaxed) * PAGE_SIZE as u64
+        active: SMALL_PAGES_IN_USE.load(Relaxed) * SMALL_PAGE_SIZE as u64
             + MEDIUM_PAGES_IN_USE.load(Relaxed) * MEDIUM_PAGE_SIZE as u64
             + large_bytes,
         committed: core.committed_bytes,
@@ -57,6 +61,7 @@ pub fn stats() -> AllocStats {
         large_blocks: large::LIVE_BLOCKS.load(Relaxed),
         cached_large: large::CACHED_BYTES.load(Relaxed),
         heaps,
+        pages_reclaimed: heap::PAGES_RECLAIMED.load(Relaxed),
         core,
     }
 }
@@ -73,6 +78,7 @@ impl AllocStats {
             (self.large_blocks, "large_blocks"),
             (self.cached_large, "bytes_cached_large"),
             (self.heaps, "heaps"),
+            (self.pages_reclaimed, "pages_reclaimed"),
         ] {
             writeln!(f, "{v:>16}      {name}")?;
         }

@@ -14,8 +14,9 @@
 //! it).
 //!
 //! Lock order (for `fork()` and for nesting): fallback heap → heap pool →
-//! abandoned lists → page pool → large cache. Only the fallback lock is ever
-//! held while taking another.
+//! each heap's own lock → abandoned lists → page pool → large cache. A
+//! thread holds at most one heap's lock (its own, or the one it reclaims
+//! pages from: S5 in `segment`).
 
 use crate::heap::{self, Heap};
 use crate::lock::SpinLock;
@@ -211,6 +212,7 @@ fn register_fork_handlers() {
     extern "C" fn prepare() {
         heap::fork_lock_fallback();
         POOL.lock_forever();
+        heap::fork_lock_heaps();
         heap::fork_lock_abandoned();
         segment::fork_lock();
         large::fork_lock();
@@ -221,6 +223,7 @@ fn register_fork_handlers() {
             large::fork_unlock();
             segment::fork_unlock();
             heap::fork_unlock_abandoned();
+            heap::fork_unlock_heaps();
             POOL.unlock_forgotten();
             heap::fork_unlock_fallback();
         }
