@@ -46,9 +46,10 @@ part() { [ -z "$only" ] || [ "$only" = "$1" ]; }
 if [ "$measure" = 1 ]; then
     mkdir -p "$raw"
     cargo build --release --examples
+    # One short line for the pictures' titles; the CPU model goes to stderr.
+    echo "$(nproc) CPUs, Linux $(uname -r | cut -d. -f1-2), $(date -u +%Y-%m-%d)" >"$raw/machine.txt"
     model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
-    echo "$(nproc) CPUs (${model:-unknown}), Linux $(uname -r), $(date -u +%Y-%m-%d)" >"$raw/machine.txt"
-    echo "figures: $(cat "$raw/machine.txt"); load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+    echo "figures: $(cat "$raw/machine.txt"), ${model:-CPU unknown}; load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 
     if part ebizzy; then
         rm -f "$raw"/ebizzy-*.txt

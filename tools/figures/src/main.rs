@@ -293,6 +293,11 @@ fn allocators(raw: &Path, out: &mut Out) -> Result<()> {
             .filter_map(|r| r.first().cloned())
             .filter(|l| l != "idle")
             .collect();
+        // The pictures name a workload without its parenthesised details.
+        let short = |l: &str| match l.split_once(" (") {
+            Some((head, tail)) => format!("{head}{}", tail.split_once(')').map_or("", |t| t.1)),
+            None => l.to_owned(),
+        };
         let ratio = |label: &str, other: &str| {
             let v: Vec<f64> = per_run
                 .iter()
@@ -332,11 +337,12 @@ fn allocators(raw: &Path, out: &mut Out) -> Result<()> {
                 out.machine
             ),
         )?;
+        let shown: Vec<String> = labels.iter().map(|l| short(l)).collect();
         draw::ratio_bars(
             &body,
             "",
             &format!("spf {unit} ÷ other {unit}"),
-            &labels,
+            &shown,
             &series,
         )?;
         root.present()?;
