@@ -9,7 +9,7 @@
 //! - a *small or medium* block lies in a 4 MiB segment (a region of exactly
 //!   that size and alignment, whose header starts with the segment magic)
 //!   and never at its start, since the segment's first 64 KiB are the
-//!   header; its page descriptor (masking, as in `heap::page_of`) gives the
+//!   header; its page descriptor (masking, as in `segment::page_of`) gives the
 //!   class. A medium segment is recognised by the medium class of the
 //!   descriptor at the 1 MiB boundary below the pointer (descriptors 16,
 //!   32, 48); a small segment's descriptors there hold small classes.
