@@ -6,7 +6,7 @@
 //! 64 KiB hold the [`Segment`] header with 64 [`Page`] descriptors, one per
 //! 64 KiB of the segment — the allocator's metadata never comes from its
 //! own blocks. Descriptor `i` describes the memory at `segment + i × 64 KiB`.
-//! Two kinds:
+//! Two kinds ([`PageKind`]; a segment's pages are all of one kind):
 //!
 //! - a *small* segment: pages 1–63 are 64 KiB small pages, each serving one
 //!   small class (blocks up to 8 KiB);
@@ -75,6 +75,64 @@ const SMALL_PAGES: core::ops::Range<usize> = 1..PAGES_PER_SEGMENT;
 pub const MAGIC: usize = 0x5350_4653_4547_4d54; // "SPFSEGMT"
 /// Free segments of each kind kept (not returned to spf-core) for reuse.
 const KEEP_SEGMENTS: usize = 2;
+
+/// The two kinds of pages. A segment holds pages of one kind only, so it
+/// has the same kind; the pool keeps one list of each.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum PageKind {
+    /// 64 KiB pages of small classes (blocks up to 8 KiB), 63 a segment.
+    Small = 0,
+    /// 1 MiB pages of medium classes (blocks up to 256 KiB), 3 a segment.
+    Medium = 1,
+}
+
+impl PageKind {
+    /// Both kinds, in the order the pool's arrays index them.
+    const ALL: [PageKind; 2] = [PageKind::Small, PageKind::Medium];
+
+    /// The kind of page that serves `class`.
+    pub const fn of_class(class: usize) -> PageKind {
+        if is_small(class) {
+            PageKind::Small
+        } else {
+            PageKind::Medium
+        }
+    }
+
+    /// Bytes of memory a page of this kind spans.
+    pub const fn page_size(self) -> usize {
+        match self {
+            PageKind::Small => SMALL_PAGE_SIZE,
+            PageKind::Medium => MEDIUM_PAGE_SIZE,
+        }
+    }
+
+    /// The segment header's `index_mask` for a segment of this kind.
+    const fn index_mask(self) -> usize {
+        match self {
+            PageKind::Small => 63,
+            PageKind::Medium => 0x30,
+        }
+    }
+
+    /// The descriptor indices of the pages of a segment of this kind.
+    fn spans(self) -> impl Iterator<Item = usize> {
+        let (small_pages, medium_pages) = match self {
+            PageKind::Small => (SMALL_PAGES, [].iter()),
+            PageKind::Medium => (0..0, MEDIUM_PAGES.iter()),
+        };
+        small_pages.chain(medium_pages.copied())
+    }
+
+    /// The statistics counter of pages of this kind owned by heaps or
+    /// abandoned.
+    fn in_use(self) -> &'static AtomicU64 {
+        match self {
+            PageKind::Small => &SMALL_PAGES_IN_USE,
+            PageKind::Medium => &MEDIUM_PAGES_IN_USE,
+        }
+    }
+}
 
 /// A free block: its first word links the free list.
 #[repr(C)]
@@ -191,11 +249,7 @@ impl Page {
     /// Prepares a pooled page to serve `class` (owner: the caller).
     pub fn init(&self, class: usize) {
         let size = block_size(class);
-        let len = if is_small(class) {
-            SMALL_PAGE_SIZE
-        } else {
-            MEDIUM_PAGE_SIZE
-        };
+        let len = PageKind::of_class(class).page_size();
         self.free.set(null_mut());
         self.used.store(0, Ordering::Relaxed);
         self.capacity.set(0);
@@ -317,11 +371,12 @@ impl Page {
 
     /// Bytes of memory the page spans.
     pub fn bytes(&self) -> usize {
-        if is_small(self.class.get() as usize) {
-            SMALL_PAGE_SIZE
-        } else {
-            MEDIUM_PAGE_SIZE
-        }
+        self.kind().page_size()
+    }
+
+    /// The kind of page, from the class it serves.
+    pub fn kind(&self) -> PageKind {
+        PageKind::of_class(self.class.get() as usize)
     }
 
     /// Reclaims a page of another thread's heap whose every block out was
@@ -458,11 +513,11 @@ impl PageList {
 }
 
 struct Pool {
-    /// Free small and medium pages, most recently freed first.
-    small: PageList,
-    medium: PageList,
-    small_free: usize,
-    medium_free: usize,
+    /// Free pages of each kind (indexed by `PageKind`), most recently freed
+    /// first.
+    lists: [PageList; 2],
+    /// Pages on each of `lists`.
+    free: [usize; 2],
     last_sweep: u64,
 }
 
@@ -470,10 +525,8 @@ struct Pool {
 unsafe impl Send for Pool {}
 
 static POOL: SpinLock<Pool> = SpinLock::new(Pool {
-    small: PageList::new(),
-    medium: PageList::new(),
-    small_free: 0,
-    medium_free: 0,
+    lists: [PageList::new(); 2],
+    free: [0; 2],
     last_sweep: 0,
 });
 
@@ -484,23 +537,15 @@ pub static MEDIUM_PAGES_IN_USE: AtomicU64 = AtomicU64::new(0);
 /// A page for `class`, initialised and owned by the caller, or null when
 /// memory is exhausted. Never called with an allocator lock held (R1).
 pub fn page_alloc(class: usize) -> *mut Page {
-    let small = is_small(class);
+    let kind = PageKind::of_class(class);
     let taken = {
         let mut pool = POOL.lock();
-        let list = if small {
-            &mut pool.small
-        } else {
-            &mut pool.medium
-        };
+        let list = &mut pool.lists[kind as usize];
         let p = list.first;
         if !p.is_null() {
             // SAFETY: p is the head of a pool list (S1: the pool owns it).
             unsafe { list.remove(p) };
-            if small {
-                pool.small_free -= 1;
-            } else {
-                pool.medium_free -= 1;
-            }
+            pool.free[kind as usize] -= 1;
             // SAFETY: p's segment is a live segment (S3); its count is
             // guarded by the pool lock.
             unsafe { (*(*p).segment()).used.set((*(*p).segment()).used.get() + 1) };
@@ -508,7 +553,7 @@ pub fn page_alloc(class: usize) -> *mut Page {
         p
     };
     let page = if taken.is_null() {
-        match segment_new(small) {
+        match segment_new(kind) {
             Some(p) => p,
             None => return null_mut(),
         }
@@ -517,17 +562,13 @@ pub fn page_alloc(class: usize) -> *mut Page {
     };
     // SAFETY: the page is now ours alone (S1).
     unsafe { (*page).init(class) };
-    if small {
-        SMALL_PAGES_IN_USE.fetch_add(1, Ordering::Relaxed);
-    } else {
-        MEDIUM_PAGES_IN_USE.fetch_add(1, Ordering::Relaxed);
-    }
+    kind.in_use().fetch_add(1, Ordering::Relaxed);
     page
 }
 
 /// Creates a segment and returns one page of it, the rest going to the pool.
 #[cold]
-fn segment_new(small: bool) -> Option<*mut Page> {
+fn segment_new(kind: PageKind) -> Option<*mut Page> {
     let opts = RegionOptions::default()
         .granule(SMALL_PAGE_SIZE)
         .align(SEGMENT_SIZE)
@@ -539,7 +580,7 @@ fn segment_new(small: bool) -> Option<*mut Page> {
     // Page is a valid empty descriptor.
     unsafe {
         ptr::addr_of_mut!((*seg).magic).write(MAGIC);
-        ptr::addr_of_mut!((*seg).index_mask).write(if small { 63 } else { 0x30 });
+        ptr::addr_of_mut!((*seg).index_mask).write(kind.index_mask());
         (*seg).used.set(1);
         for (i, page) in (*seg).pages.iter().enumerate() {
             page.area.set(base.add(i * SMALL_PAGE_SIZE));
@@ -547,7 +588,7 @@ fn segment_new(small: bool) -> Option<*mut Page> {
     }
     // SAFETY: as above.
     let pages = unsafe { &(*seg).pages };
-    let mut indices = spans(small);
+    let mut indices = kind.spans();
     let first = indices.next().expect("a segment has pages");
     let mut pool = POOL.lock();
     for i in indices {
@@ -555,30 +596,10 @@ fn segment_new(small: bool) -> Option<*mut Page> {
         page.freed_at.set(0);
         page.purged.set(true); // fresh memory reads as zero
                                // SAFETY: a new page, in no list.
-        unsafe {
-            if small {
-                pool.small.push_back(page as *const Page as *mut Page);
-            } else {
-                pool.medium.push_back(page as *const Page as *mut Page);
-            }
-        }
-        if small {
-            pool.small_free += 1;
-        } else {
-            pool.medium_free += 1;
-        }
+        unsafe { pool.lists[kind as usize].push_back(page as *const Page as *mut Page) };
+        pool.free[kind as usize] += 1;
     }
     Some(&pages[first] as *const Page as *mut Page)
-}
-
-/// The descriptor indices of a segment's pages.
-fn spans(small: bool) -> impl Iterator<Item = usize> {
-    let (small_pages, medium_pages) = if small {
-        (SMALL_PAGES, [].iter())
-    } else {
-        (0..0, MEDIUM_PAGES.iter())
-    };
-    small_pages.chain(medium_pages.copied())
 }
 
 /// Gives an empty page (`used == 0`, owned by the caller) back to the pool.
@@ -602,12 +623,7 @@ pub fn page_free(page: *mut Page) -> Option<*mut Segment> {
     p.purged.set(false);
     p.heap.store(null_mut(), Ordering::Relaxed);
     p.free.set(null_mut());
-    let small = is_small(p.class.get() as usize);
-    if small {
-        SMALL_PAGES_IN_USE.fetch_sub(1, Ordering::Relaxed);
-    } else {
-        MEDIUM_PAGES_IN_USE.fetch_sub(1, Ordering::Relaxed);
-    }
+    p.kind().in_use().fetch_sub(1, Ordering::Relaxed);
     let now = spf_core::monotonic_ns();
     let decay = options::decay_ns();
     if decay == 0 {
@@ -650,13 +666,9 @@ enum End {
 unsafe fn pool_put(pool: &mut Pool, page: *mut Page, end: End) -> Option<*mut Segment> {
     // SAFETY: the caller's contract.
     let p = unsafe { &*page };
-    let small = is_small(p.class.get() as usize);
+    let kind = p.kind();
     {
-        let list = if small {
-            &mut pool.small
-        } else {
-            &mut pool.medium
-        };
+        let list = &mut pool.lists[kind as usize];
         // SAFETY: the page is ours and in no list.
         unsafe {
             match end {
@@ -673,34 +685,22 @@ unsafe fn pool_put(pool: &mut Pool, page: *mut Page, end: End) -> Option<*mut Se
         (*seg).used.set(used);
         used
     };
-    let per_segment = spans(small).count();
-    let mut free = if small {
-        pool.small_free + 1
-    } else {
-        pool.medium_free + 1
-    };
+    let per_segment = kind.spans().count();
+    let mut free = pool.free[kind as usize] + 1;
     let mut doomed = None;
     if used == 0 && free > KEEP_SEGMENTS * per_segment {
         // SAFETY: all of this segment's pages are in the pool list.
         unsafe {
             let pages = &(*seg).pages;
-            for i in spans(small) {
+            for i in kind.spans() {
                 let q = &pages[i] as *const Page as *mut Page;
-                if small {
-                    pool.small.remove(q);
-                } else {
-                    pool.medium.remove(q);
-                }
+                pool.lists[kind as usize].remove(q);
             }
         }
         free -= per_segment;
         doomed = Some(seg);
     }
-    if small {
-        pool.small_free = free;
-    } else {
-        pool.medium_free = free;
-    }
+    pool.free[kind as usize] = free;
     doomed
 }
 
@@ -741,12 +741,8 @@ fn decay_pool(now: u64, decay: u64) {
         let mut n = 0;
         {
             let mut pool = POOL.lock();
-            for small in [true, false] {
-                let list = if small {
-                    &mut pool.small
-                } else {
-                    &mut pool.medium
-                };
+            for kind in PageKind::ALL {
+                let list = &mut pool.lists[kind as usize];
                 let mut p = list.last;
                 let mut taken = 0;
                 while !p.is_null() && n < PURGE_BATCH {
@@ -771,11 +767,7 @@ fn decay_pool(now: u64, decay: u64) {
                     }
                     p = prev;
                 }
-                if small {
-                    pool.small_free -= taken;
-                } else {
-                    pool.medium_free -= taken;
-                }
+                pool.free[kind as usize] -= taken;
             }
         }
         if n == 0 {
@@ -818,11 +810,7 @@ pub fn purge_all() {
 }
 
 fn purge(page: &Page) {
-    let len = if is_small(page.class.get() as usize) {
-        SMALL_PAGE_SIZE
-    } else {
-        MEDIUM_PAGE_SIZE
-    };
+    let len = page.bytes();
     // SAFETY: the page is free (S2): nothing in it will be read again, and
     // it lies inside its live segment.
     if unsafe { spf_core::purge_pages(page.area.get(), len) }.is_ok() {
