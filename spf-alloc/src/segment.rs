@@ -303,7 +303,9 @@ impl Page {
             remote as usize, ABANDONED,
             "S4: collect of an abandoned page"
         );
-        self.link_remote(remote);
+        // SAFETY: the chain just swapped off this page's `thread_free`
+        // (not the tag, asserted above), by its owner.
+        unsafe { self.link_remote(remote) };
     }
 
     /// Collects the remote frees and tags the page `ABANDONED` in the same
@@ -314,7 +316,10 @@ impl Page {
         let remote = self
             .thread_free
             .swap(ABANDONED as *mut Block, Ordering::Acquire);
-        self.link_remote(remote);
+        // SAFETY: the chain just swapped off this page's `thread_free`
+        // (never the tag: only this swap sets it, on a page its owner
+        // holds), by its owner.
+        unsafe { self.link_remote(remote) };
     }
 
     /// Clears the `ABANDONED` tag of a page taken off an abandoned list
@@ -328,10 +333,16 @@ impl Page {
         self.thread_free.store(null_mut(), Ordering::Relaxed);
     }
 
-    fn link_remote(&self, mut remote: *mut Block) {
+    /// Links a chain of remotely freed blocks into `free` and counts them
+    /// out of `used` (S2).
+    ///
+    /// # Safety
+    /// `remote` is null or a chain (through `next`) of blocks of this page
+    /// taken off its `thread_free`, and the caller owns the page (S1).
+    unsafe fn link_remote(&self, mut remote: *mut Block) {
         let mut n = 0u32;
         while !remote.is_null() {
-            // SAFETY: blocks on thread_free are free blocks of this page.
+            // SAFETY: the caller's contract: free blocks of this page.
             let next = unsafe { (*remote).next };
             // SAFETY: as above; we own the page and relink the block.
             unsafe { (*remote).next = self.free.get() };
@@ -346,13 +357,18 @@ impl Page {
 
     /// Pushes a block freed by a thread that does not own the page; false
     /// (and nothing pushed) if the page is abandoned (S4).
-    pub fn push_remote(&self, block: *mut Block) -> bool {
+    ///
+    /// # Safety
+    /// `block` is a block of this page that the caller is freeing, once,
+    /// still counted in `used` (S4), and linked by no one else.
+    pub unsafe fn push_remote(&self, block: *mut Block) -> bool {
         let mut head = self.thread_free.load(Ordering::Relaxed);
         loop {
             if head as usize == ABANDONED {
                 return false;
             }
-            // SAFETY: the block is ours to give back; nobody else links it.
+            // SAFETY: the caller's contract: the block is ours to give
+            // back; nobody else links it.
             unsafe { (*block).next = head };
             // Release pairs with the Acquire swaps of `collect` and
             // `collect_and_close`: the `next` word is written before the
@@ -604,9 +620,14 @@ fn segment_new(kind: PageKind) -> Option<*mut Page> {
 
 /// Gives an empty page (`used == 0`, owned by the caller) back to the pool.
 /// Returns a segment to destroy once no allocator lock is held (R1, S3).
+///
+/// # Safety
+/// `page` is a page descriptor of a live segment, owned by the caller
+/// (S1), with `used == 0` and no remote frees pending (S2), and in no list.
 #[must_use]
-pub fn page_free(page: *mut Page) -> Option<*mut Segment> {
-    // SAFETY: the caller owns the page and it is empty (S2).
+pub unsafe fn page_free(page: *mut Page) -> Option<*mut Segment> {
+    // SAFETY: the caller's contract: the caller owns the page and it is
+    // empty (S2).
     let p = unsafe { &*page };
     debug_assert_eq!(p.used.load(Ordering::Relaxed), 0, "S2");
     // No freer reads the page any more (S4). An abandoned page that
@@ -793,7 +814,9 @@ fn decay_pool(now: u64, decay: u64) {
             }
         }
         for &seg in &doomed[..d] {
-            defer_destroy(seg);
+            // SAFETY: `pool_put` took this segment's pages off the lists
+            // and handed it to us to destroy, once.
+            unsafe { defer_destroy(seg) };
         }
         // A page whose purge failed is still due: the next sweep retries
         // it, this one must not take it again and again.
@@ -852,13 +875,19 @@ impl Drop for DeferDestroy {
 /// Called with no allocator lock held (R1): destroying pins an epoch, which
 /// may allocate. Under the fallback lock, the segment is queued instead and
 /// destroyed by the next `segment_destroy` elsewhere.
-pub fn segment_destroy(seg: *mut Segment) {
-    // SAFETY: the segment was created by `segment_new` through
-    // `Region::into_raw`, and `page_free` took all its pages out of the pool,
-    // so this is the only handle.
+///
+/// # Safety
+/// `seg` is a segment that `page_free` (or the pool's decay) returned to
+/// be destroyed — made by `segment_new`, all its pages taken off the pool
+/// lists — and it is destroyed once.
+pub unsafe fn segment_destroy(seg: *mut Segment) {
+    // SAFETY: the caller's contract: the segment was created by
+    // `segment_new` through `Region::into_raw`, and all its pages were
+    // taken out of the pool, so this is the only handle.
     debug_assert_eq!(unsafe { (*seg).magic }, MAGIC);
     if DEFERRING.with(Cell::get) {
-        defer_destroy(seg);
+        // SAFETY: as above.
+        unsafe { defer_destroy(seg) };
         return;
     }
     // SAFETY: as above.
@@ -875,10 +904,15 @@ pub fn segment_destroy(seg: *mut Segment) {
 
 /// Queues a segment (all its pages off the pool lists, ours alone) for the
 /// next `segment_destroy` on any thread.
-fn defer_destroy(seg: *mut Segment) {
+///
+/// # Safety
+/// As `segment_destroy`: `seg` is a wholly free segment taken off the
+/// pool lists, queued once.
+unsafe fn defer_destroy(seg: *mut Segment) {
     let mut head = DEFERRED.load(Ordering::Relaxed);
     loop {
-        // SAFETY: we own the segment; its first page is unused.
+        // SAFETY: the caller's contract: we own the segment; its first
+        // page (the header's) is unused.
         unsafe { (*seg).pages[0].next.set(head as *mut Page) };
         // Release pairs with the Acquire swap in `segment_destroy`: the
         // link is written before the segment is seen.

@@ -48,12 +48,16 @@ pub fn abandon(h: &Heap) {
             p.next.set(null_mut());
             p.prev.set(null_mut());
             let doomed = if p.used.load(Ordering::Relaxed) == 0 {
-                segment::page_free(page)
+                // SAFETY: our page, detached from the queue above (in no
+                // list), empty and its remote frees collected.
+                unsafe { segment::page_free(page) }
             } else {
-                put_abandoned(page)
+                // SAFETY: our page, detached from the queue above.
+                unsafe { put_abandoned(page) }
             };
             if let Some(seg) = doomed {
-                segment::segment_destroy(seg);
+                // SAFETY: handed to us by `page_free` to destroy, once.
+                unsafe { segment::segment_destroy(seg) };
             }
             page = next;
         }
@@ -74,9 +78,13 @@ pub fn abandon(h: &Heap) {
 /// then it frees under the lock (`free_abandoned`), where tag and listing
 /// agree. Abandoned pages always hold live blocks: the free that empties
 /// one gives it back. Returns a segment to destroy with no lock held (R1).
+///
+/// # Safety
+/// `page` is a page of the caller's heap (S1), taken out of its queue (in
+/// no list).
 #[must_use]
-fn put_abandoned(page: *mut Page) -> Option<*mut Segment> {
-    // SAFETY: the caller owns the page.
+unsafe fn put_abandoned(page: *mut Page) -> Option<*mut Segment> {
+    // SAFETY: the caller's contract: the caller owns the page.
     let p = unsafe { &*page };
     // Relaxed: freers read `heap` only as a hint (`dealloc_remote`).
     p.heap.store(null_mut(), Ordering::Relaxed);
@@ -84,7 +92,8 @@ fn put_abandoned(page: *mut Page) -> Option<*mut Segment> {
     p.collect_and_close();
     if p.used.load(Ordering::Relaxed) == 0 {
         drop(lists);
-        return segment::page_free(page);
+        // SAFETY: ours, empty, in no list; no freer reads it any more (S4).
+        return unsafe { segment::page_free(page) };
     }
     p.abandoned.set(true);
     // SAFETY: the page is in no list.
@@ -96,9 +105,13 @@ fn put_abandoned(page: *mut Page) -> Option<*mut Segment> {
 /// page under the abandoned lists' lock, and give the page back if that
 /// emptied it. False if the page was adopted meanwhile (it is untagged:
 /// push again).
+///
+/// # Safety
+/// `block` is a block of `p` that the caller is freeing, once, still
+/// counted in `p.used` (S4).
 #[cold]
 #[inline(never)]
-pub(super) fn free_abandoned(p: &Page, block: *mut Block) -> bool {
+pub(super) unsafe fn free_abandoned(p: &Page, block: *mut Block) -> bool {
     let page = p as *const Page as *mut Page;
     {
         let mut lists = ABANDONED.lock();
@@ -107,7 +120,7 @@ pub(super) fn free_abandoned(p: &Page, block: *mut Block) -> bool {
         }
         // The lists own the page (S1) and we hold their lock: its owner-only
         // fields are ours to change.
-        // SAFETY: the block is ours to give back.
+        // SAFETY: the caller's contract: the block is ours to give back.
         unsafe { (*block).next = p.free.get() };
         p.free.set(block);
         let used = p.used.load(Ordering::Relaxed) - 1;
@@ -119,8 +132,12 @@ pub(super) fn free_abandoned(p: &Page, block: *mut Block) -> bool {
         // SAFETY: the page is on this list (its flag says so, under the lock).
         unsafe { lists.0[p.class.get() as usize].remove(page) };
     }
-    if let Some(seg) = segment::page_free(page) {
-        segment::segment_destroy(seg); // no lock held (R1)
+    // SAFETY: the page was the abandoned lists' (S1), and is now ours:
+    // taken off its list, empty, its last block freed by us.
+    if let Some(seg) = unsafe { segment::page_free(page) } {
+        // SAFETY: handed to us by `page_free` to destroy, once. No lock
+        // held (R1).
+        unsafe { segment::segment_destroy(seg) };
     }
     true
 }
@@ -146,7 +163,8 @@ pub(super) fn adopt(h: &Heap, class: usize) -> Option<*mut Page> {
         }
         p
     };
-    take(h, page);
+    // SAFETY: taken off its abandoned list above: ours, in no list.
+    unsafe { take(h, page) };
     Some(page)
 }
 

@@ -76,7 +76,9 @@ unsafe fn alloc_without_heap(heap: *mut Heap, class: usize) -> *mut u8 {
     let mut fb = FALLBACK.lock();
     let h = &FALLBACK_HEAP.0;
     if !fb.0 {
-        link(h as *const Heap as *mut Heap);
+        // SAFETY: the fallback heap, not linked yet (the flag, under its
+        // lock, says so).
+        unsafe { link(h as *const Heap as *mut Heap) };
         fb.0 = true;
     }
     // Segments freed while we hold the lock are destroyed later (R1):
@@ -127,7 +129,8 @@ fn alloc_slow(h: &Heap, class: usize) -> *mut u8 {
                 if p.is_null() {
                     return null_mut();
                 }
-                take(h, p);
+                // SAFETY: fresh from the pool: ours, in no list.
+                unsafe { take(h, p) };
                 p
             }
         };
@@ -205,8 +208,12 @@ fn pop(h: &Heap, p: &Page) -> *mut u8 {
 }
 
 /// Makes `page` ours and puts it at the front of its class queue.
-pub(super) fn take(h: &Heap, page: *mut Page) {
-    // SAFETY: the caller owns the page (fresh from the pool or adopted).
+///
+/// # Safety
+/// `h` is the caller's heap; the caller owns `page` (fresh from the pool
+/// or taken off an abandoned list), which is in no list.
+pub(super) unsafe fn take(h: &Heap, page: *mut Page) {
+    // SAFETY: the caller's contract: the caller owns the page.
     let p = unsafe { &*page };
     // Release: our later writes to the page follow the ownership change.
     p.heap

@@ -50,17 +50,27 @@ pub unsafe fn dealloc(ptr: *mut u8) {
             // The only page of its class stays: an alloc/free loop would
             // otherwise trade it with the pool every time.
             if !(list.first == page && list.last == page) {
-                page_empty(h, page);
+                // SAFETY: our page (its heap is ours), in its class queue,
+                // and empty (`used` is 0).
+                unsafe { page_empty(h, page) };
             }
         }
     } else {
-        dealloc_remote(p, block, heap);
+        // SAFETY: the caller's contract: `block` is a block of `p` being
+        // freed, still counted in `used`; `heap` is `thread::heap()`.
+        unsafe { dealloc_remote(p, block, heap) };
     }
 }
 
+/// Frees a block of a page this thread does not own: onto the page's
+/// `thread_free`, or under the abandoned lists' lock if it is abandoned.
+///
+/// # Safety
+/// `block` is a block of `p` that the caller is freeing, once, still
+/// counted in `p.used` (S4); `heap` is this thread's `thread::heap()`.
 #[cold]
 #[inline(never)]
-fn dealloc_remote(p: &Page, block: *mut Block, heap: *mut Heap) {
+unsafe fn dealloc_remote(p: &Page, block: *mut Block, heap: *mut Heap) {
     // Read now: once pushed, the block may empty the page (S4).
     let size = p.size.get() as i64;
     // Read before the push, while our block keeps the page out of the pool
@@ -68,7 +78,8 @@ fn dealloc_remote(p: &Page, block: *mut Block, heap: *mut Heap) {
     let owner = p.heap.load(Ordering::Relaxed);
     loop {
         // The push is our last access to the page (S4).
-        if p.push_remote(block) {
+        // SAFETY: the caller's contract: a block of `p` being freed.
+        if unsafe { p.push_remote(block) } {
             if !owner.is_null() {
                 // SAFETY: heaps are never freed, only recycled: the pointer
                 // is always a valid Heap, and the counter is only a hint.
@@ -76,7 +87,9 @@ fn dealloc_remote(p: &Page, block: *mut Block, heap: *mut Heap) {
             }
             break;
         }
-        if free_abandoned(p, block) {
+        // SAFETY: as above; the push failed, so the block is still ours
+        // and counted.
+        if unsafe { free_abandoned(p, block) } {
             break;
         }
     }
@@ -93,22 +106,32 @@ pub static FALLBACK_FREED: AtomicI64 = AtomicI64::new(0);
 
 /// A page of ours became empty and is not the only page of its class:
 /// give it back to the pool.
+///
+/// # Safety
+/// `h` is this thread's heap, and `page` one of its pages (S1), in its
+/// class queue, with `used == 0`.
 #[cold]
-fn page_empty(h: &Heap, page: *mut Page) {
+unsafe fn page_empty(h: &Heap, page: *mut Page) {
     let doomed = {
         let _locked = h.lock.lock();
-        unqueue_and_free(h, page)
+        // SAFETY: the caller's contract; we hold the heap's lock.
+        unsafe { unqueue_and_free(h, page) }
     };
     if let Some(seg) = doomed {
-        segment::segment_destroy(seg); // R1: no lock held here
+        // SAFETY: `page_free` handed us the segment to destroy. R1: no
+        // lock held here.
+        unsafe { segment::segment_destroy(seg) };
     }
 }
 
 /// Takes an empty page of ours out of its class queue and gives it to the
 /// pool; returns a segment to destroy once the heap is consistent (R2).
-/// Under the heap's lock.
-fn unqueue_and_free(h: &Heap, page: *mut Page) -> Option<*mut Segment> {
-    // SAFETY: our page.
+///
+/// # Safety
+/// The caller is `h`'s owner and holds its lock; `page` is one of `h`'s
+/// pages (S1), in its class queue, with `used == 0`.
+unsafe fn unqueue_and_free(h: &Heap, page: *mut Page) -> Option<*mut Segment> {
+    // SAFETY: the caller's contract: our page.
     let p = unsafe { &*page };
     let q = h.queue(p.class.get() as usize);
     let mut list = q.get();
@@ -116,7 +139,8 @@ fn unqueue_and_free(h: &Heap, page: *mut Page) -> Option<*mut Segment> {
     unsafe { list.remove(page) };
     q.set(list);
     h.pages.set(h.pages.get() - 1);
-    segment::page_free(page)
+    // SAFETY: our empty page (the caller's contract), now in no list.
+    unsafe { segment::page_free(page) }
 }
 
 /// Which empty pages a sweep keeps.
@@ -148,7 +172,9 @@ pub(super) fn sweep(h: &Heap, keep: Keep) -> bool {
             p.collect();
             if p.used.load(Ordering::Relaxed) == 0 && (keep == Keep::None || page != q.get().first)
             {
-                if let Some(seg) = unqueue_and_free(h, page) {
+                // SAFETY: `sweep` runs on the caller's own heap; we hold
+                // its lock; the page is in its queue and empty.
+                if let Some(seg) = unsafe { unqueue_and_free(h, page) } {
                     doomed[n] = seg;
                     n += 1;
                     if n == doomed.len() {
@@ -163,7 +189,8 @@ pub(super) fn sweep(h: &Heap, keep: Keep) -> bool {
     }
     drop(locked); // R1: destroying may allocate
     for &seg in &doomed[..n] {
-        segment::segment_destroy(seg);
+        // SAFETY: each handed to us by `page_free` to destroy, once.
+        unsafe { segment::segment_destroy(seg) };
     }
     n < doomed.len()
 }

@@ -105,10 +105,15 @@ struct StaticHeap(Heap);
 unsafe impl Sync for StaticHeap {}
 static FALLBACK_HEAP: StaticHeap = StaticHeap(Heap::empty());
 
-fn link(h: *mut Heap) {
+/// Publishes a heap on `ALL_HEAPS`.
+///
+/// # Safety
+/// `h` is a valid heap, not yet on `ALL_HEAPS` (published once).
+unsafe fn link(h: *mut Heap) {
     let mut head = ALL_HEAPS.load(Ordering::Relaxed);
     loop {
-        // SAFETY: `h` is a heap being published, not yet reachable.
+        // SAFETY: the caller's contract: a heap being published, not yet
+        // reachable.
         unsafe { (*h).next_all.store(head, Ordering::Relaxed) };
         match ALL_HEAPS.compare_exchange_weak(head, h, Ordering::Release, Ordering::Relaxed) {
             Ok(_) => return,
@@ -126,7 +131,8 @@ impl Heap {
         // SAFETY: zeroed memory is a valid Heap (null lists, zero counters);
         // the caller gives us exclusive access.
         unsafe { core::ptr::write_bytes(mem, 0, 1) };
-        link(mem);
+        // SAFETY: a heap just made in memory the caller gave us alone.
+        unsafe { link(mem) };
         mem
     }
 
@@ -196,12 +202,21 @@ pub unsafe fn fork_unlock_fallback() {
     unsafe { FALLBACK.unlock_forgotten() };
 }
 
-pub(crate) fn set_next_free(h: *mut Heap, next: *mut Heap) {
-    // SAFETY: the heap pool owns `h` while it is on the free list.
+/// Links `h` on the heap pool's free list, before `next`.
+///
+/// # Safety
+/// `h` is a valid heap that no thread uses (the heap pool's: being put on
+/// its free list), and the caller holds the heap pool's lock.
+pub(crate) unsafe fn set_next_free(h: *mut Heap, next: *mut Heap) {
+    // SAFETY: the caller's contract: the heap pool owns `h`.
     unsafe { (*h).next_free.set(next) };
 }
 
-pub(crate) fn next_free(h: *mut Heap) -> *mut Heap {
-    // SAFETY: as above.
+/// The heap after `h` on the heap pool's free list.
+///
+/// # Safety
+/// `h` is on the heap pool's free list, and the caller holds its lock.
+pub(crate) unsafe fn next_free(h: *mut Heap) -> *mut Heap {
+    // SAFETY: the caller's contract: the heap pool owns `h`.
     unsafe { (*h).next_free.get() }
 }
