@@ -141,17 +141,26 @@ pub struct Block {
 }
 
 /// One page's descriptor. Owner-only fields are `Cell`s: the owner (S1) is
-/// the only thread that touches them. The first 64-byte line holds
+/// the only thread that touches them — a heap's thread (or, under S5, a
+/// thread holding that heap's lock), the holder of the abandoned lists'
+/// lock, or the holder of the pool lock, as the page's state says. Each
+/// field below names who writes it. The first 64-byte line holds
 /// everything an allocation or a local free reads or writes; the second
 /// holds `thread_free`, which other threads write, beside fields of pooled
 /// and abandoned pages only. 128 bytes in all (release builds), so finding
 /// a descriptor is a shift.
 #[repr(C, align(64))]
 pub struct Page {
-    /// Free blocks the owner allocates from (its own frees go here too).
+    /// Free blocks the owner allocates from, linked through their first
+    /// word (its own frees go here too). Written by the owner: `pop`, local
+    /// frees, `collect`, `extend`; by a remote freer under the abandoned
+    /// lists' lock while the page is abandoned (`free_abandoned`); reset
+    /// by `init`, `page_free` and a reclaimer under S5.
     pub free: Cell<*mut Block>,
-    /// The owning heap; null while abandoned or pooled. Written by the owner
-    /// (Release), compared by freeing threads.
+    /// The owning heap; null while abandoned or pooled. Written by the heap
+    /// taking the page (`take`, Release) and by the owner giving it up
+    /// (`put_abandoned`, `page_free`); compared by every free, read by
+    /// remote freers as a hint of whom to tell.
     pub heap: AtomicPtr<crate::heap::Heap>,
     /// Blocks out: handed out minus freed locally minus remote frees
     /// collected (S2). Written by the owner only; an atomic so that another
@@ -159,31 +168,52 @@ pub struct Page {
     /// lock) may read it: the owner's local free stores it with Release,
     /// plain loads and stores otherwise (no RMW).
     pub used: AtomicU32,
-    /// Blocks carved so far (`extend`); blocks past it are untouched.
+    /// Blocks carved so far (`extend`, by the owner); blocks past it are
+    /// untouched memory. Reset to 0 by `init` and by a reclaimer (S5).
     pub capacity: Cell<u32>,
-    /// Blocks the page holds in all.
+    /// Blocks the page holds in all (its bytes / the block size). Written
+    /// by `init` when the page is taken from the pool; read by `extend`
+    /// and by `lookup` (which checks a pointer against it).
     pub reserved: Cell<u32>,
-    /// The size class served.
+    /// The size class served. Written by `init` only; read by frees (to
+    /// find the class queue), `lookup`, `misuse` and the pool (the page's
+    /// kind).
     pub class: Cell<u32>,
-    /// The class's block size (read where the class's table would be).
+    /// The class's block size (read where the class's table would be, on
+    /// the free path). Written by `init` only.
     pub size: Cell<u32>,
-    /// The page's memory (fixed when its segment is made).
+    /// The start of the memory the descriptor describes: `segment + i ×
+    /// 64 KiB`. Written once by `segment_new`, never changed.
     pub area: Cell<*mut u8>,
-    /// Links in the owner's class queue, an abandoned list or the pool.
+    /// The next page in whichever list holds the page: its heap's class
+    /// queue (written under the heap's lock), an abandoned list (under
+    /// their lock) or a pool list (under the pool lock). In a segment's
+    /// first descriptor, which describes the header and is never a page,
+    /// the link of the deferred-destroy stack (`defer_destroy`).
     pub next: Cell<*mut Page>,
+    /// The previous page in the same list as `next`, written with it.
     pub prev: Cell<*mut Page>,
-    /// When the page went to the pool (`monotonic_ns`; pool lock).
+    /// When the page went to the pool (`monotonic_ns`): written by
+    /// `page_free` (by the page's last owner) and `segment_new`; read by
+    /// the pool's decay under the pool lock.
     pub freed_at: Cell<u64>,
-    /// Pooled and purged: its memory reads as zero (pool lock).
+    /// Pooled and purged: its memory reads as zero. Set by `purge` (the
+    /// pool's decay, on pages it took off the lists) and `segment_new`,
+    /// cleared by `page_free`; read by the pool's decay.
     pub purged: Cell<bool>,
-    /// On an abandoned list (guarded by the abandoned lists' lock).
+    /// On an abandoned list. Written and read only under the abandoned
+    /// lists' lock (`put_abandoned`, `free_abandoned`, `adopt`).
     pub abandoned: Cell<bool>,
-    /// Blocks freed by other threads, pushed with a CAS, taken with a swap;
-    /// exactly `ABANDONED` while the page is on an abandoned list (S4).
-    /// Not on the line of the fields the owner writes on every allocation.
+    /// Blocks freed by other threads, pushed with a CAS by remote freers,
+    /// taken with a swap by the owner (`collect`); exactly `ABANDONED`
+    /// while the page is on an abandoned list (S4: set by
+    /// `collect_and_close`, cleared by `reopen`, both under the abandoned
+    /// lists' lock); cleared by `page_free` and a reclaimer (S5). Not on
+    /// the line of the fields the owner writes on every allocation.
     pub thread_free: AtomicPtr<Block>,
     /// Debug builds: one bit per block, set while it is allocated (the
-    /// block ledger of `misuse`).
+    /// block ledger of `misuse`): set by `pop`, cleared by whichever
+    /// thread frees the block, zeroed by `init`.
     #[cfg(debug_assertions)]
     pub ledger: [core::sync::atomic::AtomicU64; LEDGER_WORDS],
 }
@@ -204,11 +234,24 @@ pub const LEDGER_WORDS: usize = SMALL_PAGE_SIZE / 16 / 64;
 // The page descriptors live in the segment's first 64 KiB page.
 const _: () = assert!(core::mem::size_of::<Segment>() <= SMALL_PAGE_SIZE);
 
+/// A segment's header, at its start: the allocator's metadata for the
+/// segment's 4 MiB, in its first 64 KiB.
 #[repr(C)]
 pub struct Segment {
+    /// `MAGIC`: written once by `segment_new`; `lookup` reads it to tell
+    /// a segment from a large block, `segment_destroy` checks it.
     pub magic: usize,
-    /// Pages of this segment outside the pool.
+    /// Pages of this segment outside the pool (held by heaps, abandoned,
+    /// or taken off the lists by the pool's decay to be purged). Read and
+    /// written only under the pool lock; 0 makes the segment a candidate
+    /// for destruction (S3).
     used: Cell<u32>,
+    /// One descriptor per 64 KiB of the segment: `pages[i]` describes the
+    /// memory at `segment + i × 64 KiB`. Only the descriptors of the
+    /// segment's kind are pages (`PageKind::spans`); the others — the
+    /// first, which describes the header, and in a medium segment those
+    /// inside a medium page — are never used (the first links deferred
+    /// destruction). Their fields are written as `Page` says.
     pub pages: [Page; PAGES_PER_SEGMENT],
     /// Pointer to descriptor: `(offset >> 16) & index_mask` is the index of
     /// the page holding `segment + offset` — 63 in a small segment, 0x30 in
@@ -459,10 +502,14 @@ impl Page {
     }
 }
 
-/// A doubly linked list of pages through `next`/`prev`.
+/// A doubly linked list of pages through `next`/`prev`. Its owner (a
+/// heap's class queue, an abandoned list, a pool list) guards it and its
+/// members' links with its lock.
 #[derive(Clone, Copy)]
 pub struct PageList {
+    /// The first page (in a class queue, the one allocated from), or null.
     pub first: *mut Page,
+    /// The last page, or null.
     pub last: *mut Page,
 }
 
@@ -534,6 +581,8 @@ struct Pool {
     lists: [PageList; 2],
     /// Pages on each of `lists`.
     free: [usize; 2],
+    /// When the last decay sweep of the pool started (`monotonic_ns`):
+    /// sweeps run at most every half decay time.
     last_sweep: u64,
 }
 

@@ -54,8 +54,13 @@ pub fn is_unset(h: *mut Heap) -> bool {
 
 /// Room for heaps: one region at a time, 4 MiB each.
 struct HeapPool {
+    /// Heaps of exited threads (abandoned), linked through their
+    /// `next_free`, reused before new ones are carved.
     free: *mut Heap,
+    /// The next unused byte of the current chunk, where a new heap is
+    /// carved.
     next: usize,
+    /// The end of the current chunk.
     end: usize,
 }
 // SAFETY: reached only under its lock.

@@ -49,39 +49,55 @@ use core::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicUsize, Ordering
 /// on different cache lines: sharing one made every remote free stall the
 /// owner's next allocation (a batch handed to another thread to free took
 /// 104–134 ns per block with the counter beside `allocated`).
+///
+/// The owner is the thread whose `thread::heap()` this is (for the
+/// fallback heap: whoever holds its lock). `Cell` fields are the owner's
+/// alone; the atomics are read or written by other threads as each says.
 #[repr(C)]
 pub struct Heap {
-    /// Each class's pages; the first is the one allocated from (owner only).
+    /// Each class's pages (the class queues); the first is the one
+    /// allocated from. Changed only by the owner, under `lock`; read
+    /// without the lock by the owner's fast paths (the first page only),
+    /// and under it by reclaimers of other threads (S5).
     queues: [Cell<PageList>; CLASSES],
-    /// Bytes of blocks allocated minus freed through this heap (owner
-    /// writes with plain load/store; `stats` reads).
+    /// Bytes of blocks allocated minus freed through this heap: written by
+    /// the owner only, with a plain load and store (`add_allocated`: its
+    /// allocations, and its frees, local or remote); read by `stats`.
     pub allocated: AtomicI64,
-    /// Pages in `queues` (owner only).
+    /// Pages in `queues`: written by the owner (`take`,
+    /// `unqueue_and_free`, `abandon`); scales the sweep threshold.
     pages: Cell<usize>,
-    /// Slow paths taken, to run a decay check every so often.
+    /// Slow paths taken (wrapping), counted by the owner: every 64th runs
+    /// the decay checks.
     slow_paths: Cell<u32>,
-    /// When the owner last gave its own empty pages back (`release`), in
-    /// `monotonic_ns` (owner only).
+    /// When the owner last gave its own empty pages back
+    /// (`release_on_decay`, `release_own`), in `monotonic_ns` (owner only).
     last_release: Cell<u64>,
-    /// Every heap ever made, for statistics (never unlinked).
+    /// The next heap on `ALL_HEAPS`: written once by `link`, before the
+    /// heap is published (heaps are never unlinked); read by `stats`,
+    /// reclaim passes and the fork handlers.
     pub next_all: AtomicPtr<Heap>,
-    /// The heap pool's free list.
+    /// The next heap on the heap pool's free list while this heap is on it
+    /// (no thread owns it then): written and read under the heap pool's
+    /// lock (`thread`).
     next_free: Cell<*mut Heap>,
     /// Held by the owner around every change to its queues and every
     /// slow-path use of its pages, and by another thread reclaiming pages
     /// of this heap (S5 in `segment`). Never held across a call that may
     /// allocate (R1), never two heaps' at once.
     lock: SpinLock<()>,
-    /// Set by the owner on its slow path, cleared by reclaim ticks: still
-    /// clear at the next tick means the owner took no slow path in between
-    /// (it is idle, or runs on its fast paths alone).
+    /// Set by the owner on its slow path, cleared by reclaim ticks (under
+    /// `lock`) and by `abandon`: still clear at the next tick means the
+    /// owner took no slow path in between (it is idle, or runs on its fast
+    /// paths alone).
     active: AtomicBool,
     /// Set by another thread's reclaim tick when the owner is active and
-    /// has remote frees waiting: its next slow path sweeps.
+    /// has remote frees waiting: its next slow path sweeps (and clears it).
     sweep_requested: AtomicBool,
     /// Frees by other threads into this heap's pages since the last sweep:
-    /// written by them, read by the owner. On a line of its own (and of its
-    /// neighbour, which the processor prefetches in pairs).
+    /// incremented by them (a hint), read and reset to 0 by the owner
+    /// (`sweep`, `abandon`), read by reclaim ticks. On a line of its own
+    /// (and of its neighbour, which the processor prefetches in pairs).
     remote_frees: OwnLine<AtomicUsize>,
 }
 
