@@ -9,7 +9,7 @@
 //! - a *small or medium* block lies in a 4 MiB segment (a region of exactly
 //!   that size and alignment, whose header starts with the segment magic)
 //!   and never at its start, since the segment's first 64 KiB are the
-//!   header; its page descriptor (masking, as in `heap::page_of`) gives the
+//!   header; its page descriptor (masking, as in `segment::page_of`) gives the
 //!   class. A medium segment is recognised by the medium class of the
 //!   descriptor at the 1 MiB boundary below the pointer (descriptors 16,
 //!   32, 48); a small segment's descriptors there hold small classes.
@@ -22,8 +22,8 @@
 //! loads; for large blocks also a scan of the large cache under its lock.
 
 use crate::large;
-use crate::segment::{Segment, MAGIC, SEGMENT_SIZE, SMALL_PAGE_SIZE};
-use crate::size_class::{block_size, is_small, MAX_PAGE_ALIGN, MEDIUM_MAX};
+use crate::segment::{PageKind, Segment, MAGIC, SEGMENT_SIZE, SMALL_PAGE_SIZE};
+use crate::size_class::{block_size, MAX_PAGE_ALIGN, MEDIUM_MAX};
 use core::alloc::Layout;
 
 /// A `Layout` for the block that starts at `ptr`, if spf handed it out and
@@ -78,10 +78,9 @@ pub fn block_layout(ptr: *const u8) -> Option<Layout> {
     // and a pointer into a page in use keeps that page from the pool.
     let pages = unsafe { &(*seg).pages };
     let medium = &pages[index & !15];
-    let page = if is_small(medium.class.get() as usize) {
-        &pages[index]
-    } else {
-        medium
+    let page = match medium.kind() {
+        PageKind::Small => &pages[index],
+        PageKind::Medium => medium,
     };
     let class = page.class.get() as usize;
     let size = block_size(class);

@@ -6,7 +6,7 @@
 //! 64 KiB hold the [`Segment`] header with 64 [`Page`] descriptors, one per
 //! 64 KiB of the segment — the allocator's metadata never comes from its
 //! own blocks. Descriptor `i` describes the memory at `segment + i × 64 KiB`.
-//! Two kinds:
+//! Two kinds ([`PageKind`]; a segment's pages are all of one kind):
 //!
 //! - a *small* segment: pages 1–63 are 64 KiB small pages, each serving one
 //!   small class (blocks up to 8 KiB);
@@ -76,6 +76,64 @@ pub const MAGIC: usize = 0x5350_4653_4547_4d54; // "SPFSEGMT"
 /// Free segments of each kind kept (not returned to spf-core) for reuse.
 const KEEP_SEGMENTS: usize = 2;
 
+/// The two kinds of pages. A segment holds pages of one kind only, so it
+/// has the same kind; the pool keeps one list of each.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum PageKind {
+    /// 64 KiB pages of small classes (blocks up to 8 KiB), 63 a segment.
+    Small = 0,
+    /// 1 MiB pages of medium classes (blocks up to 256 KiB), 3 a segment.
+    Medium = 1,
+}
+
+impl PageKind {
+    /// Both kinds, in the order the pool's arrays index them.
+    const ALL: [PageKind; 2] = [PageKind::Small, PageKind::Medium];
+
+    /// The kind of page that serves `class`.
+    pub const fn of_class(class: usize) -> PageKind {
+        if is_small(class) {
+            PageKind::Small
+        } else {
+            PageKind::Medium
+        }
+    }
+
+    /// Bytes of memory a page of this kind spans.
+    pub const fn page_size(self) -> usize {
+        match self {
+            PageKind::Small => SMALL_PAGE_SIZE,
+            PageKind::Medium => MEDIUM_PAGE_SIZE,
+        }
+    }
+
+    /// The segment header's `index_mask` for a segment of this kind.
+    const fn index_mask(self) -> usize {
+        match self {
+            PageKind::Small => 63,
+            PageKind::Medium => 0x30,
+        }
+    }
+
+    /// The descriptor indices of the pages of a segment of this kind.
+    fn spans(self) -> impl Iterator<Item = usize> {
+        let (small_pages, medium_pages) = match self {
+            PageKind::Small => (SMALL_PAGES, [].iter()),
+            PageKind::Medium => (0..0, MEDIUM_PAGES.iter()),
+        };
+        small_pages.chain(medium_pages.copied())
+    }
+
+    /// The statistics counter of pages of this kind owned by heaps or
+    /// abandoned.
+    fn in_use(self) -> &'static AtomicU64 {
+        match self {
+            PageKind::Small => &SMALL_PAGES_IN_USE,
+            PageKind::Medium => &MEDIUM_PAGES_IN_USE,
+        }
+    }
+}
+
 /// A free block: its first word links the free list.
 #[repr(C)]
 pub struct Block {
@@ -83,17 +141,26 @@ pub struct Block {
 }
 
 /// One page's descriptor. Owner-only fields are `Cell`s: the owner (S1) is
-/// the only thread that touches them. The first 64-byte line holds
+/// the only thread that touches them — a heap's thread (or, under S5, a
+/// thread holding that heap's lock), the holder of the abandoned lists'
+/// lock, or the holder of the pool lock, as the page's state says. Each
+/// field below names who writes it. The first 64-byte line holds
 /// everything an allocation or a local free reads or writes; the second
 /// holds `thread_free`, which other threads write, beside fields of pooled
 /// and abandoned pages only. 128 bytes in all (release builds), so finding
 /// a descriptor is a shift.
 #[repr(C, align(64))]
 pub struct Page {
-    /// Free blocks the owner allocates from (its own frees go here too).
+    /// Free blocks the owner allocates from, linked through their first
+    /// word (its own frees go here too). Written by the owner: `pop`, local
+    /// frees, `collect`, `extend`; by a remote freer under the abandoned
+    /// lists' lock while the page is abandoned (`free_abandoned`); reset
+    /// by `init`, `page_free` and a reclaimer under S5.
     pub free: Cell<*mut Block>,
-    /// The owning heap; null while abandoned or pooled. Written by the owner
-    /// (Release), compared by freeing threads.
+    /// The owning heap; null while abandoned or pooled. Written by the heap
+    /// taking the page (`take`, Release) and by the owner giving it up
+    /// (`put_abandoned`, `page_free`); compared by every free, read by
+    /// remote freers as a hint of whom to tell.
     pub heap: AtomicPtr<crate::heap::Heap>,
     /// Blocks out: handed out minus freed locally minus remote frees
     /// collected (S2). Written by the owner only; an atomic so that another
@@ -101,31 +168,52 @@ pub struct Page {
     /// lock) may read it: the owner's local free stores it with Release,
     /// plain loads and stores otherwise (no RMW).
     pub used: AtomicU32,
-    /// Blocks carved so far (`extend`); blocks past it are untouched.
+    /// Blocks carved so far (`extend`, by the owner); blocks past it are
+    /// untouched memory. Reset to 0 by `init` and by a reclaimer (S5).
     pub capacity: Cell<u32>,
-    /// Blocks the page holds in all.
+    /// Blocks the page holds in all (its bytes / the block size). Written
+    /// by `init` when the page is taken from the pool; read by `extend`
+    /// and by `lookup` (which checks a pointer against it).
     pub reserved: Cell<u32>,
-    /// The size class served.
+    /// The size class served. Written by `init` only; read by frees (to
+    /// find the class queue), `lookup`, `misuse` and the pool (the page's
+    /// kind).
     pub class: Cell<u32>,
-    /// The class's block size (read where the class's table would be).
+    /// The class's block size (read where the class's table would be, on
+    /// the free path). Written by `init` only.
     pub size: Cell<u32>,
-    /// The page's memory (fixed when its segment is made).
+    /// The start of the memory the descriptor describes: `segment + i ×
+    /// 64 KiB`. Written once by `segment_new`, never changed.
     pub area: Cell<*mut u8>,
-    /// Links in the owner's class queue, an abandoned list or the pool.
+    /// The next page in whichever list holds the page: its heap's class
+    /// queue (written under the heap's lock), an abandoned list (under
+    /// their lock) or a pool list (under the pool lock). In a segment's
+    /// first descriptor, which describes the header and is never a page,
+    /// the link of the deferred-destroy stack (`defer_destroy`).
     pub next: Cell<*mut Page>,
+    /// The previous page in the same list as `next`, written with it.
     pub prev: Cell<*mut Page>,
-    /// When the page went to the pool (`monotonic_ns`; pool lock).
+    /// When the page went to the pool (`monotonic_ns`): written by
+    /// `page_free` (by the page's last owner) and `segment_new`; read by
+    /// the pool's decay under the pool lock.
     pub freed_at: Cell<u64>,
-    /// Pooled and purged: its memory reads as zero (pool lock).
+    /// Pooled and purged: its memory reads as zero. Set by `purge` (the
+    /// pool's decay, on pages it took off the lists) and `segment_new`,
+    /// cleared by `page_free`; read by the pool's decay.
     pub purged: Cell<bool>,
-    /// On an abandoned list (guarded by the abandoned lists' lock).
+    /// On an abandoned list. Written and read only under the abandoned
+    /// lists' lock (`put_abandoned`, `free_abandoned`, `adopt`).
     pub abandoned: Cell<bool>,
-    /// Blocks freed by other threads, pushed with a CAS, taken with a swap;
-    /// exactly `ABANDONED` while the page is on an abandoned list (S4).
-    /// Not on the line of the fields the owner writes on every allocation.
+    /// Blocks freed by other threads, pushed with a CAS by remote freers,
+    /// taken with a swap by the owner (`collect`); exactly `ABANDONED`
+    /// while the page is on an abandoned list (S4: set by
+    /// `collect_and_close`, cleared by `reopen`, both under the abandoned
+    /// lists' lock); cleared by `page_free` and a reclaimer (S5). Not on
+    /// the line of the fields the owner writes on every allocation.
     pub thread_free: AtomicPtr<Block>,
     /// Debug builds: one bit per block, set while it is allocated (the
-    /// block ledger of `misuse`).
+    /// block ledger of `misuse`): set by `pop`, cleared by whichever
+    /// thread frees the block, zeroed by `init`.
     #[cfg(debug_assertions)]
     pub ledger: [core::sync::atomic::AtomicU64; LEDGER_WORDS],
 }
@@ -146,11 +234,24 @@ pub const LEDGER_WORDS: usize = SMALL_PAGE_SIZE / 16 / 64;
 // The page descriptors live in the segment's first 64 KiB page.
 const _: () = assert!(core::mem::size_of::<Segment>() <= SMALL_PAGE_SIZE);
 
+/// A segment's header, at its start: the allocator's metadata for the
+/// segment's 4 MiB, in its first 64 KiB.
 #[repr(C)]
 pub struct Segment {
+    /// `MAGIC`: written once by `segment_new`; `lookup` reads it to tell
+    /// a segment from a large block, `segment_destroy` checks it.
     pub magic: usize,
-    /// Pages of this segment outside the pool.
+    /// Pages of this segment outside the pool (held by heaps, abandoned,
+    /// or taken off the lists by the pool's decay to be purged). Read and
+    /// written only under the pool lock; 0 makes the segment a candidate
+    /// for destruction (S3).
     used: Cell<u32>,
+    /// One descriptor per 64 KiB of the segment: `pages[i]` describes the
+    /// memory at `segment + i × 64 KiB`. Only the descriptors of the
+    /// segment's kind are pages (`PageKind::spans`); the others — the
+    /// first, which describes the header, and in a medium segment those
+    /// inside a medium page — are never used (the first links deferred
+    /// destruction). Their fields are written as `Page` says.
     pub pages: [Page; PAGES_PER_SEGMENT],
     /// Pointer to descriptor: `(offset >> 16) & index_mask` is the index of
     /// the page holding `segment + offset` — 63 in a small segment, 0x30 in
@@ -191,11 +292,7 @@ impl Page {
     /// Prepares a pooled page to serve `class` (owner: the caller).
     pub fn init(&self, class: usize) {
         let size = block_size(class);
-        let len = if is_small(class) {
-            SMALL_PAGE_SIZE
-        } else {
-            MEDIUM_PAGE_SIZE
-        };
+        let len = PageKind::of_class(class).page_size();
         self.free.set(null_mut());
         self.used.store(0, Ordering::Relaxed);
         self.capacity.set(0);
@@ -249,7 +346,9 @@ impl Page {
             remote as usize, ABANDONED,
             "S4: collect of an abandoned page"
         );
-        self.link_remote(remote);
+        // SAFETY: the chain just swapped off this page's `thread_free`
+        // (not the tag, asserted above), by its owner.
+        unsafe { self.link_remote(remote) };
     }
 
     /// Collects the remote frees and tags the page `ABANDONED` in the same
@@ -260,7 +359,10 @@ impl Page {
         let remote = self
             .thread_free
             .swap(ABANDONED as *mut Block, Ordering::Acquire);
-        self.link_remote(remote);
+        // SAFETY: the chain just swapped off this page's `thread_free`
+        // (never the tag: only this swap sets it, on a page its owner
+        // holds), by its owner.
+        unsafe { self.link_remote(remote) };
     }
 
     /// Clears the `ABANDONED` tag of a page taken off an abandoned list
@@ -274,10 +376,16 @@ impl Page {
         self.thread_free.store(null_mut(), Ordering::Relaxed);
     }
 
-    fn link_remote(&self, mut remote: *mut Block) {
+    /// Links a chain of remotely freed blocks into `free` and counts them
+    /// out of `used` (S2).
+    ///
+    /// # Safety
+    /// `remote` is null or a chain (through `next`) of blocks of this page
+    /// taken off its `thread_free`, and the caller owns the page (S1).
+    unsafe fn link_remote(&self, mut remote: *mut Block) {
         let mut n = 0u32;
         while !remote.is_null() {
-            // SAFETY: blocks on thread_free are free blocks of this page.
+            // SAFETY: the caller's contract: free blocks of this page.
             let next = unsafe { (*remote).next };
             // SAFETY: as above; we own the page and relink the block.
             unsafe { (*remote).next = self.free.get() };
@@ -292,13 +400,18 @@ impl Page {
 
     /// Pushes a block freed by a thread that does not own the page; false
     /// (and nothing pushed) if the page is abandoned (S4).
-    pub fn push_remote(&self, block: *mut Block) -> bool {
+    ///
+    /// # Safety
+    /// `block` is a block of this page that the caller is freeing, once,
+    /// still counted in `used` (S4), and linked by no one else.
+    pub unsafe fn push_remote(&self, block: *mut Block) -> bool {
         let mut head = self.thread_free.load(Ordering::Relaxed);
         loop {
             if head as usize == ABANDONED {
                 return false;
             }
-            // SAFETY: the block is ours to give back; nobody else links it.
+            // SAFETY: the caller's contract: the block is ours to give
+            // back; nobody else links it.
             unsafe { (*block).next = head };
             // Release pairs with the Acquire swaps of `collect` and
             // `collect_and_close`: the `next` word is written before the
@@ -317,11 +430,12 @@ impl Page {
 
     /// Bytes of memory the page spans.
     pub fn bytes(&self) -> usize {
-        if is_small(self.class.get() as usize) {
-            SMALL_PAGE_SIZE
-        } else {
-            MEDIUM_PAGE_SIZE
-        }
+        self.kind().page_size()
+    }
+
+    /// The kind of page, from the class it serves.
+    pub fn kind(&self) -> PageKind {
+        PageKind::of_class(self.class.get() as usize)
     }
 
     /// Reclaims a page of another thread's heap whose every block out was
@@ -388,10 +502,14 @@ impl Page {
     }
 }
 
-/// A doubly linked list of pages through `next`/`prev`.
+/// A doubly linked list of pages through `next`/`prev`. Its owner (a
+/// heap's class queue, an abandoned list, a pool list) guards it and its
+/// members' links with its lock.
 #[derive(Clone, Copy)]
 pub struct PageList {
+    /// The first page (in a class queue, the one allocated from), or null.
     pub first: *mut Page,
+    /// The last page, or null.
     pub last: *mut Page,
 }
 
@@ -458,11 +576,13 @@ impl PageList {
 }
 
 struct Pool {
-    /// Free small and medium pages, most recently freed first.
-    small: PageList,
-    medium: PageList,
-    small_free: usize,
-    medium_free: usize,
+    /// Free pages of each kind (indexed by `PageKind`), most recently freed
+    /// first.
+    lists: [PageList; 2],
+    /// Pages on each of `lists`.
+    free: [usize; 2],
+    /// When the last decay sweep of the pool started (`monotonic_ns`):
+    /// sweeps run at most every half decay time.
     last_sweep: u64,
 }
 
@@ -470,10 +590,8 @@ struct Pool {
 unsafe impl Send for Pool {}
 
 static POOL: SpinLock<Pool> = SpinLock::new(Pool {
-    small: PageList::new(),
-    medium: PageList::new(),
-    small_free: 0,
-    medium_free: 0,
+    lists: [PageList::new(); 2],
+    free: [0; 2],
     last_sweep: 0,
 });
 
@@ -484,23 +602,15 @@ pub static MEDIUM_PAGES_IN_USE: AtomicU64 = AtomicU64::new(0);
 /// A page for `class`, initialised and owned by the caller, or null when
 /// memory is exhausted. Never called with an allocator lock held (R1).
 pub fn page_alloc(class: usize) -> *mut Page {
-    let small = is_small(class);
+    let kind = PageKind::of_class(class);
     let taken = {
         let mut pool = POOL.lock();
-        let list = if small {
-            &mut pool.small
-        } else {
-            &mut pool.medium
-        };
+        let list = &mut pool.lists[kind as usize];
         let p = list.first;
         if !p.is_null() {
             // SAFETY: p is the head of a pool list (S1: the pool owns it).
             unsafe { list.remove(p) };
-            if small {
-                pool.small_free -= 1;
-            } else {
-                pool.medium_free -= 1;
-            }
+            pool.free[kind as usize] -= 1;
             // SAFETY: p's segment is a live segment (S3); its count is
             // guarded by the pool lock.
             unsafe { (*(*p).segment()).used.set((*(*p).segment()).used.get() + 1) };
@@ -508,7 +618,7 @@ pub fn page_alloc(class: usize) -> *mut Page {
         p
     };
     let page = if taken.is_null() {
-        match segment_new(small) {
+        match segment_new(kind) {
             Some(p) => p,
             None => return null_mut(),
         }
@@ -517,17 +627,13 @@ pub fn page_alloc(class: usize) -> *mut Page {
     };
     // SAFETY: the page is now ours alone (S1).
     unsafe { (*page).init(class) };
-    if small {
-        SMALL_PAGES_IN_USE.fetch_add(1, Ordering::Relaxed);
-    } else {
-        MEDIUM_PAGES_IN_USE.fetch_add(1, Ordering::Relaxed);
-    }
+    kind.in_use().fetch_add(1, Ordering::Relaxed);
     page
 }
 
 /// Creates a segment and returns one page of it, the rest going to the pool.
 #[cold]
-fn segment_new(small: bool) -> Option<*mut Page> {
+fn segment_new(kind: PageKind) -> Option<*mut Page> {
     let opts = RegionOptions::default()
         .granule(SMALL_PAGE_SIZE)
         .align(SEGMENT_SIZE)
@@ -539,7 +645,7 @@ fn segment_new(small: bool) -> Option<*mut Page> {
     // Page is a valid empty descriptor.
     unsafe {
         ptr::addr_of_mut!((*seg).magic).write(MAGIC);
-        ptr::addr_of_mut!((*seg).index_mask).write(if small { 63 } else { 0x30 });
+        ptr::addr_of_mut!((*seg).index_mask).write(kind.index_mask());
         (*seg).used.set(1);
         for (i, page) in (*seg).pages.iter().enumerate() {
             page.area.set(base.add(i * SMALL_PAGE_SIZE));
@@ -547,7 +653,7 @@ fn segment_new(small: bool) -> Option<*mut Page> {
     }
     // SAFETY: as above.
     let pages = unsafe { &(*seg).pages };
-    let mut indices = spans(small);
+    let mut indices = kind.spans();
     let first = indices.next().expect("a segment has pages");
     let mut pool = POOL.lock();
     for i in indices {
@@ -555,37 +661,22 @@ fn segment_new(small: bool) -> Option<*mut Page> {
         page.freed_at.set(0);
         page.purged.set(true); // fresh memory reads as zero
                                // SAFETY: a new page, in no list.
-        unsafe {
-            if small {
-                pool.small.push_back(page as *const Page as *mut Page);
-            } else {
-                pool.medium.push_back(page as *const Page as *mut Page);
-            }
-        }
-        if small {
-            pool.small_free += 1;
-        } else {
-            pool.medium_free += 1;
-        }
+        unsafe { pool.lists[kind as usize].push_back(page as *const Page as *mut Page) };
+        pool.free[kind as usize] += 1;
     }
     Some(&pages[first] as *const Page as *mut Page)
 }
 
-/// The descriptor indices of a segment's pages.
-fn spans(small: bool) -> impl Iterator<Item = usize> {
-    let (small_pages, medium_pages) = if small {
-        (SMALL_PAGES, [].iter())
-    } else {
-        (0..0, MEDIUM_PAGES.iter())
-    };
-    small_pages.chain(medium_pages.copied())
-}
-
 /// Gives an empty page (`used == 0`, owned by the caller) back to the pool.
 /// Returns a segment to destroy once no allocator lock is held (R1, S3).
+///
+/// # Safety
+/// `page` is a page descriptor of a live segment, owned by the caller
+/// (S1), with `used == 0` and no remote frees pending (S2), and in no list.
 #[must_use]
-pub fn page_free(page: *mut Page) -> Option<*mut Segment> {
-    // SAFETY: the caller owns the page and it is empty (S2).
+pub unsafe fn page_free(page: *mut Page) -> Option<*mut Segment> {
+    // SAFETY: the caller's contract: the caller owns the page and it is
+    // empty (S2).
     let p = unsafe { &*page };
     debug_assert_eq!(p.used.load(Ordering::Relaxed), 0, "S2");
     // No freer reads the page any more (S4). An abandoned page that
@@ -602,12 +693,7 @@ pub fn page_free(page: *mut Page) -> Option<*mut Segment> {
     p.purged.set(false);
     p.heap.store(null_mut(), Ordering::Relaxed);
     p.free.set(null_mut());
-    let small = is_small(p.class.get() as usize);
-    if small {
-        SMALL_PAGES_IN_USE.fetch_sub(1, Ordering::Relaxed);
-    } else {
-        MEDIUM_PAGES_IN_USE.fetch_sub(1, Ordering::Relaxed);
-    }
+    p.kind().in_use().fetch_sub(1, Ordering::Relaxed);
     let now = spf_core::monotonic_ns();
     let decay = options::decay_ns();
     if decay == 0 {
@@ -650,13 +736,9 @@ enum End {
 unsafe fn pool_put(pool: &mut Pool, page: *mut Page, end: End) -> Option<*mut Segment> {
     // SAFETY: the caller's contract.
     let p = unsafe { &*page };
-    let small = is_small(p.class.get() as usize);
+    let kind = p.kind();
     {
-        let list = if small {
-            &mut pool.small
-        } else {
-            &mut pool.medium
-        };
+        let list = &mut pool.lists[kind as usize];
         // SAFETY: the page is ours and in no list.
         unsafe {
             match end {
@@ -673,34 +755,22 @@ unsafe fn pool_put(pool: &mut Pool, page: *mut Page, end: End) -> Option<*mut Se
         (*seg).used.set(used);
         used
     };
-    let per_segment = spans(small).count();
-    let mut free = if small {
-        pool.small_free + 1
-    } else {
-        pool.medium_free + 1
-    };
+    let per_segment = kind.spans().count();
+    let mut free = pool.free[kind as usize] + 1;
     let mut doomed = None;
     if used == 0 && free > KEEP_SEGMENTS * per_segment {
         // SAFETY: all of this segment's pages are in the pool list.
         unsafe {
             let pages = &(*seg).pages;
-            for i in spans(small) {
+            for i in kind.spans() {
                 let q = &pages[i] as *const Page as *mut Page;
-                if small {
-                    pool.small.remove(q);
-                } else {
-                    pool.medium.remove(q);
-                }
+                pool.lists[kind as usize].remove(q);
             }
         }
         free -= per_segment;
         doomed = Some(seg);
     }
-    if small {
-        pool.small_free = free;
-    } else {
-        pool.medium_free = free;
-    }
+    pool.free[kind as usize] = free;
     doomed
 }
 
@@ -741,12 +811,8 @@ fn decay_pool(now: u64, decay: u64) {
         let mut n = 0;
         {
             let mut pool = POOL.lock();
-            for small in [true, false] {
-                let list = if small {
-                    &mut pool.small
-                } else {
-                    &mut pool.medium
-                };
+            for kind in PageKind::ALL {
+                let list = &mut pool.lists[kind as usize];
                 let mut p = list.last;
                 let mut taken = 0;
                 while !p.is_null() && n < PURGE_BATCH {
@@ -771,11 +837,7 @@ fn decay_pool(now: u64, decay: u64) {
                     }
                     p = prev;
                 }
-                if small {
-                    pool.small_free -= taken;
-                } else {
-                    pool.medium_free -= taken;
-                }
+                pool.free[kind as usize] -= taken;
             }
         }
         if n == 0 {
@@ -801,7 +863,9 @@ fn decay_pool(now: u64, decay: u64) {
             }
         }
         for &seg in &doomed[..d] {
-            defer_destroy(seg);
+            // SAFETY: `pool_put` took this segment's pages off the lists
+            // and handed it to us to destroy, once.
+            unsafe { defer_destroy(seg) };
         }
         // A page whose purge failed is still due: the next sweep retries
         // it, this one must not take it again and again.
@@ -818,11 +882,7 @@ pub fn purge_all() {
 }
 
 fn purge(page: &Page) {
-    let len = if is_small(page.class.get() as usize) {
-        SMALL_PAGE_SIZE
-    } else {
-        MEDIUM_PAGE_SIZE
-    };
+    let len = page.bytes();
     // SAFETY: the page is free (S2): nothing in it will be read again, and
     // it lies inside its live segment.
     if unsafe { spf_core::purge_pages(page.area.get(), len) }.is_ok() {
@@ -864,13 +924,19 @@ impl Drop for DeferDestroy {
 /// Called with no allocator lock held (R1): destroying pins an epoch, which
 /// may allocate. Under the fallback lock, the segment is queued instead and
 /// destroyed by the next `segment_destroy` elsewhere.
-pub fn segment_destroy(seg: *mut Segment) {
-    // SAFETY: the segment was created by `segment_new` through
-    // `Region::into_raw`, and `page_free` took all its pages out of the pool,
-    // so this is the only handle.
+///
+/// # Safety
+/// `seg` is a segment that `page_free` (or the pool's decay) returned to
+/// be destroyed — made by `segment_new`, all its pages taken off the pool
+/// lists — and it is destroyed once.
+pub unsafe fn segment_destroy(seg: *mut Segment) {
+    // SAFETY: the caller's contract: the segment was created by
+    // `segment_new` through `Region::into_raw`, and all its pages were
+    // taken out of the pool, so this is the only handle.
     debug_assert_eq!(unsafe { (*seg).magic }, MAGIC);
     if DEFERRING.with(Cell::get) {
-        defer_destroy(seg);
+        // SAFETY: as above.
+        unsafe { defer_destroy(seg) };
         return;
     }
     // SAFETY: as above.
@@ -887,10 +953,15 @@ pub fn segment_destroy(seg: *mut Segment) {
 
 /// Queues a segment (all its pages off the pool lists, ours alone) for the
 /// next `segment_destroy` on any thread.
-fn defer_destroy(seg: *mut Segment) {
+///
+/// # Safety
+/// As `segment_destroy`: `seg` is a wholly free segment taken off the
+/// pool lists, queued once.
+unsafe fn defer_destroy(seg: *mut Segment) {
     let mut head = DEFERRED.load(Ordering::Relaxed);
     loop {
-        // SAFETY: we own the segment; its first page is unused.
+        // SAFETY: the caller's contract: we own the segment; its first
+        // page (the header's) is unused.
         unsafe { (*seg).pages[0].next.set(head as *mut Page) };
         // Release pairs with the Acquire swap in `segment_destroy`: the
         // link is written before the segment is seen.

@@ -54,8 +54,13 @@ pub fn is_unset(h: *mut Heap) -> bool {
 
 /// Room for heaps: one region at a time, 4 MiB each.
 struct HeapPool {
+    /// Heaps of exited threads (abandoned), linked through their
+    /// `next_free`, reused before new ones are carved.
     free: *mut Heap,
+    /// The next unused byte of the current chunk, where a new heap is
+    /// carved.
     next: usize,
+    /// The end of the current chunk.
     end: usize,
 }
 // SAFETY: reached only under its lock.
@@ -78,7 +83,8 @@ pub fn heap_new() -> *mut Heap {
             let mut pool = POOL.lock();
             if !pool.free.is_null() {
                 let h = pool.free;
-                pool.free = heap::next_free(h);
+                // SAFETY: the head of the free list, under the pool's lock.
+                pool.free = unsafe { heap::next_free(h) };
                 return h;
             }
             if pool.next + size <= pool.end {
@@ -186,7 +192,9 @@ pub fn heap_init() -> Option<*mut Heap> {
         // Without the key the heap would never be abandoned: give it back
         // and let this thread use the fallback heap.
         let mut pool = POOL.lock();
-        heap::set_next_free(h, pool.free);
+        // SAFETY: a heap from `heap_new` that no thread has used, under
+        // the pool's lock.
+        unsafe { heap::set_next_free(h, pool.free) };
         pool.free = h;
         return None;
     }
@@ -204,7 +212,9 @@ extern "C" fn on_thread_exit(value: *mut libc::c_void) {
     // SAFETY: the heap belonged to this thread, which is exiting.
     heap::abandon(unsafe { &*h });
     let mut pool = POOL.lock();
-    heap::set_next_free(h, pool.free);
+    // SAFETY: this exiting thread's heap, abandoned above and no longer
+    // its heap (`HEAP` says DEAD), under the pool's lock.
+    unsafe { heap::set_next_free(h, pool.free) };
     pool.free = h;
 }
 

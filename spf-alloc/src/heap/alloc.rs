@@ -1,0 +1,228 @@
+//! Allocation: the fast path (pop the first page's free list), the slow
+//! path (collect remote frees, carve new blocks, sweep, adopt an abandoned
+//! page or take one from the pool), and the fallback heap of threads whose
+//! own heap is gone.
+//!
+//! Fast path budget: `alloc` is a thread-local load, two loads to reach the
+//! class queue's first page, a pop from its `free` list and two stores; no
+//! atomic RMW, one well-predicted branch per step. Everything else —
+//! collecting frees, carving new blocks, taking a page — is `#[cold]`.
+//!
+//! The fast path touches only the first page of a class queue, without the
+//! heap's lock (S5 in `segment`); every other use of the heap's pages and
+//! every change to its queues is under that lock.
+
+use super::free::{sweep, Keep};
+use super::reclaim::{reclaim_tick, release_on_decay};
+use super::{abandon::adopt, link, Heap, FALLBACK, FALLBACK_HEAP};
+use crate::segment::{self, Page};
+use crate::size_class::CLASSES;
+use crate::{large, misuse, thread};
+use core::ptr::null_mut;
+use core::sync::atomic::Ordering;
+
+/// Allocates a block of `class`. Null when memory is exhausted.
+///
+/// # Safety
+/// `class < CLASSES` (the fast path indexes without a bounds check).
+#[inline]
+pub unsafe fn alloc(class: usize) -> *mut u8 {
+    debug_assert!(class < CLASSES);
+    let heap = thread::heap();
+    if thread::is_live(heap) {
+        // SAFETY: a live heap belongs to this thread (R2: consistent); the
+        // caller's contract on `class`.
+        return unsafe { alloc_from(&*heap, class) };
+    }
+    // SAFETY: the caller's contract.
+    unsafe { alloc_without_heap(heap, class) }
+}
+
+/// The fast path: pop the first page's free list, else the slow path.
+///
+/// # Safety
+/// `class < CLASSES`.
+#[inline(always)]
+unsafe fn alloc_from(h: &Heap, class: usize) -> *mut u8 {
+    // SAFETY: the caller's contract.
+    let page = unsafe { h.queues.get_unchecked(class) }.get().first;
+    if !page.is_null() {
+        // SAFETY: pages in the heap's queues are the heap's (S1).
+        let p = unsafe { &*page };
+        if !p.free.get().is_null() {
+            return pop(h, p);
+        }
+    }
+    alloc_slow(h, class)
+}
+
+/// # Safety
+/// `class < CLASSES`.
+#[cold]
+#[inline(never)]
+unsafe fn alloc_without_heap(heap: *mut Heap, class: usize) -> *mut u8 {
+    if thread::is_unset(heap) {
+        if let Some(h) = thread::heap_init() {
+            // SAFETY: just made for this thread.
+            return alloc_slow(unsafe { &*h }, class);
+        }
+    }
+    // The thread is exiting (or no heap could be made): use the fallback.
+    if segment::deferring() {
+        // Re-entered from inside the fallback path (spf-core allocating
+        // while it fails to make a segment): the lock is ours already.
+        return null_mut();
+    }
+    let mut fb = FALLBACK.lock();
+    let h = &FALLBACK_HEAP.0;
+    if !fb.0 {
+        // SAFETY: the fallback heap, not linked yet (the flag, under its
+        // lock, says so).
+        unsafe { link(h as *const Heap as *mut Heap) };
+        fb.0 = true;
+    }
+    // Segments freed while we hold the lock are destroyed later (R1):
+    // destroying may allocate, and this thread would come back here. The
+    // slow path only takes the pool and abandoned locks, nested inside this
+    // one in the documented order (see `thread`).
+    let _deferring = segment::DeferDestroy::enter();
+    // SAFETY: our caller's contract on `class`.
+    unsafe { alloc_from(h, class) }
+}
+
+/// Finds a page with a free block: collect frees on the first pages of the
+/// queue, carve new blocks, sweep when remote frees piled up, adopt an
+/// abandoned page, or take a page from the pool.
+#[cold]
+#[inline(never)]
+fn alloc_slow(h: &Heap, class: usize) -> *mut u8 {
+    // Relaxed: a hint for reclaim ticks; a load first keeps the line shared.
+    if !h.active.load(Ordering::Relaxed) {
+        h.active.store(true, Ordering::Relaxed);
+    }
+    if h.remote_frees.0.load(Ordering::Relaxed) > 16 * h.pages.get().max(64)
+        || h.sweep_requested.load(Ordering::Relaxed)
+    {
+        h.sweep_requested.store(false, Ordering::Relaxed);
+        sweep(h, Keep::FirstOfClass);
+    }
+    let n = h.slow_paths.get().wrapping_add(1);
+    h.slow_paths.set(n);
+    if n % 64 == 0 {
+        release_on_decay(h);
+        segment::maybe_decay();
+        reclaim_tick(h);
+        if !segment::deferring() {
+            // May destroy regions, which may allocate (R1): not under the
+            // fallback lock.
+            large::maybe_decay();
+        }
+    }
+    if let Some(b) = alloc_from_queue(h, class) {
+        return b;
+    }
+    loop {
+        let page = match adopt(h, class) {
+            Some(p) => p,
+            None => {
+                let p = segment::page_alloc(class);
+                if p.is_null() {
+                    return null_mut();
+                }
+                // SAFETY: fresh from the pool: ours, in no list.
+                unsafe { take(h, p) };
+                p
+            }
+        };
+        // SAFETY: the page is now ours and first in its queue: no other
+        // thread touches it (S5), we need not hold our lock.
+        let p = unsafe { &*page };
+        if p.free.get().is_null() && p.capacity.get() < p.reserved.get() {
+            p.extend();
+        }
+        if !p.free.get().is_null() {
+            return pop(h, p);
+        }
+        // An adopted page that is still full stays in our queue; try another.
+    }
+}
+
+/// A block from the first pages of the class queue (collecting their
+/// remote frees, carving new blocks), or `None`: under the heap's lock.
+fn alloc_from_queue(h: &Heap, class: usize) -> Option<*mut u8> {
+    let _locked = h.lock.lock();
+    let q = h.queue(class);
+    let mut page = q.get().first;
+    let mut looked = 0;
+    while !page.is_null() && looked < 8 {
+        // SAFETY: pages in our queue are ours (S1).
+        let p = unsafe { &*page };
+        let next = p.next.get();
+        if p.free.get().is_null() {
+            p.collect();
+        }
+        if p.free.get().is_null() && p.capacity.get() < p.reserved.get() {
+            p.extend();
+        }
+        if !p.free.get().is_null() {
+            let mut list = q.get();
+            if list.first != page {
+                // SAFETY: `page` is in this list; move it to the front.
+                unsafe {
+                    list.remove(page);
+                    list.push_front(page);
+                }
+                q.set(list);
+            }
+            return Some(pop(h, p));
+        }
+        // Full: move it to the back, out of the way of the next search.
+        if !next.is_null() {
+            let mut list = q.get();
+            // SAFETY: as above.
+            unsafe {
+                list.remove(page);
+                list.push_back(page);
+            }
+            q.set(list);
+        }
+        page = next;
+        looked += 1;
+    }
+    None
+}
+
+#[inline(always)]
+fn pop(h: &Heap, p: &Page) -> *mut u8 {
+    let b = p.free.get();
+    debug_assert!(!b.is_null());
+    // SAFETY: a free block of our page.
+    p.free.set(unsafe { (*b).next });
+    misuse::on_alloc(p, b as *const u8);
+    // Relaxed: the owner is the only writer (see `Page::used`); only
+    // locked code or the first page of a queue gets here (S5).
+    p.used
+        .store(p.used.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    h.add_allocated(p.size.get() as i64);
+    b as *mut u8
+}
+
+/// Makes `page` ours and puts it at the front of its class queue.
+///
+/// # Safety
+/// `h` is the caller's heap; the caller owns `page` (fresh from the pool
+/// or taken off an abandoned list), which is in no list.
+pub(super) unsafe fn take(h: &Heap, page: *mut Page) {
+    // SAFETY: the caller's contract: the caller owns the page.
+    let p = unsafe { &*page };
+    // Release: our later writes to the page follow the ownership change.
+    p.heap
+        .store(h as *const Heap as *mut Heap, Ordering::Release);
+    let _locked = h.lock.lock();
+    let q = h.queue(p.class.get() as usize);
+    let mut list = q.get();
+    // SAFETY: the page is in no list.
+    unsafe { list.push_front(page) };
+    q.set(list);
+    h.pages.set(h.pages.get() + 1);
+}

@@ -1,0 +1,196 @@
+//! Frees: local frees (onto the page's `free` list, no atomics), remote
+//! frees (onto its `thread_free`), pages that empty going back to the
+//! pool, and sweeping — collecting remote frees on every page of a heap.
+//!
+//! Cross-thread frees push onto the page's `thread_free` with one CAS — the
+//! only access to the page after the free began (S4 in `segment`) — and
+//! bump the owning heap's `remote_frees`; the owner collects them when its current page runs
+//! dry, and sweeps all its pages once the remote frees since the last sweep
+//! outnumber 16 per page it owns, so memory freed by consumers returns to a
+//! producer's pages with amortised O(1) work.
+
+use super::abandon::free_abandoned;
+use super::Heap;
+use crate::segment::{self, Block, Page, Segment};
+use crate::size_class::CLASSES;
+use crate::{misuse, thread};
+use core::ptr::null_mut;
+use core::sync::atomic::{AtomicI64, Ordering};
+
+/// Frees a small or medium block; its page says which class.
+///
+/// # Safety
+/// `ptr` is a live small or medium block spf handed out, freed once.
+#[inline]
+pub unsafe fn dealloc(ptr: *mut u8) {
+    misuse::check_in_segment(ptr);
+    // SAFETY: the caller's contract (checked above in debug builds).
+    let page = unsafe { segment::page_of(ptr) };
+    // SAFETY: a live page (it holds our block).
+    let p = unsafe { &*page };
+    let heap = thread::heap();
+    let block = ptr as *mut Block;
+    misuse::on_free(p, ptr);
+    // A page's heap is null or a live heap, and this thread's pointer is
+    // never null (`thread`): equal means ours.
+    if p.heap.load(Ordering::Relaxed) == heap {
+        // SAFETY: our heap, our page.
+        let h = unsafe { &*heap };
+        // SAFETY: the block is being freed: we may link it.
+        unsafe { (*block).next = p.free.get() };
+        p.free.set(block);
+        let used = p.used.load(Ordering::Relaxed) - 1;
+        // Release pairs with the Acquire load of `Page::reclaim_if_free`:
+        // the link above is written before a reclaimer that sees this
+        // count resets the page. A plain store on x86.
+        p.used.store(used, Ordering::Release);
+        h.add_allocated(-(p.size.get() as i64));
+        if used == 0 {
+            let list = h.queue(p.class.get() as usize).get();
+            // The only page of its class stays: an alloc/free loop would
+            // otherwise trade it with the pool every time.
+            if !(list.first == page && list.last == page) {
+                // SAFETY: our page (its heap is ours), in its class queue,
+                // and empty (`used` is 0).
+                unsafe { page_empty(h, page) };
+            }
+        }
+    } else {
+        // SAFETY: the caller's contract: `block` is a block of `p` being
+        // freed, still counted in `used`; `heap` is `thread::heap()`.
+        unsafe { dealloc_remote(p, block, heap) };
+    }
+}
+
+/// Frees a block of a page this thread does not own: onto the page's
+/// `thread_free`, or under the abandoned lists' lock if it is abandoned.
+///
+/// # Safety
+/// `block` is a block of `p` that the caller is freeing, once, still
+/// counted in `p.used` (S4); `heap` is this thread's `thread::heap()`.
+#[cold]
+#[inline(never)]
+unsafe fn dealloc_remote(p: &Page, block: *mut Block, heap: *mut Heap) {
+    // Read now: once pushed, the block may empty the page (S4).
+    let size = p.size.get() as i64;
+    // Read before the push, while our block keeps the page out of the pool
+    // (S4). Relaxed: only a hint of whom to tell.
+    let owner = p.heap.load(Ordering::Relaxed);
+    loop {
+        // The push is our last access to the page (S4).
+        // SAFETY: the caller's contract: a block of `p` being freed.
+        if unsafe { p.push_remote(block) } {
+            if !owner.is_null() {
+                // SAFETY: heaps are never freed, only recycled: the pointer
+                // is always a valid Heap, and the counter is only a hint.
+                unsafe { (*owner).remote_frees.0.fetch_add(1, Ordering::Relaxed) };
+            }
+            break;
+        }
+        // SAFETY: as above; the push failed, so the block is still ours
+        // and counted.
+        if unsafe { free_abandoned(p, block) } {
+            break;
+        }
+    }
+    if thread::is_live(heap) {
+        // SAFETY: this thread's heap.
+        unsafe { (*heap).add_allocated(-size) };
+    } else {
+        FALLBACK_FREED.fetch_add(size, Ordering::Relaxed);
+    }
+}
+
+/// Bytes freed by threads with no heap (exiting threads).
+pub static FALLBACK_FREED: AtomicI64 = AtomicI64::new(0);
+
+/// A page of ours became empty and is not the only page of its class:
+/// give it back to the pool.
+///
+/// # Safety
+/// `h` is this thread's heap, and `page` one of its pages (S1), in its
+/// class queue, with `used == 0`.
+#[cold]
+unsafe fn page_empty(h: &Heap, page: *mut Page) {
+    let doomed = {
+        let _locked = h.lock.lock();
+        // SAFETY: the caller's contract; we hold the heap's lock.
+        unsafe { unqueue_and_free(h, page) }
+    };
+    if let Some(seg) = doomed {
+        // SAFETY: `page_free` handed us the segment to destroy. R1: no
+        // lock held here.
+        unsafe { segment::segment_destroy(seg) };
+    }
+}
+
+/// Takes an empty page of ours out of its class queue and gives it to the
+/// pool; returns a segment to destroy once the heap is consistent (R2).
+///
+/// # Safety
+/// The caller is `h`'s owner and holds its lock; `page` is one of `h`'s
+/// pages (S1), in its class queue, with `used == 0`.
+unsafe fn unqueue_and_free(h: &Heap, page: *mut Page) -> Option<*mut Segment> {
+    // SAFETY: the caller's contract: our page.
+    let p = unsafe { &*page };
+    let q = h.queue(p.class.get() as usize);
+    let mut list = q.get();
+    // SAFETY: the page is in this queue.
+    unsafe { list.remove(page) };
+    q.set(list);
+    h.pages.set(h.pages.get() - 1);
+    // SAFETY: our empty page (the caller's contract), now in no list.
+    unsafe { segment::page_free(page) }
+}
+
+/// Which empty pages a sweep keeps.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Keep {
+    /// The first page of each class queue, empty or not: an alloc/free
+    /// loop would otherwise trade it with the pool every time.
+    FirstOfClass,
+    /// None: decay and `spf::purge()` want every empty page back.
+    None,
+}
+
+/// Collects remote frees on every page of the heap and returns empty pages
+/// to the pool, keeping what `keep` says. False if it stopped early (it
+/// frees at most a few segments at a time); the rest waits for the next.
+#[cold]
+pub(super) fn sweep(h: &Heap, keep: Keep) -> bool {
+    h.remote_frees.0.store(0, Ordering::Relaxed);
+    let mut doomed: [*mut Segment; 4] = [null_mut(); 4];
+    let mut n = 0;
+    let locked = h.lock.lock();
+    'classes: for class in 0..CLASSES {
+        let q = h.queue(class);
+        let mut page = q.get().first;
+        while !page.is_null() {
+            // SAFETY: our page.
+            let p = unsafe { &*page };
+            let next = p.next.get();
+            p.collect();
+            if p.used.load(Ordering::Relaxed) == 0 && (keep == Keep::None || page != q.get().first)
+            {
+                // SAFETY: `sweep` runs on the caller's own heap; we hold
+                // its lock; the page is in its queue and empty.
+                if let Some(seg) = unsafe { unqueue_and_free(h, page) } {
+                    doomed[n] = seg;
+                    n += 1;
+                    if n == doomed.len() {
+                        // Destroying may re-enter this heap (R2): stop
+                        // here and leave the rest for the next sweep.
+                        break 'classes;
+                    }
+                }
+            }
+            page = next;
+        }
+    }
+    drop(locked); // R1: destroying may allocate
+    for &seg in &doomed[..n] {
+        // SAFETY: each handed to us by `page_free` to destroy, once.
+        unsafe { segment::segment_destroy(seg) };
+    }
+    n < doomed.len()
+}

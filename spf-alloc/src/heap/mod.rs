@@ -1,0 +1,238 @@
+//! Thread heaps: the [`Heap`] type, its invariants, and the statics every
+//! part of the heap shares (the list of all heaps, the fallback heap).
+//!
+//! Each thread has a [`Heap`] with one queue of pages per size class. The
+//! design follows mimalloc's free-list sharding: each page has two free
+//! lists — `free` (the owner allocates from it and pushes its own frees on
+//! it, so a freed block is reused while it is still in cache) and
+//! `thread_free` (other threads' frees, an atomic stack) — so the owner
+//! allocates and frees with no atomic operation and no lock, and another
+//! thread frees with one CAS. (mimalloc keeps a third, `local_free`, so that
+//! the owner's fast path runs dry now and then and collects; here the
+//! collection happens when `free` runs dry, and remote frees waiting in a
+//! page are bounded by the page's size.)
+//!
+//! The work on a heap is split by concern, as mimalloc splits it:
+//! - `alloc`: the allocation fast path and slow path (collecting, carving,
+//!   taking pages from the pool), and the fallback heap's use;
+//! - `free`: local and remote frees, pages that empty, sweeping;
+//! - `abandon`: thread exit (abandoning pages) and adopting abandoned pages;
+//! - `reclaim`: giving memory back — the owner's decay of its own pages,
+//!   and the reclaim of other heaps' remotely freed pages.
+//!
+//! Rules (for every module of the heap):
+//! - R1: no allocator lock is held across a call that may allocate or pin
+//!   an epoch (destroying a segment or a large region), since that call may
+//!   re-enter the allocator. Such work is returned to the top level.
+//! - R2: the heap's own state is consistent at every call out of the heap's
+//!   modules, so a re-entrant allocation on the same thread finds it whole.
+
+mod abandon;
+mod alloc;
+mod free;
+mod reclaim;
+
+pub use abandon::{abandon, fork_lock_abandoned, fork_unlock_abandoned};
+pub use alloc::alloc;
+pub use free::{dealloc, FALLBACK_FREED};
+pub use reclaim::{reclaim_all, release_own, PAGES_RECLAIMED};
+
+use crate::lock::SpinLock;
+use crate::segment::PageList;
+use crate::size_class::CLASSES;
+use core::cell::Cell;
+use core::ptr::null_mut;
+use core::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicUsize, Ordering};
+
+/// A heap. The fields the owner writes on every allocation (`queues`'
+/// pages, `allocated`) and the one other threads write (`remote_frees`) sit
+/// on different cache lines: sharing one made every remote free stall the
+/// owner's next allocation (a batch handed to another thread to free took
+/// 104–134 ns per block with the counter beside `allocated`).
+///
+/// The owner is the thread whose `thread::heap()` this is (for the
+/// fallback heap: whoever holds its lock). `Cell` fields are the owner's
+/// alone; the atomics are read or written by other threads as each says.
+#[repr(C)]
+pub struct Heap {
+    /// Each class's pages (the class queues); the first is the one
+    /// allocated from. Changed only by the owner, under `lock`; read
+    /// without the lock by the owner's fast paths (the first page only),
+    /// and under it by reclaimers of other threads (S5).
+    queues: [Cell<PageList>; CLASSES],
+    /// Bytes of blocks allocated minus freed through this heap: written by
+    /// the owner only, with a plain load and store (`add_allocated`: its
+    /// allocations, and its frees, local or remote); read by `stats`.
+    pub allocated: AtomicI64,
+    /// Pages in `queues`: written by the owner (`take`,
+    /// `unqueue_and_free`, `abandon`); scales the sweep threshold.
+    pages: Cell<usize>,
+    /// Slow paths taken (wrapping), counted by the owner: every 64th runs
+    /// the decay checks.
+    slow_paths: Cell<u32>,
+    /// When the owner last gave its own empty pages back
+    /// (`release_on_decay`, `release_own`), in `monotonic_ns` (owner only).
+    last_release: Cell<u64>,
+    /// The next heap on `ALL_HEAPS`: written once by `link`, before the
+    /// heap is published (heaps are never unlinked); read by `stats`,
+    /// reclaim passes and the fork handlers.
+    pub next_all: AtomicPtr<Heap>,
+    /// The next heap on the heap pool's free list while this heap is on it
+    /// (no thread owns it then): written and read under the heap pool's
+    /// lock (`thread`).
+    next_free: Cell<*mut Heap>,
+    /// Held by the owner around every change to its queues and every
+    /// slow-path use of its pages, and by another thread reclaiming pages
+    /// of this heap (S5 in `segment`). Never held across a call that may
+    /// allocate (R1), never two heaps' at once.
+    lock: SpinLock<()>,
+    /// Set by the owner on its slow path, cleared by reclaim ticks (under
+    /// `lock`) and by `abandon`: still clear at the next tick means the
+    /// owner took no slow path in between (it is idle, or runs on its fast
+    /// paths alone).
+    active: AtomicBool,
+    /// Set by another thread's reclaim tick when the owner is active and
+    /// has remote frees waiting: its next slow path sweeps (and clears it).
+    sweep_requested: AtomicBool,
+    /// Frees by other threads into this heap's pages since the last sweep:
+    /// incremented by them (a hint), read and reset to 0 by the owner
+    /// (`sweep`, `abandon`), read by reclaim ticks. On a line of its own
+    /// (and of its neighbour, which the processor prefetches in pairs).
+    remote_frees: OwnLine<AtomicUsize>,
+}
+
+/// A value alone on a 128-byte pair of cache lines.
+#[repr(C, align(128))]
+struct OwnLine<T>(T);
+
+/// Every heap ever made.
+pub static ALL_HEAPS: AtomicPtr<Heap> = AtomicPtr::new(null_mut());
+
+/// The heap of threads whose own heap is gone (they are exiting): a static,
+/// so that using it never needs a heap from the pool (which could make a
+/// region and re-enter the allocator under this lock). The flag says
+/// whether it is linked into `ALL_HEAPS` yet.
+struct Fallback(bool);
+static FALLBACK: SpinLock<Fallback> = SpinLock::new(Fallback(false));
+
+struct StaticHeap(Heap);
+// SAFETY: the fallback heap's owner-only state is reached only under the
+// FALLBACK lock; its atomics are shared as in any heap.
+unsafe impl Sync for StaticHeap {}
+static FALLBACK_HEAP: StaticHeap = StaticHeap(Heap::empty());
+
+/// Publishes a heap on `ALL_HEAPS`.
+///
+/// # Safety
+/// `h` is a valid heap, not yet on `ALL_HEAPS` (published once).
+unsafe fn link(h: *mut Heap) {
+    let mut head = ALL_HEAPS.load(Ordering::Relaxed);
+    loop {
+        // SAFETY: the caller's contract: a heap being published, not yet
+        // reachable.
+        unsafe { (*h).next_all.store(head, Ordering::Relaxed) };
+        match ALL_HEAPS.compare_exchange_weak(head, h, Ordering::Release, Ordering::Relaxed) {
+            Ok(_) => return,
+            Err(seen) => head = seen,
+        }
+    }
+}
+
+impl Heap {
+    /// A heap with empty queues, in freshly committed zeroed memory.
+    ///
+    /// # Safety
+    /// `mem` points to writable memory for a `Heap`, suitably aligned.
+    pub unsafe fn init(mem: *mut Heap) -> *mut Heap {
+        // SAFETY: zeroed memory is a valid Heap (null lists, zero counters);
+        // the caller gives us exclusive access.
+        unsafe { core::ptr::write_bytes(mem, 0, 1) };
+        // SAFETY: a heap just made in memory the caller gave us alone.
+        unsafe { link(mem) };
+        mem
+    }
+
+    const fn empty() -> Heap {
+        Heap {
+            queues: [const { Cell::new(PageList::new()) }; CLASSES],
+            allocated: AtomicI64::new(0),
+            pages: Cell::new(0),
+            slow_paths: Cell::new(0),
+            last_release: Cell::new(0),
+            next_all: AtomicPtr::new(null_mut()),
+            next_free: Cell::new(null_mut()),
+            lock: SpinLock::new(()),
+            active: AtomicBool::new(false),
+            sweep_requested: AtomicBool::new(false),
+            remote_frees: OwnLine(AtomicUsize::new(0)),
+        }
+    }
+
+    #[inline]
+    fn add_allocated(&self, bytes: i64) {
+        // Owner-only writer: a load and a store, no RMW.
+        let v = self.allocated.load(Ordering::Relaxed);
+        self.allocated.store(v + bytes, Ordering::Relaxed);
+    }
+
+    fn queue(&self, class: usize) -> &Cell<PageList> {
+        &self.queues[class]
+    }
+}
+
+/// Takes every heap's lock for `fork()` (after the heap pool's lock, so
+/// no heap is made meanwhile): the child must not inherit a reclaim half
+/// done.
+pub fn fork_lock_heaps() {
+    let mut h = ALL_HEAPS.load(Ordering::Acquire);
+    while !h.is_null() {
+        // SAFETY: heaps are never freed.
+        unsafe {
+            (*h).lock.lock_forever();
+            h = (*h).next_all.load(Ordering::Relaxed);
+        }
+    }
+}
+
+/// # Safety
+/// After `fork_lock_heaps`, with no heap made since.
+pub unsafe fn fork_unlock_heaps() {
+    let mut h = ALL_HEAPS.load(Ordering::Acquire);
+    while !h.is_null() {
+        // SAFETY: the caller's contract: each was locked by us.
+        unsafe {
+            (*h).lock.unlock_forgotten();
+            h = (*h).next_all.load(Ordering::Relaxed);
+        }
+    }
+}
+
+pub fn fork_lock_fallback() {
+    FALLBACK.lock_forever();
+}
+
+/// # Safety
+/// After `fork_lock_fallback`.
+pub unsafe fn fork_unlock_fallback() {
+    // SAFETY: the caller's contract.
+    unsafe { FALLBACK.unlock_forgotten() };
+}
+
+/// Links `h` on the heap pool's free list, before `next`.
+///
+/// # Safety
+/// `h` is a valid heap that no thread uses (the heap pool's: being put on
+/// its free list), and the caller holds the heap pool's lock.
+pub(crate) unsafe fn set_next_free(h: *mut Heap, next: *mut Heap) {
+    // SAFETY: the caller's contract: the heap pool owns `h`.
+    unsafe { (*h).next_free.set(next) };
+}
+
+/// The heap after `h` on the heap pool's free list.
+///
+/// # Safety
+/// `h` is on the heap pool's free list, and the caller holds its lock.
+pub(crate) unsafe fn next_free(h: *mut Heap) -> *mut Heap {
+    // SAFETY: the caller's contract: the heap pool owns `h`.
+    unsafe { (*h).next_free.get() }
+}

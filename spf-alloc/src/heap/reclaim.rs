@@ -1,0 +1,190 @@
+//! Giving memory back: the owner's decay of its own pages (empty pages to
+//! the pool, free blocks inside partly used medium pages purged in place;
+//! the calling thread's part of `spf::purge()`), and the reclaim of other
+//! heaps' pages whose blocks were all freed by other threads — by any
+//! thread's decay tick for heaps whose owner took no slow path since the
+//! last tick (an active owner is asked to sweep instead), by
+//! `spf::purge()` for all.
+//!
+//! Another heap's pages are reclaimed only under that heap's lock, never
+//! the first page of a class queue (S5 in `segment`), one heap's lock at a
+//! time, with nothing under it that may allocate (R1).
+
+use super::free::{sweep, Keep};
+use super::{Heap, ALL_HEAPS};
+use crate::segment::Block;
+use crate::size_class::{block_size, CLASSES, SMALL_CLASSES};
+use crate::{options, thread};
+use core::sync::atomic::{AtomicU64, Ordering};
+
+/// Decay for the heap's own pages, run by the owner (other threads cannot
+/// touch them, S1) from its slow path once a decay time has passed since
+/// the last run: every empty page goes to the pool — the one kept at the
+/// front of each class queue too — where the pool's decay purges it, and
+/// the free blocks inside partly used medium pages are purged in place.
+/// A thread that stops allocating keeps what it held at its last run.
+pub(super) fn release_on_decay(h: &Heap) {
+    let now = spf_core::monotonic_ns();
+    if now.saturating_sub(h.last_release.get()) < options::decay_ns() {
+        return;
+    }
+    h.last_release.set(now);
+    sweep(h, Keep::None);
+    purge_medium_free(h);
+}
+
+/// The calling thread's part of `spf::purge()`: its empty pages go to the
+/// pool (which the caller purges next), and free blocks inside its partly
+/// used medium pages are purged.
+pub fn release_own() {
+    let heap = thread::heap();
+    if !thread::is_live(heap) {
+        return;
+    }
+    // SAFETY: this thread's live heap (R2: consistent between calls).
+    let h = unsafe { &*heap };
+    while !sweep(h, Keep::None) {}
+    purge_medium_free(h);
+    h.last_release.set(spf_core::monotonic_ns());
+}
+
+/// Free parts of a medium block below which a purge is not worth its
+/// system call.
+const MIN_BLOCK_PURGE: usize = 32 << 10;
+
+/// Purges the free blocks of the heap's partly used medium pages, each but
+/// the 4 KiB page that holds its free-list link: freed memory inside a
+/// page that still holds live blocks goes back to the kernel at 4 KiB
+/// granularity (blocks from 36 KiB up; medium blocks are 10–256 KiB).
+fn purge_medium_free(h: &Heap) {
+    // Our pages' free lists, walked and purged while no reclaimer resets
+    // one of them (S5).
+    let _locked = h.lock.lock();
+    for class in SMALL_CLASSES..CLASSES {
+        let size = block_size(class);
+        if size < MIN_BLOCK_PURGE + 4096 {
+            continue;
+        }
+        let mut page = h.queue(class).get().first;
+        while !page.is_null() {
+            // SAFETY: pages in our queues are ours (S1).
+            let p = unsafe { &*page };
+            let mut b = p.free.get();
+            while !b.is_null() {
+                let start = (b as usize + core::mem::size_of::<Block>()).next_multiple_of(4096);
+                let end = (b as usize + size) & !4095;
+                if end >= start + MIN_BLOCK_PURGE {
+                    // SAFETY: whole 4 KiB pages inside a free block of our
+                    // page, in its live segment; nothing reads them before
+                    // the block is handed out again (its link word lies
+                    // before `start`). A failed purge leaves them resident.
+                    let _ = unsafe { spf_core::purge_pages(start as *mut u8, end - start) };
+                }
+                // SAFETY: a free block of our page: its link is valid.
+                b = unsafe { (*b).next };
+            }
+            page = p.next.get();
+        }
+    }
+}
+
+/// Pages of other threads' heaps reclaimed in place (S5), for statistics.
+pub static PAGES_RECLAIMED: AtomicU64 = AtomicU64::new(0);
+
+/// When a reclaim tick last ran (`monotonic_ns`).
+static LAST_RECLAIM: AtomicU64 = AtomicU64::new(0);
+
+/// Runs, at most every half decay time in the whole process, a reclaim
+/// pass over the other threads' heaps (`reclaim_heap`): called from slow
+/// paths, so an idle thread's pages are given back by threads that are
+/// still working.
+pub(super) fn reclaim_tick(own: &Heap) {
+    let decay = options::decay_ns();
+    let now = spf_core::monotonic_ns();
+    let last = LAST_RECLAIM.load(Ordering::Relaxed);
+    if now.saturating_sub(last) < decay / 2
+        || LAST_RECLAIM
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+    {
+        return;
+    }
+    reclaim_others(own, Reclaim::Tick);
+}
+
+/// How a reclaim pass treats a heap.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reclaim {
+    /// Skip a busy heap's lock; reclaim the pages of heaps whose owner took
+    /// no slow path since the last tick, and ask active owners with remote
+    /// frees waiting to sweep.
+    Tick,
+    /// `spf::purge()`: wait for every heap's lock and reclaim whatever is
+    /// free, idle or not.
+    All,
+}
+
+/// A reclaim pass over every heap but `own` (which its owner releases
+/// itself). Takes one heap's lock at a time, and nothing under it may
+/// allocate (R1).
+fn reclaim_others(own: *const Heap, how: Reclaim) {
+    let mut h = ALL_HEAPS.load(Ordering::Acquire);
+    while !h.is_null() {
+        if !core::ptr::eq(h, own) {
+            // SAFETY: heaps are never freed; their locks and atomics are
+            // shared by design.
+            reclaim_heap(unsafe { &*h }, how);
+        }
+        // SAFETY: as above; `next_all` is written once, before publication.
+        h = unsafe { (*h).next_all.load(Ordering::Relaxed) };
+    }
+}
+
+/// Reclaims, under `h`'s lock, each page of `h` but the first of each
+/// class queue whose blocks were all freed by other threads (S5).
+fn reclaim_heap(h: &Heap, how: Reclaim) {
+    let _locked = match how {
+        Reclaim::Tick => match h.lock.try_lock() {
+            Some(l) => l,
+            None => return,
+        },
+        Reclaim::All => h.lock.lock(),
+    };
+    // Relaxed: a hint (what the owner did since the last tick).
+    if h.active.swap(false, Ordering::Relaxed) && how == Reclaim::Tick {
+        if h.remote_frees.0.load(Ordering::Relaxed) > 0 {
+            h.sweep_requested.store(true, Ordering::Relaxed);
+        }
+        return;
+    }
+    let mut n = 0;
+    for class in 0..CLASSES {
+        // The queues change only under the lock we hold.
+        let first = h.queue(class).get().first;
+        if first.is_null() {
+            continue;
+        }
+        // SAFETY: pages in a heap's queue are its pages (S1), linked under
+        // its lock.
+        let mut page = unsafe { (*first).next.get() };
+        while !page.is_null() {
+            // SAFETY: as above.
+            let p = unsafe { &*page };
+            let next = p.next.get();
+            // SAFETY: we hold the owner's lock; not the queue's first page.
+            if unsafe { p.reclaim_if_free() } {
+                n += 1;
+            }
+            page = next;
+        }
+    }
+    if n > 0 {
+        PAGES_RECLAIMED.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// `spf::purge()`'s part for other threads' heaps: every page whose blocks
+/// were all freed by other threads, but the first of each class queue.
+pub fn reclaim_all() {
+    reclaim_others(thread::heap(), Reclaim::All);
+}
