@@ -8,12 +8,15 @@
 //! ```
 //!
 //! Small (≤ 8 KiB) and medium (≤ 256 KiB) blocks come from thread heaps in
-//! the style of mimalloc: size classes (`size_class`), pages of 64 KiB and
-//! 4 MiB segments that are spf-core regions committed when made
-//! (`segment`), three free lists per page so the owning thread allocates
-//! and frees without atomics or locks and other threads free with one CAS
-//! (`heap`), and abandonment and adoption of pages at thread exit
-//! (`thread`). Large blocks are spf-core regions of their own, committed
+//! the style of mimalloc: size classes (`size_class`), small pages of
+//! 64 KiB and medium pages of 1 MiB in 4 MiB segments that are spf-core
+//! regions committed when made (`segment`, `PageKind`), a local free list
+//! per page so the owning thread allocates and frees without atomics or
+//! locks and a remote one (`thread_free`) that other threads push to with
+//! one CAS (`heap/alloc.rs`, `heap/free.rs`), abandonment and adoption of
+//! pages at thread exit (`heap/abandon.rs`, with the thread-exit key in
+//! `thread`), and decay and the reclaim of idle heaps' pages
+//! (`heap/reclaim.rs`). Large blocks are spf-core regions of their own, committed
 //! when allocated — or on touch by the speculative fault path, if the
 //! program opts in — and recycled through a cache with decay (`large`).
 //!
