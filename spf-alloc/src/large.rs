@@ -14,6 +14,16 @@
 //! (`MADV_DONTNEED`: still committed, no longer resident, reads as zero);
 //! past the cache's size limits the oldest blocks go back to spf-core.
 //!
+//! A request takes the smallest cached block that holds it, of any larger
+//! size: the block's region is shrunk in place to the request (L1), its
+//! tail decommitted and given back to the kernel, so the head's resident
+//! pages serve the request without a fault and the tail costs no memory.
+//! Reusing only near-equal sizes left most freed blocks idle in the cache
+//! while new regions were made and faulted in beside them. Resident
+//! (dirty) cached bytes are capped (`DIRTY_MAX_BYTES`): past the cap the
+//! oldest dirty blocks are purged at once instead of after the decay time,
+//! so the cache bounds resident memory as well as address space.
+//!
 //! Invariants:
 //! - L1: a live large block's region is exactly `round(layout.size())`
 //!   long: allocation, reuse and `realloc` keep it so, and `dealloc` relies
@@ -32,6 +42,10 @@ pub const GRANULE: usize = 64 << 10;
 const COMMIT_AHEAD: usize = 1 << 20;
 const CACHE_ENTRIES: usize = 64;
 const CACHE_MAX_BYTES: usize = 1 << 30;
+/// Resident bytes the cache may hold in dirty (unpurged) blocks: enough
+/// for a few of the largest blocks a program cycles through, so hot reuse
+/// stays fault-free, while peak resident memory stays near what is live.
+const DIRTY_MAX_BYTES: usize = 256 << 20;
 
 #[derive(Clone, Copy)]
 struct Cached {
@@ -53,18 +67,28 @@ const EMPTY: Cached = Cached {
 struct Cache {
     entries: [Cached; CACHE_ENTRIES],
     n: usize,
+    /// Bytes of all listed blocks.
     bytes: usize,
+    /// Bytes of listed blocks that are dirty (resident until purged).
+    dirty_bytes: usize,
 }
 
 static CACHE: SpinLock<Cache> = SpinLock::new(Cache {
     entries: [EMPTY; CACHE_ENTRIES],
     n: 0,
     bytes: 0,
+    dirty_bytes: 0,
 });
 
 pub static LIVE_BYTES: AtomicU64 = AtomicU64::new(0);
 pub static LIVE_BLOCKS: AtomicU64 = AtomicU64::new(0);
 pub static CACHED_BYTES: AtomicU64 = AtomicU64::new(0);
+/// Large allocations served from the cache (any fit).
+pub static REUSED: AtomicU64 = AtomicU64::new(0);
+/// Of those, served by shrinking a larger cached block in place.
+pub static REUSED_SHRUNK: AtomicU64 = AtomicU64::new(0);
+/// Cached blocks purged early because dirty cached bytes passed the cap.
+pub static PURGED_OVER_CAP: AtomicU64 = AtomicU64::new(0);
 
 /// The region length of a large block of `size` bytes (L1).
 pub fn round(size: usize) -> Option<usize> {
@@ -80,6 +104,9 @@ impl Cache {
         self.entries[self.n] = c;
         self.n += 1;
         self.bytes += c.len;
+        if c.dirty {
+            self.dirty_bytes += c.len;
+        }
         CACHED_BYTES.store(self.bytes as u64, Relaxed);
         true
     }
@@ -89,24 +116,40 @@ impl Cache {
         self.n -= 1;
         self.entries[i] = self.entries[self.n];
         self.bytes -= c.len;
+        if c.dirty {
+            self.dirty_bytes -= c.len;
+        }
         CACHED_BYTES.store(self.bytes as u64, Relaxed);
         c
     }
+
+    /// The next dirty block to purge: one past its decay time, or, while
+    /// dirty bytes are over the cap, the oldest dirty one.
+    fn purge_candidate(&self, now: u64, decay: u64) -> Option<usize> {
+        let dirty = (0..self.n).filter(|&i| self.entries[i].dirty);
+        if self.dirty_bytes > DIRTY_MAX_BYTES {
+            return dirty.min_by_key(|&i| self.entries[i].freed_at);
+        }
+        let mut dirty = dirty;
+        dirty.find(|&i| now.saturating_sub(self.entries[i].freed_at) >= decay)
+    }
 }
 
-/// A cached block of exactly `len` bytes, or the smallest one up to 25 %
-/// larger, with the right alignment and commit mode.
+/// The smallest cached block of at least `len` bytes with the right
+/// alignment and commit mode (a dirty one first among equals: its pages
+/// are resident).
 fn take_cached(len: usize, align: usize, lazy: bool, zeroed: bool) -> Option<Cached> {
     let mut cache = CACHE.lock();
     let mut best: Option<usize> = None;
     for i in 0..cache.n {
         let c = &cache.entries[i];
-        let fits = c.len >= len && c.len <= len + len / 4 && c.ptr % align == 0 && c.lazy == lazy;
+        let fits = c.len >= len && c.ptr % align == 0 && c.lazy == lazy;
         // A dirty lazy block would need zeroing by touch, committing it all.
         let ok = fits && !(zeroed && lazy && c.dirty);
-        if ok && best.is_none_or(|b| cache.entries[b].len > c.len) {
+        let better = |b: &Cached| (c.len, !c.dirty) < (b.len, !b.dirty);
+        if ok && best.is_none_or(|b| better(&cache.entries[b])) {
             best = Some(i);
-            if c.len == len {
+            if c.len == len && c.dirty {
                 break;
             }
         }
@@ -122,9 +165,12 @@ pub fn alloc(size: usize, align: usize, lazy: bool, zeroed: bool) -> *mut u8 {
     let align = align.max(GRANULE);
     let ptr = match take_cached(len, align, lazy, zeroed) {
         Some(c) => {
+            REUSED.fetch_add(1, Relaxed);
             if c.len > len {
+                REUSED_SHRUNK.fetch_add(1, Relaxed);
                 // SAFETY: the cache gave us the only handle (L2).
                 if let Some(mut r) = unsafe { Region::from_raw(c.ptr as *mut u8) } {
+                    // L1; the tail is decommitted: its pages leave now.
                     r.shrink(len);
                     r.into_raw();
                 }
@@ -198,11 +244,13 @@ pub fn dealloc(ptr: *mut u8, size: usize, lazy: bool) {
             n_evicted += 1;
         }
         while n_stale < stale.len() {
-            let Some(i) = (0..cache.n).find(|&i| {
-                cache.entries[i].dirty && now.saturating_sub(cache.entries[i].freed_at) >= decay
-            }) else {
+            let over_cap = cache.dirty_bytes > DIRTY_MAX_BYTES;
+            let Some(i) = cache.purge_candidate(now, decay) else {
                 break;
             };
+            if over_cap {
+                PURGED_OVER_CAP.fetch_add(1, Relaxed);
+            }
             stale[n_stale] = cache.remove(i);
             n_stale += 1;
         }
