@@ -285,3 +285,27 @@ fn cached_resident_bytes_are_capped() {
         live.saturating_sub(after.resident) >> 20
     );
 }
+
+#[test]
+fn a_much_smaller_request_leaves_a_cached_block_whole() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    spf::set_decay_ms(60_000);
+    // 40 MiB: a size no other test of this file uses.
+    let big = layout(40 * MIB);
+    // SAFETY: a valid layout; every access stays inside the blocks.
+    unsafe {
+        let p = alloc(big);
+        assert!(!p.is_null());
+        fill(p, 0, big.size(), 0x33);
+        dealloc(p, big);
+        // A growing buffer starts small: the cached block must stay whole
+        // for the large sizes it will reach (no more than 4× the request).
+        let small = layout(MIB);
+        let q = alloc(small);
+        assert_ne!(q, p, "a 1 MiB request took (and shrank) a 40 MiB block");
+        let again = alloc(big);
+        assert_eq!(again, p, "the 40 MiB block was not cached whole");
+        dealloc(q, small);
+        dealloc(again, big);
+    }
+}
