@@ -309,3 +309,46 @@ fn a_much_smaller_request_leaves_a_cached_block_whole() {
         dealloc(again, big);
     }
 }
+
+#[test]
+fn lazy_blocks_are_reused_shrunk_and_zeroed_when_asked() {
+    use std::alloc::GlobalAlloc;
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    spf::set_decay_ms(60_000);
+    // Blocks committed on touch share the cache with eager ones but are
+    // reused only for lazy requests.
+    let lazy = SpfAlloc::lazy();
+    let big = layout(28 * MIB);
+    let before = spf::alloc_stats();
+    // SAFETY: valid layouts; every access stays inside the blocks.
+    unsafe {
+        let p = lazy.alloc(big);
+        assert!(!p.is_null());
+        fill(p, 0, big.size(), 0x77);
+        lazy.dealloc(p, big);
+        // A zeroed request must not get the dirty block (zeroing it would
+        // commit all of it); it reads as zero wherever it comes from.
+        let z = layout(20 * MIB);
+        let zp = lazy.alloc_zeroed(z);
+        assert!(!zp.is_null());
+        assert_ne!(zp, p, "a dirty lazy block served alloc_zeroed");
+        let mut off = 0;
+        while off < z.size() {
+            assert_eq!(zp.add(off).read(), 0, "alloc_zeroed byte {off}");
+            off += 4096;
+        }
+        let small = layout(9 * MIB + 3);
+        let q = lazy.alloc(small);
+        assert_eq!(
+            q, p,
+            "a 9 MiB lazy request was not served by the 28 MiB block"
+        );
+        assert_eq!(region_len(q), small.size().next_multiple_of(GRANULE), "L1");
+        fill(q, 0, small.size(), 0x19);
+        check(q, small.size(), 0x19);
+        lazy.dealloc(q, small);
+        lazy.dealloc(zp, z);
+    }
+    let after = spf::alloc_stats();
+    assert!(after.large_reused_shrunk > before.large_reused_shrunk);
+}
