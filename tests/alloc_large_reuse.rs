@@ -352,3 +352,45 @@ fn lazy_blocks_are_reused_shrunk_and_zeroed_when_asked() {
     let after = spf::alloc_stats();
     assert!(after.large_reused_shrunk > before.large_reused_shrunk);
 }
+
+#[test]
+fn a_larger_request_grows_a_cached_block_in_place() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    spf::set_decay_ms(60_000);
+    let before = spf::alloc_stats();
+    // Sizes past every other test of this file, so no cached block holds
+    // the 90 MiB request and the 60 MiB block is the largest below it.
+    let (first, kept, wanted) = (layout(100 * MIB), layout(60 * MIB), layout(90 * MIB));
+    // Regions whose destruction below lets the epoch advance; made first,
+    // so that none of them lands in the range the block will grow into.
+    let probes: Vec<spf::Region> = (0..16)
+        .map(|_| spf::Region::reserve(64 << 10, spf::RegionOptions::default()).unwrap())
+        .collect();
+    // SAFETY: valid layouts; every access stays inside the blocks.
+    unsafe {
+        let p = alloc(first);
+        assert!(!p.is_null());
+        // Shrunk in place: the 40 MiB after it is free address space again
+        // once its grace period ends...
+        assert_eq!(realloc(p, first, kept.size()), p);
+        fill(p, 0, kept.size(), 0x42);
+        dealloc(p, kept);
+        // ...which region writers end: each destroy lets the epoch advance.
+        drop(probes);
+        let q = alloc(wanted);
+        assert_eq!(q, p, "the cached 60 MiB block did not grow to 90 MiB");
+        assert_eq!(region_len(q), wanted.size(), "L1");
+        fill(q, 0, wanted.size(), 0x24);
+        check(q, wanted.size(), 0x24);
+        // Memory from `SpfAlloc::new()` works with system calls, the grown
+        // part included.
+        let buf = std::slice::from_raw_parts_mut(q, wanted.size());
+        std::fs::File::open("/dev/zero")
+            .unwrap()
+            .read_exact(buf)
+            .expect("read() into a grown large block");
+        dealloc(q, wanted);
+    }
+    let after = spf::alloc_stats();
+    assert!(after.large_reused_grown > before.large_reused_grown);
+}

@@ -18,6 +18,10 @@
 //! times its size (`FIT_MAX_RATIO`): the block's region is shrunk in place to the request (L1), its
 //! tail decommitted and given back to the kernel, so the head's resident
 //! pages serve the request without a fault and the tail costs no memory.
+//! A request no cached block holds grows the largest dirty cached block of
+//! at least a quarter of its size in place, when the address space after
+//! it is free (often so: a shrunk tail's range comes back free after its
+//! grace period), so that block's resident pages serve the head.
 //! Reusing only near-equal sizes left most freed blocks idle in the cache
 //! while new regions were made and faulted in beside them. Resident
 //! (dirty) cached bytes are capped (`DIRTY_MAX_BYTES`): past the cap the
@@ -95,6 +99,8 @@ pub static CACHED_BYTES: AtomicU64 = AtomicU64::new(0);
 pub static REUSED: AtomicU64 = AtomicU64::new(0);
 /// Of those, served by shrinking a larger cached block in place.
 pub static REUSED_SHRUNK: AtomicU64 = AtomicU64::new(0);
+/// Of those, served by growing a smaller cached block in place.
+pub static REUSED_GROWN: AtomicU64 = AtomicU64::new(0);
 /// Cached blocks purged early because dirty cached bytes passed the cap.
 pub static PURGED_OVER_CAP: AtomicU64 = AtomicU64::new(0);
 
@@ -166,6 +172,53 @@ fn take_cached(len: usize, align: usize, lazy: bool, zeroed: bool) -> Option<Cac
     best.map(|i| cache.remove(i))
 }
 
+/// For a request no cached block holds: the largest dirty cached block of
+/// a quarter of `len` or more, grown in place to `len` if the address space
+/// after it is free, so its resident pages serve the head of the request.
+/// The block goes back to the cache if it cannot grow.
+fn grow_cached(len: usize, align: usize, lazy: bool, zeroed: bool) -> Option<usize> {
+    let c = {
+        let mut cache = CACHE.lock();
+        let mut best: Option<usize> = None;
+        for i in 0..cache.n {
+            let c = &cache.entries[i];
+            // A dirty lazy block would need zeroing by touch, committing it.
+            let ok = c.dirty
+                && c.len < len
+                && c.len >= len / FIT_MAX_RATIO
+                && c.ptr % align == 0
+                && c.lazy == lazy
+                && !(zeroed && lazy);
+            if ok && best.is_none_or(|b| cache.entries[b].len < c.len) {
+                best = Some(i);
+            }
+        }
+        cache.remove(best?)
+    };
+    // SAFETY: taken out of the cache: the only handle (L2).
+    let mut r = unsafe { Region::from_raw(c.ptr as *mut u8) }?;
+    if r.grow(len).is_ok() {
+        r.into_raw();
+        REUSED.fetch_add(1, Relaxed);
+        REUSED_GROWN.fetch_add(1, Relaxed);
+        if zeroed {
+            // SAFETY: the dirty head of a committed block we hold alone; the
+            // grown part is fresh and reads as zero.
+            unsafe { core::ptr::write_bytes(c.ptr as *mut u8, 0, c.len) };
+        }
+        return Some(c.ptr);
+    }
+    // L1 for the cached length: a failed eager grow may have grown it lazily.
+    if r.len() != c.len {
+        r.shrink(c.len);
+    }
+    r.into_raw();
+    if !CACHE.lock().insert(c) {
+        destroy(c.ptr);
+    }
+    None
+}
+
 /// Allocates a large block. Null when the reservation or commit fails.
 pub fn alloc(size: usize, align: usize, lazy: bool, zeroed: bool) -> *mut u8 {
     let Some(len) = round(size) else {
@@ -190,18 +243,21 @@ pub fn alloc(size: usize, align: usize, lazy: bool, zeroed: bool) -> *mut u8 {
             }
             c.ptr as *mut u8
         }
-        None => {
-            let opts = RegionOptions::default().granule(GRANULE).align(align);
-            let opts = if lazy {
-                opts.commit_ahead(COMMIT_AHEAD)
-            } else {
-                opts.eager()
-            };
-            match Region::reserve(len, opts) {
-                Ok(r) => r.into_raw(),
-                Err(_) => return null_mut(),
+        None => match grow_cached(len, align, lazy, zeroed) {
+            Some(p) => p as *mut u8,
+            None => {
+                let opts = RegionOptions::default().granule(GRANULE).align(align);
+                let opts = if lazy {
+                    opts.commit_ahead(COMMIT_AHEAD)
+                } else {
+                    opts.eager()
+                };
+                match Region::reserve(len, opts) {
+                    Ok(r) => r.into_raw(),
+                    Err(_) => return null_mut(),
+                }
             }
-        }
+        },
     };
     LIVE_BYTES.fetch_add(len as u64, Relaxed);
     LIVE_BLOCKS.fetch_add(1, Relaxed);

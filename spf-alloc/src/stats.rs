@@ -29,6 +29,8 @@ pub struct AllocStats {
     /// Of those, served by a larger cached block shrunk in place to the
     /// request (its tail given back to the kernel).
     pub large_reused_shrunk: u64,
+    /// Of those, served by a smaller cached block grown in place.
+    pub large_reused_grown: u64,
     /// Cached large blocks purged before their decay time because the
     /// cache's resident bytes passed its cap (ever).
     pub large_purged_over_cap: u64,
@@ -70,6 +72,7 @@ pub fn stats() -> AllocStats {
         cached_large: large::CACHED_BYTES.load(Relaxed),
         large_reused: large::REUSED.load(Relaxed),
         large_reused_shrunk: large::REUSED_SHRUNK.load(Relaxed),
+        large_reused_grown: large::REUSED_GROWN.load(Relaxed),
         large_purged_over_cap: large::PURGED_OVER_CAP.load(Relaxed),
         heaps,
         pages_reclaimed: heap::PAGES_RECLAIMED.load(Relaxed),
@@ -90,6 +93,7 @@ impl AllocStats {
             (self.cached_large, "bytes_cached_large"),
             (self.large_reused, "large_reused"),
             (self.large_reused_shrunk, "large_reused_shrunk"),
+            (self.large_reused_grown, "large_reused_grown"),
             (self.large_purged_over_cap, "large_purged_over_cap"),
             (self.heaps, "heaps"),
             (self.pages_reclaimed, "pages_reclaimed"),
