@@ -149,16 +149,31 @@ impl Cache {
     }
 }
 
-/// The smallest cached block of `len` to `FIT_MAX_RATIO × len` bytes with
-/// the right alignment and commit mode (a dirty one first among equals: its pages
-/// are resident).
-fn take_cached(len: usize, align: usize, lazy: bool, zeroed: bool) -> Option<Cached> {
+/// How much larger than the request a cached block may be.
+#[derive(Clone, Copy)]
+enum Fit {
+    /// Up to `FIT_MAX_RATIO` times: a new block.
+    Shrink,
+    /// Up to 25 % larger: the new home of a block that `realloc` grows.
+    /// A growing buffer will likely grow again; a larger block shrunk for it
+    /// could not grow back in place (its tail's range waits out a grace
+    /// period), so every later step would move and copy.
+    Near,
+}
+
+/// The smallest cached block of `len` bytes or more that `fit` allows, with
+/// the right alignment and commit mode (a dirty one first among equals: its
+/// pages are resident).
+fn take_cached(len: usize, align: usize, lazy: bool, zeroed: bool, fit: Fit) -> Option<Cached> {
+    let max_len = match fit {
+        Fit::Shrink => len.saturating_mul(FIT_MAX_RATIO),
+        Fit::Near => len.saturating_add(len / 4),
+    };
     let mut cache = CACHE.lock();
     let mut best: Option<usize> = None;
     for i in 0..cache.n {
         let c = &cache.entries[i];
-        let fits =
-            c.len >= len && c.len / FIT_MAX_RATIO <= len && c.ptr % align == 0 && c.lazy == lazy;
+        let fits = c.len >= len && c.len <= max_len && c.ptr % align == 0 && c.lazy == lazy;
         // A dirty lazy block would need zeroing by touch, committing it all.
         let ok = fits && !(zeroed && lazy && c.dirty);
         let better = |b: &Cached| (c.len, !c.dirty) < (b.len, !b.dirty);
@@ -221,11 +236,15 @@ fn grow_cached(len: usize, align: usize, lazy: bool, zeroed: bool) -> Option<usi
 
 /// Allocates a large block. Null when the reservation or commit fails.
 pub fn alloc(size: usize, align: usize, lazy: bool, zeroed: bool) -> *mut u8 {
+    alloc_fit(size, align, lazy, zeroed, Fit::Shrink)
+}
+
+fn alloc_fit(size: usize, align: usize, lazy: bool, zeroed: bool, fit: Fit) -> *mut u8 {
     let Some(len) = round(size) else {
         return null_mut();
     };
     let align = align.max(GRANULE);
-    let ptr = match take_cached(len, align, lazy, zeroed) {
+    let ptr = match take_cached(len, align, lazy, zeroed, fit) {
         Some(c) => {
             REUSED.fetch_add(1, Relaxed);
             if c.len > len {
@@ -462,7 +481,7 @@ pub fn realloc(
         region.shrink(old_len);
     }
     region.into_raw();
-    let new = alloc(new_size, align, lazy, false);
+    let new = alloc_fit(new_size, align, lazy, false, Fit::Near);
     if new.is_null() {
         return null_mut();
     }
