@@ -15,18 +15,21 @@
 //! past the cache's size limits the oldest blocks go back to spf-core.
 //!
 //! A request takes the smallest cached block that holds it, up to four
-//! times its size (`FIT_MAX_RATIO`): the block's region is shrunk in place to the request (L1), its
-//! tail decommitted and given back to the kernel, so the head's resident
-//! pages serve the request without a fault and the tail costs no memory.
-//! A request no cached block holds grows the largest dirty cached block of
-//! at least a quarter of its size in place, when the address space after
-//! it is free (often so: a shrunk tail's range comes back free after its
-//! grace period), so that block's resident pages serve the head.
-//! Reusing only near-equal sizes left most freed blocks idle in the cache
-//! while new regions were made and faulted in beside them. Resident
-//! (dirty) cached bytes are capped (`DIRTY_MAX_BYTES`): past the cap the
-//! oldest dirty blocks are purged at once instead of after the decay time,
-//! so the cache bounds resident memory as well as address space.
+//! times its size (`FIT_MAX_RATIO`): the block's region is shrunk in place
+//! to the request (L1), its tail decommitted and given back to the kernel,
+//! so the head's resident pages serve the request without a fault and the
+//! tail costs no memory. A request no cached block holds grows the largest
+//! dirty cached block of at least a quarter of its size in place, when the
+//! address space after it is free (a shrunk tail's range comes back free
+//! after its grace period), so that block's resident pages serve the head.
+//! A block that `realloc` moves takes only a near fit (`Fit::Near`): it is
+//! likely to grow again, which a shrunk block could not do in place.
+//! Reusing only near-equal sizes everywhere left most freed blocks idle in
+//! the cache while new regions were made and faulted in beside them.
+//! Resident (dirty) cached bytes are capped (`DIRTY_MAX_BYTES`): past the
+//! cap the oldest dirty blocks are purged at once instead of after the
+//! decay time, so the cache bounds resident memory as well as address
+//! space.
 //!
 //! Invariants:
 //! - L1: a live large block's region is exactly `round(layout.size())`
