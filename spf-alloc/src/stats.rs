@@ -24,6 +24,16 @@ pub struct AllocStats {
     pub large_blocks: u64,
     /// Bytes of freed large blocks kept for reuse.
     pub cached_large: u64,
+    /// Large allocations served by a cached block (ever).
+    pub large_reused: u64,
+    /// Of those, served by a larger cached block shrunk in place to the
+    /// request (its tail given back to the kernel).
+    pub large_reused_shrunk: u64,
+    /// Of those, served by a smaller cached block grown in place.
+    pub large_reused_grown: u64,
+    /// Cached large blocks purged before their decay time because the
+    /// cache's resident bytes passed its cap (ever).
+    pub large_purged_over_cap: u64,
     /// Thread heaps ever made (they are recycled when threads exit).
     pub heaps: u64,
     /// Pages of thread heaps given back to the kernel by another thread,
@@ -60,6 +70,10 @@ pub fn stats() -> AllocStats {
         live_regions: core.live_regions,
         large_blocks: large::LIVE_BLOCKS.load(Relaxed),
         cached_large: large::CACHED_BYTES.load(Relaxed),
+        large_reused: large::REUSED.load(Relaxed),
+        large_reused_shrunk: large::REUSED_SHRUNK.load(Relaxed),
+        large_reused_grown: large::REUSED_GROWN.load(Relaxed),
+        large_purged_over_cap: large::PURGED_OVER_CAP.load(Relaxed),
         heaps,
         pages_reclaimed: heap::PAGES_RECLAIMED.load(Relaxed),
         core,
@@ -77,6 +91,10 @@ impl AllocStats {
             (self.live_regions, "regions"),
             (self.large_blocks, "large_blocks"),
             (self.cached_large, "bytes_cached_large"),
+            (self.large_reused, "large_reused"),
+            (self.large_reused_shrunk, "large_reused_shrunk"),
+            (self.large_reused_grown, "large_reused_grown"),
+            (self.large_purged_over_cap, "large_purged_over_cap"),
             (self.heaps, "heaps"),
             (self.pages_reclaimed, "pages_reclaimed"),
         ] {

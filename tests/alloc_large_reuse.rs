@@ -1,0 +1,396 @@
+//! The large-block cache reuses freed blocks for smaller requests (a larger
+//! cached block is shrunk in place, its tail given back), keeps every large
+//! block's region exactly as long as its rounded size, keeps reused memory
+//! usable by system calls, and caps the resident bytes it holds.
+//!
+//! The tests of this file run one at a time (`SERIAL`): they read the
+//! cache's global counters and expect their own frees to be what is cached.
+
+use spf::SpfAlloc;
+use std::alloc::{alloc, alloc_zeroed, dealloc, realloc, Layout};
+use std::io::Read;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+#[global_allocator]
+static GLOBAL: SpfAlloc = SpfAlloc::new();
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+const MIB: usize = 1 << 20;
+/// The large blocks' granule: a region is its block's size rounded to it.
+const GRANULE: usize = 64 << 10;
+
+fn layout(size: usize) -> Layout {
+    Layout::from_size_align(size, 8).unwrap()
+}
+
+/// The length of the region that starts at `p`, which must exist.
+fn region_len(p: *mut u8) -> usize {
+    let r = spf::region_at(p).expect("a large block lies in an spf region");
+    assert_eq!(r.start, p as usize, "a large block starts its region");
+    r.len
+}
+
+/// Writes a pattern of `tag` at every 4 KiB page of `[from, to)` and at the
+/// last byte.
+///
+/// # Safety
+/// `p` is a live block of at least `to` bytes.
+unsafe fn fill(p: *mut u8, from: usize, to: usize, tag: u8) {
+    let mut off = from;
+    while off < to {
+        // SAFETY: inside the block (the caller's contract).
+        unsafe { p.add(off).write(tag ^ (off >> 12) as u8) };
+        off += 4096;
+    }
+    if to > from {
+        // SAFETY: as above.
+        unsafe { p.add(to - 1).write(tag) };
+    }
+}
+
+/// Checks the page bytes of the pattern `fill` wrote, below `to - 1`.
+///
+/// # Safety
+/// `p` is a live block of at least `to` bytes.
+unsafe fn check_pages(p: *mut u8, to: usize, tag: u8) {
+    let mut off = 0;
+    while off < to - 1 {
+        // SAFETY: inside the block.
+        let got = unsafe { p.add(off).read() };
+        assert_eq!(got, tag ^ (off >> 12) as u8, "byte {off} of {p:p}");
+        off += 4096;
+    }
+}
+
+/// Checks the pattern `fill` wrote over `[0, to)`.
+///
+/// # Safety
+/// `p` is a live block of at least `to` bytes.
+unsafe fn check(p: *mut u8, to: usize, tag: u8) {
+    // SAFETY: the caller's contract.
+    unsafe { check_pages(p, to, tag) };
+    // SAFETY: inside the block.
+    assert_eq!(unsafe { p.add(to - 1).read() }, tag, "last byte of {p:p}");
+}
+
+#[test]
+fn a_smaller_request_reuses_a_larger_cached_block() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    spf::set_decay_ms(60_000);
+    let before = spf::alloc_stats();
+    // 24 MiB: larger than anything the other tests of this file cache, so
+    // the 12 MiB request below can only be served by this block.
+    let big = layout(24 * MIB);
+    // SAFETY: a valid layout; every access stays inside the block.
+    unsafe {
+        let p = alloc(big);
+        assert!(!p.is_null());
+        fill(p, 0, big.size(), 0x5a);
+        dealloc(p, big);
+        let small = layout(12 * MIB + 1);
+        let q = alloc(small);
+        assert_eq!(
+            q, p,
+            "a 12 MiB request was not served by the cached 24 MiB block"
+        );
+        assert_eq!(
+            region_len(q),
+            small.size().next_multiple_of(GRANULE),
+            "the reused block's region is not its rounded size (L1)"
+        );
+        // Memory from `SpfAlloc::new()` works with system calls: read()
+        // into all of it (the kernel fails with EFAULT on PROT_NONE).
+        std::ptr::write_bytes(q, 0xaa, small.size());
+        let buf = std::slice::from_raw_parts_mut(q, small.size());
+        std::fs::File::open("/dev/zero")
+            .unwrap()
+            .read_exact(buf)
+            .expect("read() into a reused large block");
+        assert!(buf.iter().step_by(4093).all(|&b| b == 0));
+        dealloc(q, small);
+    }
+    let after = spf::alloc_stats();
+    assert!(after.large_reused_shrunk > before.large_reused_shrunk);
+    assert!(after.large_reused > before.large_reused);
+}
+
+#[test]
+fn threads_reuse_large_blocks_of_mixed_sizes() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    spf::set_decay_ms(60_000);
+    const THREADS: usize = 4;
+    const OPS: usize = 300;
+    const HELD: usize = 4;
+    let before = spf::alloc_stats();
+    // Blocks handed between threads: (address, size, tag), 0 when empty.
+    let table: Vec<[AtomicUsize; 3]> = (0..16)
+        .map(|_| {
+            [
+                AtomicUsize::new(0),
+                AtomicUsize::new(0),
+                AtomicUsize::new(0),
+            ]
+        })
+        .collect();
+    let table_lock = Mutex::new(());
+    std::thread::scope(|s| {
+        for t in 0..THREADS {
+            let (table, table_lock) = (&table, &table_lock);
+            s.spawn(move || {
+                let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ (t as u64 + 1).wrapping_mul(7919);
+                let mut next = move || {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    rng
+                };
+                // 256 KiB + 1 … 8 MiB: every size takes the large path.
+                let size_of = |r: u64| (256 << 10) + 1 + (r as usize % (8 * MIB));
+                let mut held: Vec<(usize, usize, u8)> = Vec::new();
+                for op in 0..OPS {
+                    let tag = (t * 31 + op) as u8 | 1;
+                    let size = size_of(next());
+                    let l = layout(size);
+                    let zeroed = op % 5 == 0;
+                    // SAFETY: a valid layout; accesses stay inside blocks
+                    // this thread owns.
+                    unsafe {
+                        let p = if zeroed { alloc_zeroed(l) } else { alloc(l) };
+                        assert!(!p.is_null());
+                        assert_eq!(region_len(p), size.next_multiple_of(GRANULE), "L1");
+                        if zeroed {
+                            let mut off = 0;
+                            while off < size {
+                                assert_eq!(p.add(off).read(), 0, "alloc_zeroed byte {off}");
+                                off += 4096;
+                            }
+                            assert_eq!(p.add(size - 1).read(), 0);
+                        }
+                        fill(p, 0, size, tag);
+                        held.push((p as usize, size, tag));
+                    }
+                    if held.len() > HELD {
+                        let i = next() as usize % held.len();
+                        let (p, size, tag) = held.swap_remove(i);
+                        let p = p as *mut u8;
+                        // SAFETY: a live block of `size` bytes this thread owns.
+                        unsafe {
+                            check(p, size, tag);
+                            match next() % 3 {
+                                0 => {
+                                    // Grow or shrink: the kept prefix survives.
+                                    let new = size_of(next());
+                                    let q = realloc(p, layout(size), new);
+                                    assert!(!q.is_null());
+                                    assert_eq!(region_len(q), new.next_multiple_of(GRANULE));
+                                    let kept = size.min(new);
+                                    check_pages(q, kept, tag);
+                                    fill(q, 0, new, tag);
+                                    held.push((q as usize, new, tag));
+                                }
+                                1 => {
+                                    // Hand it to whichever thread takes it.
+                                    let _g = table_lock.lock().unwrap();
+                                    let slot = &table[next() as usize % table.len()];
+                                    let old = (
+                                        slot[0].swap(p as usize, Ordering::Relaxed),
+                                        slot[1].swap(size, Ordering::Relaxed),
+                                        slot[2].swap(tag as usize, Ordering::Relaxed),
+                                    );
+                                    drop(_g);
+                                    if old.0 != 0 {
+                                        let q = old.0 as *mut u8;
+                                        check(q, old.1, old.2 as u8);
+                                        dealloc(q, layout(old.1));
+                                    }
+                                }
+                                _ => dealloc(p, layout(size)),
+                            }
+                        }
+                    }
+                }
+                for (p, size, tag) in held {
+                    // SAFETY: live blocks this thread owns.
+                    unsafe {
+                        check(p as *mut u8, size, tag);
+                        dealloc(p as *mut u8, layout(size));
+                    }
+                }
+            });
+        }
+    });
+    for slot in &table {
+        let p = slot[0].swap(0, Ordering::Relaxed);
+        if p != 0 {
+            let size = slot[1].load(Ordering::Relaxed);
+            // SAFETY: a live block put in the table, taken out once.
+            unsafe {
+                check(p as *mut u8, size, slot[2].load(Ordering::Relaxed) as u8);
+                dealloc(p as *mut u8, layout(size));
+            }
+        }
+    }
+    let after = spf::alloc_stats();
+    eprintln!(
+        "reused {} (shrunk {}), purged over the cap {}",
+        after.large_reused - before.large_reused,
+        after.large_reused_shrunk - before.large_reused_shrunk,
+        after.large_purged_over_cap - before.large_purged_over_cap
+    );
+    assert_eq!(after.large_blocks, before.large_blocks, "every block freed");
+    assert!(
+        after.large_reused_shrunk - before.large_reused_shrunk >= 10,
+        "the shrink-in-place reuse path barely ran"
+    );
+}
+
+#[test]
+fn cached_resident_bytes_are_capped() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // No decay: only the cap can give the freed blocks' pages back.
+    spf::set_decay_ms(60_000);
+    let before = spf::alloc_stats();
+    let l = layout(32 * MIB);
+    // 12 blocks of 32 MiB, 384 MiB, all touched then freed into the cache.
+    let blocks: Vec<*mut u8> = (0..12)
+        .map(|i| {
+            // SAFETY: a valid layout; the fill stays inside the block.
+            unsafe {
+                let p = alloc(l);
+                assert!(!p.is_null());
+                fill(p, 0, l.size(), i as u8);
+                p
+            }
+        })
+        .collect();
+    let live = spf::alloc_stats().resident;
+    for p in blocks {
+        // SAFETY: live blocks of this layout.
+        unsafe { dealloc(p, l) };
+    }
+    let after = spf::alloc_stats();
+    eprintln!(
+        "resident {} MiB with the blocks live, {} MiB after freeing them; cached {} MiB",
+        live >> 20,
+        after.resident >> 20,
+        after.cached_large >> 20
+    );
+    assert!(after.large_purged_over_cap > before.large_purged_over_cap);
+    // At most 256 MiB of the 384 freed stay resident in the cache.
+    assert!(
+        live.saturating_sub(after.resident) >= 100 * MIB as u64,
+        "freeing 384 MiB into the cache gave back only {} MiB",
+        live.saturating_sub(after.resident) >> 20
+    );
+}
+
+#[test]
+fn a_much_smaller_request_leaves_a_cached_block_whole() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    spf::set_decay_ms(60_000);
+    // 40 MiB: a size no other test of this file uses.
+    let big = layout(40 * MIB);
+    // SAFETY: a valid layout; every access stays inside the blocks.
+    unsafe {
+        let p = alloc(big);
+        assert!(!p.is_null());
+        fill(p, 0, big.size(), 0x33);
+        dealloc(p, big);
+        // A growing buffer starts small: the cached block must stay whole
+        // for the large sizes it will reach (no more than 4× the request).
+        let small = layout(MIB);
+        let q = alloc(small);
+        assert_ne!(q, p, "a 1 MiB request took (and shrank) a 40 MiB block");
+        let again = alloc(big);
+        assert_eq!(again, p, "the 40 MiB block was not cached whole");
+        dealloc(q, small);
+        dealloc(again, big);
+    }
+}
+
+#[test]
+fn lazy_blocks_are_reused_shrunk_and_zeroed_when_asked() {
+    use std::alloc::GlobalAlloc;
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    spf::set_decay_ms(60_000);
+    // Blocks committed on touch share the cache with eager ones but are
+    // reused only for lazy requests.
+    let lazy = SpfAlloc::lazy();
+    let big = layout(28 * MIB);
+    let before = spf::alloc_stats();
+    // SAFETY: valid layouts; every access stays inside the blocks.
+    unsafe {
+        let p = lazy.alloc(big);
+        assert!(!p.is_null());
+        fill(p, 0, big.size(), 0x77);
+        lazy.dealloc(p, big);
+        // A zeroed request must not get the dirty block (zeroing it would
+        // commit all of it); it reads as zero wherever it comes from.
+        let z = layout(20 * MIB);
+        let zp = lazy.alloc_zeroed(z);
+        assert!(!zp.is_null());
+        assert_ne!(zp, p, "a dirty lazy block served alloc_zeroed");
+        let mut off = 0;
+        while off < z.size() {
+            assert_eq!(zp.add(off).read(), 0, "alloc_zeroed byte {off}");
+            off += 4096;
+        }
+        let small = layout(9 * MIB + 3);
+        let q = lazy.alloc(small);
+        assert_eq!(
+            q, p,
+            "a 9 MiB lazy request was not served by the 28 MiB block"
+        );
+        assert_eq!(region_len(q), small.size().next_multiple_of(GRANULE), "L1");
+        fill(q, 0, small.size(), 0x19);
+        check(q, small.size(), 0x19);
+        lazy.dealloc(q, small);
+        lazy.dealloc(zp, z);
+    }
+    let after = spf::alloc_stats();
+    assert!(after.large_reused_shrunk > before.large_reused_shrunk);
+}
+
+#[test]
+fn a_larger_request_grows_a_cached_block_in_place() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    spf::set_decay_ms(60_000);
+    let before = spf::alloc_stats();
+    // Sizes past every other test of this file, so no cached block holds
+    // the 90 MiB request and the 60 MiB block is the largest below it.
+    let (first, kept, wanted) = (layout(100 * MIB), layout(60 * MIB), layout(90 * MIB));
+    // Regions whose destruction below lets the epoch advance; made first,
+    // so that none of them lands in the range the block will grow into.
+    let probes: Vec<spf::Region> = (0..16)
+        .map(|_| spf::Region::reserve(64 << 10, spf::RegionOptions::default()).unwrap())
+        .collect();
+    // SAFETY: valid layouts; every access stays inside the blocks.
+    unsafe {
+        let p = alloc(first);
+        assert!(!p.is_null());
+        // Shrunk in place: the 40 MiB after it is free address space again
+        // once its grace period ends...
+        assert_eq!(realloc(p, first, kept.size()), p);
+        fill(p, 0, kept.size(), 0x42);
+        dealloc(p, kept);
+        // ...which region writers end: each destroy lets the epoch advance.
+        drop(probes);
+        let q = alloc(wanted);
+        assert_eq!(q, p, "the cached 60 MiB block did not grow to 90 MiB");
+        assert_eq!(region_len(q), wanted.size(), "L1");
+        fill(q, 0, wanted.size(), 0x24);
+        check(q, wanted.size(), 0x24);
+        // Memory from `SpfAlloc::new()` works with system calls, the grown
+        // part included.
+        let buf = std::slice::from_raw_parts_mut(q, wanted.size());
+        std::fs::File::open("/dev/zero")
+            .unwrap()
+            .read_exact(buf)
+            .expect("read() into a grown large block");
+        dealloc(q, wanted);
+    }
+    let after = spf::alloc_stats();
+    assert!(after.large_reused_grown > before.large_reused_grown);
+}
