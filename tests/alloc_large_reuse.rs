@@ -363,7 +363,9 @@ fn a_larger_request_grows_a_cached_block_in_place() {
     let (first, kept, wanted) = (layout(100 * MIB), layout(60 * MIB), layout(90 * MIB));
     // Regions whose destruction below lets the epoch advance; made first,
     // so that none of them lands in the range the block will grow into.
-    let probes: Vec<spf::Region> = (0..16)
+    // Many of them: each destroy is a chance for the epoch to advance, and
+    // the tail's grace period must be over before the block can grow.
+    let probes: Vec<spf::Region> = (0..256)
         .map(|_| spf::Region::reserve(64 << 10, spf::RegionOptions::default()).unwrap())
         .collect();
     // SAFETY: valid layouts; every access stays inside the blocks.
