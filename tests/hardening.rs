@@ -12,10 +12,10 @@ use common::{child_scenario, serial};
 use spf::testing::inject::{self, Call};
 use spf::{Arena, ArenaError, Error, Protection, Region, RegionOptions, SpfAlloc};
 use std::alloc::{GlobalAlloc, Layout};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Barrier;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[global_allocator]
 static GLOBAL: SpfAlloc = SpfAlloc::new();
@@ -23,33 +23,13 @@ static GLOBAL: SpfAlloc = SpfAlloc::new();
 /// Runs the scenario in a child, killed if it has not finished within
 /// `deadline` (a hang is then a failure that says so, not a stuck suite).
 fn child_with_deadline(scenario: &str, env: &[(&str, &str)], deadline: Duration) -> Output {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_entry",
-            "--include-ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(common::CHILD_VAR, scenario)
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if started.elapsed() > deadline {
-            child.kill().unwrap();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "{scenario}: still running after {deadline:?} (a hang): stderr: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
+    let (out, hung) = common::run_child_until("child_entry", scenario, env, deadline);
+    assert!(
+        !hung,
+        "{scenario}: still running after {deadline:?} (a hang): stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 fn assert_child_ok(scenario: &str, env: &[(&str, &str)]) {

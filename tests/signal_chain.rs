@@ -14,12 +14,11 @@
 
 mod common;
 
-use common::{child_scenario, signal_of, CHILD_VAR};
+use common::{child_scenario, signal_of};
 use spf::{HandlerAllocGuard, Region, RegionOptions};
 use std::alloc::System;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[global_allocator]
 static GLOBAL: HandlerAllocGuard<System> = HandlerAllocGuard(System);
@@ -379,32 +378,9 @@ struct Ending {
 
 fn run(scenario: &str, sig: i32, with_spf: bool) -> (Ending, String) {
     let arg = format!("{scenario}:{sig}:{}", if with_spf { "spf" } else { "none" });
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_entry",
-            "--include-ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_VAR, &arg)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     // A handler that returns to a fault that was not fixed loops for ever
     // (the kernel does the same): such a child is ended, and says so.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut hung = false;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            hung = true;
-            child.kill().unwrap();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let output = child.wait_with_output().unwrap();
+    let (output, hung) = common::run_child_until("child_entry", &arg, &[], Duration::from_secs(20));
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     let how = if hung {

@@ -3,8 +3,9 @@
 
 pub mod alloc_suite;
 
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 /// Counters and the fault mode are process-wide: tests that read them or
 /// change the mode take this lock so they do not see each other's faults.
@@ -25,7 +26,38 @@ pub fn run_child(entry: &str, scenario: &str) -> Output {
 
 /// `run_child` with extra environment variables.
 pub fn run_child_with_env(entry: &str, scenario: &str, env: &[(&str, &str)]) -> Output {
-    Command::new(std::env::current_exe().unwrap())
+    child_command(entry, scenario, env).output().unwrap()
+}
+
+/// `run_child_with_env`, but a child still running after `deadline` is
+/// killed: the output so far, and whether it had to be killed (a hang).
+pub fn run_child_until(
+    entry: &str,
+    scenario: &str,
+    env: &[(&str, &str)],
+    deadline: Duration,
+) -> (Output, bool) {
+    let mut child = child_command(entry, scenario, env)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let mut hung = false;
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > deadline {
+            hung = true;
+            child.kill().unwrap();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (child.wait_with_output().unwrap(), hung)
+}
+
+fn child_command(entry: &str, scenario: &str, env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
         .args([
             "--exact",
             entry,
@@ -34,9 +66,8 @@ pub fn run_child_with_env(entry: &str, scenario: &str, env: &[(&str, &str)]) -> 
             "--test-threads=1",
         ])
         .env(CHILD_VAR, scenario)
-        .envs(env.iter().copied())
-        .output()
-        .unwrap()
+        .envs(env.iter().copied());
+    command
 }
 
 /// The scenario this process should play, if it is a child.
