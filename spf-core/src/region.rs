@@ -597,7 +597,9 @@ mod tests {
         }
         r.shrink(100_000);
         assert_eq!(r.len(), 128 << 10);
-        assert!(region_at(p.wrapping_add(300_000)).is_none());
+        // The tail is no longer ours (another test's region may already
+        // have been given the freed range: unit tests run in parallel).
+        assert!(region_at(p.wrapping_add(300_000)).is_none_or(|i| i.start != p as usize));
 
         r.protect(Protection::ReadOnly).unwrap();
         assert!(region_at(p).unwrap().read_only);
