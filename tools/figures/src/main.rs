@@ -1,9 +1,12 @@
 //! Draws the pictures of `docs/BENCHMARKS.md` from the raw output that
 //! `scripts/figures.sh` saved, and prints the same figures as markdown
-//! tables (median and min–max across runs).
+//! tables (median and min–max across runs). With `criterion`, it prints
+//! the criterion suite's last results (`cargo bench --bench alloc`) as
+//! tables of medians with spf's ratio to jemalloc instead.
 //!
 //! ```text
 //! spf-figures RAW_DIR OUT_DIR
+//! spf-figures criterion [CRITERION_DIR]   # default target/criterion
 //! ```
 //!
 //! `RAW_DIR` holds what the benchmark programs printed, one file per run:
@@ -14,6 +17,7 @@
 //! unreadable is an error. Pictures go to `OUT_DIR` as SVG; the tables to
 //! standard output.
 
+mod criterion;
 mod draw;
 mod parse;
 mod spread;
@@ -413,10 +417,38 @@ fn kvserver_rss(raw: &Path, out: &mut Out) -> Result<()> {
     Ok(())
 }
 
+/// The groups of `benches/alloc.rs`, in its order.
+const CRITERION_GROUPS: [&str; 9] = [
+    "small pair",
+    "batch 10k mixed",
+    "cross-thread exchange",
+    "larson-like",
+    "hand-off 10k Strings",
+    "larson lock-free",
+    "large alloc+touch+free",
+    "realloc growth to 64 MiB",
+    "first touch 256 MiB",
+];
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "criterion") {
+        let dir = args.get(1).map_or("target/criterion", String::as_str);
+        match criterion::read_all(Path::new(dir)) {
+            Ok(all) if !all.is_empty() => print!("{}", criterion::tables(&all, &CRITERION_GROUPS)),
+            Ok(_) => {
+                eprintln!("figures: no criterion results under {dir} (run `cargo bench --bench alloc` first)");
+                std::process::exit(1);
+            }
+            Err(e) => {
+                eprintln!("figures: cannot read {dir}: {e}");
+                std::process::exit(1);
+            }
+        }
+        return;
+    }
     let [raw, dir] = &args[..] else {
-        eprintln!("usage: spf-figures RAW_DIR OUT_DIR");
+        eprintln!("usage: spf-figures RAW_DIR OUT_DIR | spf-figures criterion [CRITERION_DIR]");
         std::process::exit(2);
     };
     let raw = Path::new(raw);
