@@ -48,8 +48,11 @@
 //! - S5: another thread may reclaim a page of a heap it does not own only
 //!   under that heap's lock, only when the page is not the first of its
 //!   class queue, and only when every block out is on `thread_free`
-//!   (`Page::reclaim_if_free`): the page stays in the heap's queue, empty,
-//!   its memory purged. The owner takes its heap's lock around every
+//!   (`Page::reset_if_free`): the page either stays in the heap's queue,
+//!   empty, its memory purged (`reclaim_if_free`), or — if it is neither
+//!   the first nor the last of its queue, so that the queue's own words
+//!   are not written — leaves the queue for the pool (`heap`'s hand-over).
+//!   The owner takes its heap's lock around every
 //!   change to its queues and every slow-path use of its pages, so the
 //!   only unlocked owner accesses left are the fast paths: allocation from
 //!   the first page of a queue, and local frees into pages holding a live
@@ -443,6 +446,28 @@ impl Page {
     /// becomes an empty page of the same heap and class with no blocks
     /// carved, and its memory goes back to the kernel (S5). True if it did.
     ///
+    /// # Safety
+    /// As `reset_if_free`.
+    pub unsafe fn reclaim_if_free(&self) -> bool {
+        // SAFETY: the caller's contract.
+        let carved = match unsafe { self.reset_if_free() } {
+            Some(carved) => carved,
+            None => return false,
+        };
+        // SAFETY: the carved part of the page, inside its live segment
+        // (S3: the page is a heap's); nothing in it will be read again, as
+        // blocks are carved afresh from `capacity` 0. A failed purge leaves
+        // the memory resident, the page empty all the same.
+        let _ = unsafe { spf_core::purge_pages(self.area.get(), carved) };
+        true
+    }
+
+    /// Empties a page of another thread's heap whose every block out was
+    /// freed by other threads (all are waiting on `thread_free`): `used`
+    /// 0, no blocks carved, `thread_free` clear (S5). Returns the bytes
+    /// that had been carved (rounded up to 4 KiB), or `None` if a block is
+    /// still live.
+    ///
     /// Why the count proves the page free: under the heap's lock nobody
     /// collects `thread_free`, so the chain seen is stable apart from pushes
     /// at its head, and the `n` blocks on it are counted in `used`. `used`
@@ -456,12 +481,12 @@ impl Page {
     /// The caller holds the lock of the heap that owns the page (S1), and
     /// the page is not the first of its class queue (the only page the
     /// owner allocates from without that lock).
-    pub unsafe fn reclaim_if_free(&self) -> bool {
+    pub unsafe fn reset_if_free(&self) -> Option<usize> {
         // Acquire pairs with the Release pushes: the chain's links (and the
         // release sequence of the CASes before it) are visible.
         let head = self.thread_free.load(Ordering::Acquire);
         if head.is_null() || head as usize == ABANDONED {
-            return false;
+            return None;
         }
         let mut n = 0u32;
         let mut b = head;
@@ -474,7 +499,7 @@ impl Page {
         // Acquire pairs with the Release store of the owner's last local
         // free: its writes to the page (its free list) happen before ours.
         if self.used.load(Ordering::Acquire) != n {
-            return false;
+            return None;
         }
         // No block is live (see above): the page's fields are ours until
         // the caller releases the heap's lock.
@@ -493,12 +518,7 @@ impl Page {
                 "a free page with live blocks"
             );
         }
-        // SAFETY: the carved part of the page, inside its live segment
-        // (S3: the page is a heap's); nothing in it will be read again, as
-        // blocks are carved afresh from `capacity` 0. A failed purge leaves
-        // the memory resident, the page empty all the same.
-        let _ = unsafe { spf_core::purge_pages(self.area.get(), carved) };
-        true
+        Some(carved)
     }
 }
 
@@ -598,6 +618,17 @@ static POOL: SpinLock<Pool> = SpinLock::new(Pool {
 /// Pages owned by heaps or abandoned, for statistics.
 pub static SMALL_PAGES_IN_USE: AtomicU64 = AtomicU64::new(0);
 pub static MEDIUM_PAGES_IN_USE: AtomicU64 = AtomicU64::new(0);
+
+/// Whether the pool holds a page of `kind` whose memory is still resident
+/// (freed less than a decay time ago): taking one touches no new memory.
+/// A hint (the pool may change as soon as its lock is released).
+pub fn pool_has_dirty(kind: PageKind) -> bool {
+    let pool = POOL.lock();
+    let first = pool.lists[kind as usize].first;
+    // SAFETY: a pooled page, read under the pool lock. Purged pages are
+    // put back at the end: a purged first page means all are.
+    !first.is_null() && !unsafe { (*first).purged.get() }
+}
 
 /// A page for `class`, initialised and owned by the caller, or null when
 /// memory is exhausted. Never called with an allocator lock held (R1).

@@ -40,6 +40,11 @@ pub struct AllocStats {
     /// because every block in them had been freed by other threads while
     /// their owner was idle (or `purge` ran).
     pub pages_reclaimed: u64,
+    /// Pages of thread heaps whose blocks had all been freed by other
+    /// threads, handed to the page pool by another thread about to touch
+    /// fresh memory (their owner may be busy; see `spf::purge` for what
+    /// stays).
+    pub pages_handed_over: u64,
     /// spf-core's fault counters.
     pub core: spf_core::Stats,
 }
@@ -76,6 +81,7 @@ pub fn stats() -> AllocStats {
         large_purged_over_cap: large::PURGED_OVER_CAP.load(Relaxed),
         heaps,
         pages_reclaimed: heap::PAGES_RECLAIMED.load(Relaxed),
+        pages_handed_over: heap::PAGES_HANDED_OVER.load(Relaxed),
         core,
     }
 }
@@ -97,6 +103,7 @@ impl AllocStats {
             (self.large_purged_over_cap, "large_purged_over_cap"),
             (self.heaps, "heaps"),
             (self.pages_reclaimed, "pages_reclaimed"),
+            (self.pages_handed_over, "pages_handed_over"),
         ] {
             writeln!(f, "{v:>16}      {name}")?;
         }

@@ -35,7 +35,7 @@ mod reclaim;
 pub use abandon::{abandon, fork_lock_abandoned, fork_unlock_abandoned};
 pub use alloc::alloc;
 pub use free::{dealloc, FALLBACK_FREED};
-pub use reclaim::{reclaim_all, release_own, PAGES_RECLAIMED};
+pub use reclaim::{reclaim_all, release_own, PAGES_HANDED_OVER, PAGES_RECLAIMED};
 
 use crate::lock::SpinLock;
 use crate::segment::PageList;
@@ -64,9 +64,11 @@ pub struct Heap {
     /// the owner only, with a plain load and store (`add_allocated`: its
     /// allocations, and its frees, local or remote); read by `stats`.
     pub allocated: AtomicI64,
-    /// Pages in `queues`: written by the owner (`take`,
-    /// `unqueue_and_free`, `abandon`); scales the sweep threshold.
-    pages: Cell<usize>,
+    /// Pages in `queues`: written under `lock`, by the owner (`take`,
+    /// `unqueue_and_free`, `abandon` after detaching every queue) and by a
+    /// thread handing one of its free pages over (`hand_over_free_pages`);
+    /// read without the lock by the owner to scale the sweep threshold.
+    pages: AtomicUsize,
     /// Slow paths taken (wrapping), counted by the owner: every 64th runs
     /// the decay checks.
     slow_paths: Cell<u32>,
@@ -156,7 +158,7 @@ impl Heap {
         Heap {
             queues: [const { Cell::new(PageList::new()) }; CLASSES],
             allocated: AtomicI64::new(0),
-            pages: Cell::new(0),
+            pages: AtomicUsize::new(0),
             slow_paths: Cell::new(0),
             last_release: Cell::new(0),
             next_all: AtomicPtr::new(null_mut()),

@@ -4,7 +4,8 @@
 //! heaps' pages whose blocks were all freed by other threads — by any
 //! thread's decay tick for heaps whose owner took no slow path since the
 //! last tick (an active owner is asked to sweep instead), by
-//! `spf::purge()` for all.
+//! `spf::purge()` for all — and the hand-over of such pages, from any
+//! heap, to the pool when a thread is about to touch fresh memory.
 //!
 //! Another heap's pages are reclaimed only under that heap's lock, never
 //! the first page of a class queue (S5 in `segment`), one heap's lock at a
@@ -12,7 +13,7 @@
 
 use super::free::{sweep, Keep};
 use super::{Heap, ALL_HEAPS};
-use crate::segment::Block;
+use crate::segment::{self, Block, Segment};
 use crate::size_class::{block_size, CLASSES, SMALL_CLASSES};
 use crate::{options, thread};
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -181,6 +182,97 @@ fn reclaim_heap(h: &Heap, how: Reclaim) {
     if n > 0 {
         PAGES_RECLAIMED.fetch_add(n, Ordering::Relaxed);
     }
+}
+
+/// Pages of other threads' heaps handed over to the pool (`hand_over_free_pages`).
+pub static PAGES_HANDED_OVER: AtomicU64 = AtomicU64::new(0);
+
+/// Pages a hand-over pass looks at, at most, in all heaps together.
+const HAND_OVER_BUDGET: usize = 1024;
+
+/// Before the slow path touches fresh memory (the pool has no resident
+/// page of the kind it needs), gives the pool the pages of other heaps
+/// whose blocks were all freed by other threads — active heaps included:
+/// an owner that is descheduled, or allocates other classes, would keep
+/// them until its own slow path reached them, while this thread carved new
+/// memory. The page leaves its heap (S5; never the first or the last page
+/// of a queue, so the queue's own words, which the owner reads without the
+/// lock, are not written) and goes to the pool resident, where the caller
+/// takes it next. Busy heaps are skipped (`try_lock`); one heap's lock at a
+/// time, and segments freed are destroyed with no lock held (R1). Returns
+/// the pages handed over.
+pub(super) fn hand_over_free_pages(own: &Heap) -> usize {
+    let mut budget = HAND_OVER_BUDGET;
+    let mut total = 0;
+    let mut h = ALL_HEAPS.load(Ordering::Acquire);
+    while !h.is_null() && budget > 0 {
+        if !core::ptr::eq(h, own) {
+            let mut doomed: [*mut Segment; 4] = [core::ptr::null_mut(); 4];
+            // SAFETY: heaps are never freed; their locks are shared.
+            let (n, d) = hand_over_heap(unsafe { &*h }, &mut budget, &mut doomed);
+            total += n;
+            for &seg in &doomed[..d] {
+                // SAFETY: handed to us by `page_free` to destroy, once; no
+                // lock held (R1).
+                unsafe { segment::segment_destroy(seg) };
+            }
+        }
+        // SAFETY: as above; `next_all` is written once, before publication.
+        h = unsafe { (*h).next_all.load(Ordering::Relaxed) };
+    }
+    if total > 0 {
+        PAGES_HANDED_OVER.fetch_add(total as u64, Ordering::Relaxed);
+    }
+    total
+}
+
+/// One heap's part of `hand_over_free_pages`, under its lock (skipped if
+/// busy): returns the pages handed over and the segments to destroy in
+/// `doomed`.
+fn hand_over_heap(h: &Heap, budget: &mut usize, doomed: &mut [*mut Segment; 4]) -> (usize, usize) {
+    let Some(_locked) = h.lock.try_lock() else {
+        return (0, 0);
+    };
+    let (mut n, mut d) = (0, 0);
+    for class in 0..CLASSES {
+        // The queues change only under the lock we hold.
+        let list = h.queue(class).get();
+        if list.first.is_null() {
+            continue;
+        }
+        // SAFETY: pages in a heap's queue are its pages (S1), linked under
+        // its lock.
+        let mut page = unsafe { (*list.first).next.get() };
+        while !page.is_null() && page != list.last {
+            if *budget == 0 || d == doomed.len() {
+                return (n, d);
+            }
+            *budget -= 1;
+            // SAFETY: as above.
+            let p = unsafe { &*page };
+            let next = p.next.get();
+            // SAFETY: we hold the owner's lock; not the queue's first page.
+            if unsafe { p.reset_if_free() }.is_some() {
+                let mut copy = list;
+                // SAFETY: the page is in this queue, strictly between its
+                // first and last: only its neighbours' links change, the
+                // queue's words stay as they are (so `copy` is dropped).
+                unsafe { copy.remove(page) };
+                debug_assert!(copy.first == list.first && copy.last == list.last);
+                h.pages
+                    .store(h.pages.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
+                // SAFETY: ours while we hold the owner's lock: empty, no
+                // block live (`reset_if_free`), in no list now.
+                if let Some(seg) = unsafe { segment::page_free(page) } {
+                    doomed[d] = seg;
+                    d += 1;
+                }
+                n += 1;
+            }
+            page = next;
+        }
+    }
+    (n, d)
 }
 
 /// `spf::purge()`'s part for other threads' heaps: every page whose blocks
