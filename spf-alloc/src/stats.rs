@@ -45,6 +45,10 @@ pub struct AllocStats {
     /// fresh memory (their owner may be busy; see `spf::purge` for what
     /// stays).
     pub pages_handed_over: u64,
+    /// 4 KiB runs of memory inside pages that still hold live blocks,
+    /// covered only by free blocks, given back to the kernel by their
+    /// thread's decay or `purge` (ever).
+    pub page_runs_purged: u64,
     /// spf-core's fault counters.
     pub core: spf_core::Stats,
 }
@@ -82,6 +86,7 @@ pub fn stats() -> AllocStats {
         heaps,
         pages_reclaimed: heap::PAGES_RECLAIMED.load(Relaxed),
         pages_handed_over: heap::PAGES_HANDED_OVER.load(Relaxed),
+        page_runs_purged: heap::PAGE_RUNS_PURGED.load(Relaxed),
         core,
     }
 }
@@ -104,6 +109,7 @@ impl AllocStats {
             (self.heaps, "heaps"),
             (self.pages_reclaimed, "pages_reclaimed"),
             (self.pages_handed_over, "pages_handed_over"),
+            (self.page_runs_purged, "page_runs_purged"),
         ] {
             writeln!(f, "{v:>16}      {name}")?;
         }

@@ -142,6 +142,9 @@ fn alloc_slow(h: &Heap, class: usize) -> *mut u8 {
         // SAFETY: the page is now ours and first in its queue: no other
         // thread touches it (S5), we need not hold our lock.
         let p = unsafe { &*page };
+        if p.free.get().is_null() && p.has_holes() {
+            p.fill_holes();
+        }
         if p.free.get().is_null() && p.capacity.get() < p.reserved.get() {
             p.extend();
         }
@@ -153,7 +156,8 @@ fn alloc_slow(h: &Heap, class: usize) -> *mut u8 {
 }
 
 /// A block from the first pages of the class queue (collecting their
-/// remote frees, carving new blocks), or `None`: under the heap's lock.
+/// remote frees, refilling holes left by decay, carving new blocks), or
+/// `None`: under the heap's lock.
 fn alloc_from_queue(h: &Heap, class: usize) -> Option<*mut u8> {
     let _locked = h.lock.lock();
     let q = h.queue(class);
@@ -165,6 +169,10 @@ fn alloc_from_queue(h: &Heap, class: usize) -> Option<*mut u8> {
         let next = p.next.get();
         if p.free.get().is_null() {
             p.collect();
+        }
+        // Holes before new blocks: both fault memory in as they are used.
+        if p.free.get().is_null() && p.has_holes() {
+            p.fill_holes();
         }
         if p.free.get().is_null() && p.capacity.get() < p.reserved.get() {
             p.extend();

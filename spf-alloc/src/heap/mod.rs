@@ -35,7 +35,7 @@ mod reclaim;
 pub use abandon::{abandon, fork_lock_abandoned, fork_unlock_abandoned};
 pub use alloc::alloc;
 pub use free::{dealloc, FALLBACK_FREED};
-pub use reclaim::{reclaim_all, release_own, PAGES_HANDED_OVER, PAGES_RECLAIMED};
+pub use reclaim::{reclaim_all, release_own, PAGES_HANDED_OVER, PAGES_RECLAIMED, PAGE_RUNS_PURGED};
 
 use crate::lock::SpinLock;
 use crate::segment::PageList;

@@ -1,5 +1,6 @@
 //! Giving memory back: the owner's decay of its own pages (empty pages to
-//! the pool, free blocks inside partly used medium pages purged in place;
+//! the pool, every 4 KiB run of a partly used page that only free blocks
+//! cover purged in place as a hole;
 //! the calling thread's part of `spf::purge()`), and the reclaim of other
 //! heaps' pages whose blocks were all freed by other threads — by any
 //! thread's decay tick for heaps whose owner took no slow path since the
@@ -13,8 +14,8 @@
 
 use super::free::{sweep, Keep};
 use super::{Heap, ALL_HEAPS};
-use crate::segment::{self, Block, Segment};
-use crate::size_class::{block_size, CLASSES, SMALL_CLASSES};
+use crate::segment::{self, Segment};
+use crate::size_class::CLASSES;
 use crate::{options, thread};
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -22,7 +23,8 @@ use core::sync::atomic::{AtomicU64, Ordering};
 /// touch them, S1) from its slow path once a decay time has passed since
 /// the last run: every empty page goes to the pool — the one kept at the
 /// front of each class queue too — where the pool's decay purges it, and
-/// the free blocks inside partly used medium pages are purged in place.
+/// every 4 KiB run of a partly used page that only free blocks cover is
+/// purged in place (`purge_free_runs`).
 /// A thread that stops allocating keeps what it held at its last run.
 pub(super) fn release_on_decay(h: &Heap) {
     let now = spf_core::monotonic_ns();
@@ -31,12 +33,12 @@ pub(super) fn release_on_decay(h: &Heap) {
     }
     h.last_release.set(now);
     sweep(h, Keep::None);
-    purge_medium_free(h);
+    purge_free_runs(h);
 }
 
 /// The calling thread's part of `spf::purge()`: its empty pages go to the
-/// pool (which the caller purges next), and free blocks inside its partly
-/// used medium pages are purged.
+/// pool (which the caller purges next), and every 4 KiB run of its partly
+/// used pages that only free blocks cover is purged.
 pub fn release_own() {
     let heap = thread::heap();
     if !thread::is_live(heap) {
@@ -45,47 +47,35 @@ pub fn release_own() {
     // SAFETY: this thread's live heap (R2: consistent between calls).
     let h = unsafe { &*heap };
     while !sweep(h, Keep::None) {}
-    purge_medium_free(h);
+    purge_free_runs(h);
     h.last_release.set(spf_core::monotonic_ns());
 }
 
-/// Free parts of a medium block below which a purge is not worth its
-/// system call.
-const MIN_BLOCK_PURGE: usize = 32 << 10;
+/// 4 KiB runs inside pages still in use given back to the kernel by their
+/// owner's decay (`purge_free_runs`), for statistics.
+pub static PAGE_RUNS_PURGED: AtomicU64 = AtomicU64::new(0);
 
-/// Purges the free blocks of the heap's partly used medium pages, each but
-/// the 4 KiB page that holds its free-list link: freed memory inside a
-/// page that still holds live blocks goes back to the kernel at 4 KiB
-/// granularity (blocks from 36 KiB up; medium blocks are 10–256 KiB).
-fn purge_medium_free(h: &Heap) {
-    // Our pages' free lists, walked and purged while no reclaimer resets
+/// Gives the kernel back the free memory inside the heap's pages that
+/// still hold live blocks, at 4 KiB granularity: every 4 KiB run covered
+/// only by free blocks becomes a hole (`Page::purge_free_runs`) that the
+/// slow path refills before carving new blocks.
+fn purge_free_runs(h: &Heap) {
+    // Our pages' free lists, walked and changed while no reclaimer resets
     // one of them (S5).
     let _locked = h.lock.lock();
-    for class in SMALL_CLASSES..CLASSES {
-        let size = block_size(class);
-        if size < MIN_BLOCK_PURGE + 4096 {
-            continue;
-        }
+    let mut n = 0;
+    for class in 0..CLASSES {
         let mut page = h.queue(class).get().first;
         while !page.is_null() {
             // SAFETY: pages in our queues are ours (S1).
             let p = unsafe { &*page };
-            let mut b = p.free.get();
-            while !b.is_null() {
-                let start = (b as usize + core::mem::size_of::<Block>()).next_multiple_of(4096);
-                let end = (b as usize + size) & !4095;
-                if end >= start + MIN_BLOCK_PURGE {
-                    // SAFETY: whole 4 KiB pages inside a free block of our
-                    // page, in its live segment; nothing reads them before
-                    // the block is handed out again (its link word lies
-                    // before `start`). A failed purge leaves them resident.
-                    let _ = unsafe { spf_core::purge_pages(start as *mut u8, end - start) };
-                }
-                // SAFETY: a free block of our page: its link is valid.
-                b = unsafe { (*b).next };
-            }
+            // SAFETY: we own the page and hold our heap's lock.
+            n += unsafe { p.purge_free_runs() };
             page = p.next.get();
         }
+    }
+    if n > 0 {
+        PAGE_RUNS_PURGED.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
 
