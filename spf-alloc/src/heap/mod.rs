@@ -56,9 +56,12 @@ use core::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicUsize, Ordering
 #[repr(C)]
 pub struct Heap {
     /// Each class's pages (the class queues); the first is the one
-    /// allocated from. Changed only by the owner, under `lock`; read
-    /// without the lock by the owner's fast paths (the first page only),
-    /// and under it by reclaimers of other threads (S5).
+    /// allocated from. Changed under `lock`: by the owner, and by another
+    /// thread handing over a page that is neither first nor last (only its
+    /// neighbours' links change, not these words: S5); read without the
+    /// lock by the owner's fast paths (the first page only, and the last
+    /// when a local free empties the first), and under it by reclaimers of
+    /// other threads (S5).
     queues: [Cell<PageList>; CLASSES],
     /// Bytes of blocks allocated minus freed through this heap: written by
     /// the owner only, with a plain load and store (`add_allocated`: its
