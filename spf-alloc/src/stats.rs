@@ -40,10 +40,9 @@ pub struct AllocStats {
     /// because every block in them had been freed by other threads while
     /// their owner was idle (or `purge` ran).
     pub pages_reclaimed: u64,
-    /// Pages of thread heaps whose blocks had all been freed by other
-    /// threads, handed to the page pool by another thread about to touch
-    /// fresh memory (their owner may be busy; see `spf::purge` for what
-    /// stays).
+    /// Pages of live thread heaps whose blocks had all been freed by other
+    /// threads, handed to the page pool by a thread about to touch fresh
+    /// memory, whatever their owner was doing (ever).
     pub pages_handed_over: u64,
     /// 4 KiB runs of memory inside pages that still hold live blocks,
     /// covered only by free blocks, given back to the kernel by their
