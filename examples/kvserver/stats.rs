@@ -10,7 +10,8 @@
 //! - all: `allocator` (its name), `process_resident_bytes` (VmRSS) and
 //!   `process_peak_resident_bytes` (VmHWM) from `/proc/self/status`;
 //! - `spf` only: `spf_*`, from `spf::alloc_stats()` — bytes allocated,
-//!   active, committed and resident, regions, large blocks, heaps — and
+//!   active, committed and resident, regions, large blocks, heaps, pages
+//!   reclaimed and handed over, 4 KiB runs purged inside pages — and
 //!   spf-core's fault counters (`spf_faults`, `spf_faults_speculative`,
 //!   `spf_faults_classic`, …). Under jemalloc or the system allocator those
 //!   lines are left out rather than printed as zeros.
@@ -168,6 +169,9 @@ fn memory(out: &mut Vec<u8>, allocator: Allocator) {
         ("spf_large_blocks", a.large_blocks),
         ("spf_cached_large_bytes", a.cached_large),
         ("spf_heaps", a.heaps),
+        ("spf_pages_reclaimed", a.pages_reclaimed),
+        ("spf_pages_handed_over", a.pages_handed_over),
+        ("spf_page_runs_purged", a.page_runs_purged),
         ("spf_faults", a.core.faults),
         ("spf_faults_speculative", a.core.spf),
         ("spf_faults_classic", a.core.classic),

@@ -46,14 +46,17 @@ pub use stats::{stats, AllocStats};
 /// Gives freed memory back to the kernel now (it stays reserved and
 /// committed, and reads as zero), instead of waiting for the decay time:
 /// every page in the page pool, every cached large block, the calling
-/// thread's empty pages (the one each class keeps for reuse too), the free
-/// blocks inside its partly used medium pages, and every page of another
-/// thread's heap whose blocks were all freed by other threads.
+/// thread's empty pages (the one each class keeps for reuse too), every
+/// 4 KiB run of its partly used pages that only free blocks cover, and
+/// every page of another thread's heap whose blocks were all freed by
+/// other threads.
 ///
 /// What it does not reach: in another thread's heap, the first page of
 /// each class queue (its owner allocates from it without a lock — the
-/// empty page a class keeps for reuse is one); free blocks inside partly
-/// used pages other than the calling thread's medium ones.
+/// empty page a class keeps for reuse is one); free memory inside other
+/// threads' partly used pages; 4 KiB runs that a live block, or a block
+/// freed by another thread and not yet collected by the page's owner,
+/// overlaps.
 /// Each thread gives those back itself, from its allocation slow path,
 /// once a decay time has passed. Decay otherwise runs only when the
 /// allocator is used, so an idle program can call this to shed freed

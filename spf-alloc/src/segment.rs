@@ -29,6 +29,12 @@
 //! (`decay_pool`); segments whose pages are all free go back to spf-core
 //! once the pool holds more than two free segments' worth of that kind.
 //!
+//! Free memory inside a page still in use goes back at 4 KiB granularity:
+//! the owner's decay turns every 4 KiB run covered only by free blocks
+//! into a *hole* (`Page::holes`, `purge_free_runs`) — its blocks leave the
+//! free list, its memory is purged — and the owner's slow path puts the
+//! blocks back (`fill_holes`) before it carves new ones.
+//!
 //! Invariants:
 //! - S1: a page is owned by exactly one of: a heap (`heap` set), the
 //!   abandoned lists (`heap` null, `abandoned` set), the pool.
@@ -48,8 +54,11 @@
 //! - S5: another thread may reclaim a page of a heap it does not own only
 //!   under that heap's lock, only when the page is not the first of its
 //!   class queue, and only when every block out is on `thread_free`
-//!   (`Page::reclaim_if_free`): the page stays in the heap's queue, empty,
-//!   its memory purged. The owner takes its heap's lock around every
+//!   (`Page::reset_if_free`): the page either stays in the heap's queue,
+//!   empty, its memory purged (`reclaim_if_free`), or — if it is neither
+//!   the first nor the last of its queue, so that the queue's own words
+//!   are not written — leaves the queue for the pool (`heap`'s hand-over).
+//!   The owner takes its heap's lock around every
 //!   change to its queues and every slow-path use of its pages, so the
 //!   only unlocked owner accesses left are the fast paths: allocation from
 //!   the first page of a queue, and local frees into pages holding a live
@@ -216,7 +225,25 @@ pub struct Page {
     /// thread frees the block, zeroed by `init`.
     #[cfg(debug_assertions)]
     pub ledger: [core::sync::atomic::AtomicU64; LEDGER_WORDS],
+    /// Holes: one bit per 4 KiB run of the page (`HOLE_RUN`) whose memory
+    /// went back to the kernel while the page held live blocks
+    /// (`purge_free_runs`, the owner's decay). The blocks that start in a
+    /// hole are free but on no list — neither on `free` nor on
+    /// `thread_free`, nor counted in `used` — until the owner's slow path
+    /// puts them back on `free` (`fill_holes`, before carving new blocks).
+    /// Owner-only, under its heap's lock; cleared by `init` and by a
+    /// reclaimer resetting the page (S5).
+    pub holes: [Cell<u64>; HOLE_WORDS],
 }
+
+/// The granule at which free memory inside a page that still holds live
+/// blocks goes back to the kernel: the kernel's page.
+pub const HOLE_RUN: usize = 4096;
+/// Words of `Page::holes`: one bit per run of the largest page (1 MiB).
+pub const HOLE_WORDS: usize = MEDIUM_PAGE_SIZE / HOLE_RUN / 64;
+/// Bits of the per-block map `purge_free_runs` builds: one per block of
+/// the page with the most blocks (64 KiB of 16-byte blocks).
+const MAX_BLOCKS: usize = SMALL_PAGE_SIZE / 16;
 
 /// The tag `thread_free` holds, alone, while its page is abandoned: blocks
 /// are at least 16-byte aligned, so no list head has this bit.
@@ -300,6 +327,9 @@ impl Page {
         for word in &self.ledger {
             word.store(0, Ordering::Relaxed);
         }
+        for word in &self.holes {
+            word.set(0);
+        }
         self.reserved.set((len / size) as u32);
         self.class.set(class as u32);
         self.size.set(size as u32);
@@ -329,6 +359,154 @@ impl Page {
         }
         self.free.set(head);
         self.capacity.set((start + n) as u32);
+    }
+
+    /// Whether the page has holes (`holes`) to fill.
+    pub fn has_holes(&self) -> bool {
+        self.holes.iter().any(|w| w.get() != 0)
+    }
+
+    /// Puts the blocks that start in the page's lowest holes back on
+    /// `free`, hole by hole until at least one block is there or no hole is
+    /// left (a hole inside one large block has none of its own). Their
+    /// memory reads as zero, or faults in as zero when written: like
+    /// `extend`, it touches the page as it is used. By the owner, under its
+    /// heap's lock.
+    pub fn fill_holes(&self) {
+        let size = self.size.get() as usize;
+        let capacity = self.capacity.get() as usize;
+        let base = self.area.get();
+        for (w, word) in self.holes.iter().enumerate() {
+            while word.get() != 0 {
+                let bit = word.get().trailing_zeros() as usize;
+                word.set(word.get() & !(1 << bit));
+                let run = w * 64 + bit;
+                let first = (run * HOLE_RUN).div_ceil(size);
+                let end = ((run + 1) * HOLE_RUN).div_ceil(size).min(capacity);
+                let mut head = self.free.get();
+                for i in (first..end).rev() {
+                    let b = base.wrapping_add(i * size) as *mut Block;
+                    // SAFETY: block i starts in a hole of this page and
+                    // is carved (i < capacity): a free block on no list,
+                    // in committed memory the owner holds (`holes`).
+                    unsafe { (*b).next = head };
+                    head = b;
+                }
+                self.free.set(head);
+                if !head.is_null() {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Gives the kernel back every 4 KiB run of the page covered only by
+    /// free blocks on `free` (or by blocks already in holes), with the page
+    /// still in use: the blocks that start in such a run leave `free` and
+    /// the run becomes a hole (`holes`) for `fill_holes` to refill. Runs
+    /// already holes are not purged again. Returns the runs purged.
+    ///
+    /// # Safety
+    /// The caller is the page's owner (S1) and holds its heap's lock; no
+    /// other code walks `free` meanwhile.
+    pub unsafe fn purge_free_runs(&self) -> usize {
+        if self.free.get().is_null() {
+            return 0;
+        }
+        let size = self.size.get() as usize;
+        let capacity = self.capacity.get() as usize;
+        let base = self.area.get() as usize;
+        let runs = (capacity * size / HOLE_RUN).min(HOLE_WORDS * 64);
+        if runs == 0 || capacity > MAX_BLOCKS {
+            return 0;
+        }
+        let hole = |run: usize| self.holes[run / 64].get() & (1 << (run % 64)) != 0;
+        // Which carved blocks are free: on `free`, or starting in a hole.
+        let mut free = [0u64; MAX_BLOCKS / 64];
+        let mut b = self.free.get();
+        while !b.is_null() {
+            let i = (b as usize - base) / size;
+            free[i / 64] |= 1 << (i % 64);
+            // SAFETY: a block on our page's free list (the caller's
+            // contract): its link is valid.
+            b = unsafe { (*b).next };
+        }
+        for i in 0..capacity {
+            if hole(i * size / HOLE_RUN) {
+                free[i / 64] |= 1 << (i % 64);
+            }
+        }
+        let is_free = |i: usize| free[i / 64] & (1 << (i % 64)) != 0;
+        // Runs to purge: not holes yet, and every block overlapping is free.
+        let mut purge = [0u64; HOLE_WORDS];
+        let mut any = false;
+        for run in 0..runs {
+            if hole(run) {
+                continue;
+            }
+            let first = run * HOLE_RUN / size;
+            let last = ((run + 1) * HOLE_RUN - 1) / size;
+            if (first..=last).all(is_free) {
+                purge[run / 64] |= 1 << (run % 64);
+                any = true;
+            }
+        }
+        if !any {
+            return 0;
+        }
+        let purging = |i: usize| {
+            let run = i * size / HOLE_RUN;
+            purge[run / 64] & (1 << (run % 64)) != 0
+        };
+        // Take the blocks that start in those runs off `free`, in order.
+        let mut head: *mut Block = null_mut();
+        let mut tail: *mut Block = null_mut();
+        let mut b = self.free.get();
+        while !b.is_null() {
+            // SAFETY: as above.
+            let next = unsafe { (*b).next };
+            if !purging((b as usize - base) / size) {
+                if tail.is_null() {
+                    head = b;
+                } else {
+                    // SAFETY: `tail` is a block of our free list we kept.
+                    unsafe { (*tail).next = b };
+                }
+                tail = b;
+            }
+            b = next;
+        }
+        if !tail.is_null() {
+            // SAFETY: as above.
+            unsafe { (*tail).next = null_mut() };
+        }
+        self.free.set(head);
+        let mut purged = 0;
+        let mut run = 0;
+        while run < runs {
+            if purge[run / 64] & (1 << (run % 64)) == 0 {
+                run += 1;
+                continue;
+            }
+            let start = run;
+            while run < runs && purge[run / 64] & (1 << (run % 64)) != 0 {
+                self.holes[run / 64].set(self.holes[run / 64].get() | (1 << (run % 64)));
+                run += 1;
+            }
+            // SAFETY: whole 4 KiB runs of our page, inside its live segment,
+            // covered only by free blocks that are now on no list (or whose
+            // link lies in a run before, not purged): nothing reads them
+            // until `fill_holes` or an allocation writes them afresh. A
+            // failed purge leaves them resident, holes all the same.
+            let _ = unsafe {
+                spf_core::purge_pages(
+                    (base + start * HOLE_RUN) as *mut u8,
+                    (run - start) * HOLE_RUN,
+                )
+            };
+            purged += run - start;
+        }
+        purged
     }
 
     /// Moves remote frees into `free`, so the owner can allocate from them;
@@ -443,6 +621,28 @@ impl Page {
     /// becomes an empty page of the same heap and class with no blocks
     /// carved, and its memory goes back to the kernel (S5). True if it did.
     ///
+    /// # Safety
+    /// As `reset_if_free`.
+    pub unsafe fn reclaim_if_free(&self) -> bool {
+        // SAFETY: the caller's contract.
+        let carved = match unsafe { self.reset_if_free() } {
+            Some(carved) => carved,
+            None => return false,
+        };
+        // SAFETY: the carved part of the page, inside its live segment
+        // (S3: the page is a heap's); nothing in it will be read again, as
+        // blocks are carved afresh from `capacity` 0. A failed purge leaves
+        // the memory resident, the page empty all the same.
+        let _ = unsafe { spf_core::purge_pages(self.area.get(), carved) };
+        true
+    }
+
+    /// Empties a page of another thread's heap whose every block out was
+    /// freed by other threads (all are waiting on `thread_free`): `used`
+    /// 0, no blocks carved, `thread_free` clear (S5). Returns the bytes
+    /// that had been carved (rounded up to 4 KiB), or `None` if a block is
+    /// still live.
+    ///
     /// Why the count proves the page free: under the heap's lock nobody
     /// collects `thread_free`, so the chain seen is stable apart from pushes
     /// at its head, and the `n` blocks on it are counted in `used`. `used`
@@ -456,12 +656,12 @@ impl Page {
     /// The caller holds the lock of the heap that owns the page (S1), and
     /// the page is not the first of its class queue (the only page the
     /// owner allocates from without that lock).
-    pub unsafe fn reclaim_if_free(&self) -> bool {
+    pub unsafe fn reset_if_free(&self) -> Option<usize> {
         // Acquire pairs with the Release pushes: the chain's links (and the
         // release sequence of the CASes before it) are visible.
         let head = self.thread_free.load(Ordering::Acquire);
         if head.is_null() || head as usize == ABANDONED {
-            return false;
+            return None;
         }
         let mut n = 0u32;
         let mut b = head;
@@ -474,7 +674,7 @@ impl Page {
         // Acquire pairs with the Release store of the owner's last local
         // free: its writes to the page (its free list) happen before ours.
         if self.used.load(Ordering::Acquire) != n {
-            return false;
+            return None;
         }
         // No block is live (see above): the page's fields are ours until
         // the caller releases the heap's lock.
@@ -484,6 +684,9 @@ impl Page {
             .min(self.bytes());
         self.free.set(null_mut());
         self.capacity.set(0);
+        for word in &self.holes {
+            word.set(0);
+        }
         self.used.store(0, Ordering::Relaxed);
         #[cfg(debug_assertions)]
         for word in &self.ledger {
@@ -493,12 +696,7 @@ impl Page {
                 "a free page with live blocks"
             );
         }
-        // SAFETY: the carved part of the page, inside its live segment
-        // (S3: the page is a heap's); nothing in it will be read again, as
-        // blocks are carved afresh from `capacity` 0. A failed purge leaves
-        // the memory resident, the page empty all the same.
-        let _ = unsafe { spf_core::purge_pages(self.area.get(), carved) };
-        true
+        Some(carved)
     }
 }
 
@@ -598,6 +796,17 @@ static POOL: SpinLock<Pool> = SpinLock::new(Pool {
 /// Pages owned by heaps or abandoned, for statistics.
 pub static SMALL_PAGES_IN_USE: AtomicU64 = AtomicU64::new(0);
 pub static MEDIUM_PAGES_IN_USE: AtomicU64 = AtomicU64::new(0);
+
+/// Whether the pool holds a page of `kind` whose memory is still resident
+/// (freed less than a decay time ago): taking one touches no new memory.
+/// A hint (the pool may change as soon as its lock is released).
+pub fn pool_has_dirty(kind: PageKind) -> bool {
+    let pool = POOL.lock();
+    let first = pool.lists[kind as usize].first;
+    // SAFETY: a pooled page, read under the pool lock. Purged pages are
+    // put back at the end: a purged first page means all are.
+    !first.is_null() && !unsafe { (*first).purged.get() }
+}
 
 /// A page for `class`, initialised and owned by the caller, or null when
 /// memory is exhausted. Never called with an allocator lock held (R1).

@@ -40,6 +40,14 @@ pub struct AllocStats {
     /// because every block in them had been freed by other threads while
     /// their owner was idle (or `purge` ran).
     pub pages_reclaimed: u64,
+    /// Pages of live thread heaps whose blocks had all been freed by other
+    /// threads, handed to the page pool by a thread about to touch fresh
+    /// memory, whatever their owner was doing (ever).
+    pub pages_handed_over: u64,
+    /// 4 KiB runs of memory inside pages that still hold live blocks,
+    /// covered only by free blocks, given back to the kernel by their
+    /// thread's decay or `purge` (ever).
+    pub page_runs_purged: u64,
     /// spf-core's fault counters.
     pub core: spf_core::Stats,
 }
@@ -76,6 +84,8 @@ pub fn stats() -> AllocStats {
         large_purged_over_cap: large::PURGED_OVER_CAP.load(Relaxed),
         heaps,
         pages_reclaimed: heap::PAGES_RECLAIMED.load(Relaxed),
+        pages_handed_over: heap::PAGES_HANDED_OVER.load(Relaxed),
+        page_runs_purged: heap::PAGE_RUNS_PURGED.load(Relaxed),
         core,
     }
 }
@@ -97,6 +107,8 @@ impl AllocStats {
             (self.large_purged_over_cap, "large_purged_over_cap"),
             (self.heaps, "heaps"),
             (self.pages_reclaimed, "pages_reclaimed"),
+            (self.pages_handed_over, "pages_handed_over"),
+            (self.page_runs_purged, "page_runs_purged"),
         ] {
             writeln!(f, "{v:>16}      {name}")?;
         }

@@ -62,7 +62,7 @@ pub fn abandon(h: &Heap) {
             page = next;
         }
     }
-    h.pages.set(0);
+    h.pages.store(0, Ordering::Relaxed);
     h.remote_frees.0.store(0, Ordering::Relaxed);
     h.active.store(false, Ordering::Relaxed);
     h.sweep_requested.store(false, Ordering::Relaxed);

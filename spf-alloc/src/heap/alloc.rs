@@ -13,9 +13,9 @@
 //! every change to its queues is under that lock.
 
 use super::free::{sweep, Keep};
-use super::reclaim::{reclaim_tick, release_on_decay};
+use super::reclaim::{hand_over_free_pages, reclaim_tick, release_on_decay};
 use super::{abandon::adopt, link, Heap, FALLBACK, FALLBACK_HEAP};
-use crate::segment::{self, Page};
+use crate::segment::{self, Page, PageKind};
 use crate::size_class::CLASSES;
 use crate::{large, misuse, thread};
 use core::ptr::null_mut;
@@ -92,7 +92,9 @@ unsafe fn alloc_without_heap(heap: *mut Heap, class: usize) -> *mut u8 {
 
 /// Finds a page with a free block: collect frees on the first pages of the
 /// queue, carve new blocks, sweep when remote frees piled up, adopt an
-/// abandoned page, or take a page from the pool.
+/// abandoned page, or take a page from the pool — after handing other
+/// heaps' pages whose blocks were all freed remotely to the pool, if it
+/// holds no resident page of the kind.
 #[cold]
 #[inline(never)]
 fn alloc_slow(h: &Heap, class: usize) -> *mut u8 {
@@ -100,7 +102,7 @@ fn alloc_slow(h: &Heap, class: usize) -> *mut u8 {
     if !h.active.load(Ordering::Relaxed) {
         h.active.store(true, Ordering::Relaxed);
     }
-    if h.remote_frees.0.load(Ordering::Relaxed) > 16 * h.pages.get().max(64)
+    if h.remote_frees.0.load(Ordering::Relaxed) > 16 * h.pages.load(Ordering::Relaxed).max(64)
         || h.sweep_requested.load(Ordering::Relaxed)
     {
         h.sweep_requested.store(false, Ordering::Relaxed);
@@ -125,6 +127,9 @@ fn alloc_slow(h: &Heap, class: usize) -> *mut u8 {
         let page = match adopt(h, class) {
             Some(p) => p,
             None => {
+                if !segment::pool_has_dirty(PageKind::of_class(class)) {
+                    hand_over_free_pages(h);
+                }
                 let p = segment::page_alloc(class);
                 if p.is_null() {
                     return null_mut();
@@ -137,6 +142,9 @@ fn alloc_slow(h: &Heap, class: usize) -> *mut u8 {
         // SAFETY: the page is now ours and first in its queue: no other
         // thread touches it (S5), we need not hold our lock.
         let p = unsafe { &*page };
+        if p.free.get().is_null() && p.has_holes() {
+            p.fill_holes();
+        }
         if p.free.get().is_null() && p.capacity.get() < p.reserved.get() {
             p.extend();
         }
@@ -148,7 +156,8 @@ fn alloc_slow(h: &Heap, class: usize) -> *mut u8 {
 }
 
 /// A block from the first pages of the class queue (collecting their
-/// remote frees, carving new blocks), or `None`: under the heap's lock.
+/// remote frees, refilling holes left by decay, carving new blocks), or
+/// `None`: under the heap's lock.
 fn alloc_from_queue(h: &Heap, class: usize) -> Option<*mut u8> {
     let _locked = h.lock.lock();
     let q = h.queue(class);
@@ -160,6 +169,10 @@ fn alloc_from_queue(h: &Heap, class: usize) -> Option<*mut u8> {
         let next = p.next.get();
         if p.free.get().is_null() {
             p.collect();
+        }
+        // Holes before new blocks: both fault memory in as they are used.
+        if p.free.get().is_null() && p.has_holes() {
+            p.fill_holes();
         }
         if p.free.get().is_null() && p.capacity.get() < p.reserved.get() {
             p.extend();
@@ -224,5 +237,7 @@ pub(super) unsafe fn take(h: &Heap, page: *mut Page) {
     // SAFETY: the page is in no list.
     unsafe { list.push_front(page) };
     q.set(list);
-    h.pages.set(h.pages.get() + 1);
+    // Relaxed, a load and a store: every writer holds the lock.
+    h.pages
+        .store(h.pages.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
 }

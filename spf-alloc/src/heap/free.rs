@@ -138,7 +138,9 @@ unsafe fn unqueue_and_free(h: &Heap, page: *mut Page) -> Option<*mut Segment> {
     // SAFETY: the page is in this queue.
     unsafe { list.remove(page) };
     q.set(list);
-    h.pages.set(h.pages.get() - 1);
+    // Relaxed, a load and a store: every writer holds the lock.
+    h.pages
+        .store(h.pages.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
     // SAFETY: our empty page (the caller's contract), now in no list.
     unsafe { segment::page_free(page) }
 }

@@ -35,7 +35,7 @@ mod reclaim;
 pub use abandon::{abandon, fork_lock_abandoned, fork_unlock_abandoned};
 pub use alloc::alloc;
 pub use free::{dealloc, FALLBACK_FREED};
-pub use reclaim::{reclaim_all, release_own, PAGES_RECLAIMED};
+pub use reclaim::{reclaim_all, release_own, PAGES_HANDED_OVER, PAGES_RECLAIMED, PAGE_RUNS_PURGED};
 
 use crate::lock::SpinLock;
 use crate::segment::PageList;
@@ -56,17 +56,22 @@ use core::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicUsize, Ordering
 #[repr(C)]
 pub struct Heap {
     /// Each class's pages (the class queues); the first is the one
-    /// allocated from. Changed only by the owner, under `lock`; read
-    /// without the lock by the owner's fast paths (the first page only),
-    /// and under it by reclaimers of other threads (S5).
+    /// allocated from. Changed under `lock`: by the owner, and by another
+    /// thread handing over a page that is neither first nor last (only its
+    /// neighbours' links change, not these words: S5); read without the
+    /// lock by the owner's fast paths (the first page only, and the last
+    /// when a local free empties the first), and under it by reclaimers of
+    /// other threads (S5).
     queues: [Cell<PageList>; CLASSES],
     /// Bytes of blocks allocated minus freed through this heap: written by
     /// the owner only, with a plain load and store (`add_allocated`: its
     /// allocations, and its frees, local or remote); read by `stats`.
     pub allocated: AtomicI64,
-    /// Pages in `queues`: written by the owner (`take`,
-    /// `unqueue_and_free`, `abandon`); scales the sweep threshold.
-    pages: Cell<usize>,
+    /// Pages in `queues`: written under `lock`, by the owner (`take`,
+    /// `unqueue_and_free`, `abandon` after detaching every queue) and by a
+    /// thread handing one of its free pages over (`hand_over_free_pages`);
+    /// read without the lock by the owner to scale the sweep threshold.
+    pages: AtomicUsize,
     /// Slow paths taken (wrapping), counted by the owner: every 64th runs
     /// the decay checks.
     slow_paths: Cell<u32>,
@@ -156,7 +161,7 @@ impl Heap {
         Heap {
             queues: [const { Cell::new(PageList::new()) }; CLASSES],
             allocated: AtomicI64::new(0),
-            pages: Cell::new(0),
+            pages: AtomicUsize::new(0),
             slow_paths: Cell::new(0),
             last_release: Cell::new(0),
             next_all: AtomicPtr::new(null_mut()),
