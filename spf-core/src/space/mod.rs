@@ -458,6 +458,47 @@ impl Space {
         kept
     }
 
+    /// Splits region `idx` at `at` bytes from its start (a multiple of its
+    /// granule, strictly inside it) into two live regions; the second is
+    /// returned as `(index, start, len)`. Nothing is committed, dropped or
+    /// reprotected: both parts keep their pages.
+    pub fn split(&self, idx: RegionIdx, at: usize) -> Result<(RegionIdx, usize, usize), Error> {
+        for attempt in 0..4 {
+            let held = self.lock();
+            let desc = self.descs.get(idx);
+            let (start, len) = (desc.start(), desc.len());
+            if at == 0 || at >= len || at % desc.flags().granule() != 0 {
+                return Err(Error::BadRange {
+                    offset: at,
+                    len: 0,
+                    region_len: len,
+                    granule: desc.flags().granule(),
+                });
+            }
+            let Some(tail_idx) = self.descs.alloc() else {
+                drop(held);
+                if attempt < 3 {
+                    // Descriptors may be waiting out their grace period (P1:
+                    // the lock is released).
+                    epoch::pin().flush();
+                    continue;
+                }
+                return Err(Error::TooManyRegions {
+                    limit: self.descs.capacity(),
+                });
+            };
+            let tail = self.descs.get(tail_idx);
+            let section = WriteSection::open(&held, desc, &self.granules, &self.map);
+            let tail_section = WriteSection::open(&held, tail, &self.granules, &self.map);
+            section.split(&tail_section, tail_idx, start + at);
+            drop(tail_section);
+            drop(section);
+            stats::add_live_regions(1);
+            return Ok((tail_idx, start + at, len - at));
+        }
+        unreachable!("the last attempt returns")
+    }
+
     /// The live region that starts exactly at `start`: its index, length,
     /// granule and whether it is eager. Under the lock, so the answer holds
     /// until the caller's next writer call.
