@@ -1,6 +1,6 @@
-//! `Region::split_off` racing faulting writers: threads first-touch (and
-//! so fault in) their slices of a lazy region while another thread splits
-//! it into many parts. Every write must land in memory that stays
+//! `Region::split_off` and `Region::merge` racing faulting writers:
+//! threads first-touch (and so fault in) their slices of a lazy region
+//! while another thread splits it into many parts and merges them back. Every write must land in memory that stays
 //! committed, bytes are verified, the parts' committed bytes must add up to
 //! what was touched, every address must belong to exactly the part that
 //! holds it, and the counters must show both the speculative path and its
@@ -22,8 +22,9 @@ const LEN: usize = 8 << 20;
 const WRITERS: usize = 8;
 
 /// One round: a fresh lazy region, `WRITERS` threads touching it page by
-/// page while this thread splits off 64 parts at pseudo-random granules.
-fn round(round: usize, granule: usize, ahead: usize) {
+/// page while this thread splits off 64 parts at pseudo-random granules
+/// and, if `merge`, merges them back into one region.
+fn round(round: usize, granule: usize, ahead: usize, merge: bool) {
     let opts = RegionOptions::default()
         .granule(granule)
         .commit_ahead(ahead);
@@ -60,7 +61,30 @@ fn round(round: usize, granule: usize, ahead: usize) {
             parts.push(tail);
             std::thread::sleep(Duration::from_micros(20));
         }
+        if !merge {
+            return;
+        }
+        // Merge them back, in pseudo-random order, while the writers run.
+        while parts.len() > 1 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let i = x as usize % parts.len();
+            let end = parts[i].as_ptr() as usize + parts[i].len();
+            let Some(j) = parts.iter().position(|r| r.as_ptr() as usize == end) else {
+                continue; // the last part: nothing after it
+            };
+            let next = parts.swap_remove(j);
+            // `swap_remove` moved the last part to `j`.
+            let i = if i == parts.len() { j } else { i };
+            parts[i].merge(next).map_err(|(_, e)| e).unwrap();
+            std::thread::sleep(Duration::from_micros(20));
+        }
     });
+    if merge {
+        assert_eq!(parts.len(), 1);
+        assert_eq!(parts[0].len(), LEN, "the parts merged back whole");
+    }
     parts.sort_by_key(|r| r.as_ptr() as usize);
     let mut at = base.get() as usize;
     let mut committed = 0;
@@ -89,7 +113,7 @@ fn round(round: usize, granule: usize, ahead: usize) {
 }
 
 #[test]
-fn faults_racing_splits_land_in_the_right_part() {
+fn faults_racing_splits_and_merges_land_in_the_right_part() {
     let _s = serial();
     spf::set_mode(Mode::Speculative);
     let before = spf::stats();
@@ -99,7 +123,7 @@ fn faults_racing_splits_land_in_the_right_part() {
         // 4 KiB granules without and with commit-ahead (runs that cross a
         // split point), and 64 KiB granules.
         let (granule, ahead) = [(PAGE, 0), (PAGE, 64 << 10), (64 << 10, 0)][rounds % 3];
-        round(rounds, granule, ahead);
+        round(rounds, granule, ahead, rounds % 2 == 1);
         rounds += 1;
         let st = spf::stats().since(&before);
         if rounds >= 12 && (st.spf_vma_changed > 0 || Instant::now() > deadline) {
@@ -111,7 +135,7 @@ fn faults_racing_splits_land_in_the_right_part() {
     assert!(st.spf > 0, "the speculative path never ran: {st}");
     assert!(
         st.spf_vma_changed > 0,
-        "no fault ever saw a split under it: {st}"
+        "no fault ever saw a split or merge under it: {st}"
     );
     assert_eq!(st.fatal, 0);
     spf::check_invariants().unwrap();

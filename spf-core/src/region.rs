@@ -372,6 +372,22 @@ impl Region {
         })
     }
 
+    /// Merges `next`, the region that starts where this one ends, into
+    /// this one: the inverse of [`Region::split_off`]. Both must have been
+    /// reserved with the same options. Nothing is committed, dropped or
+    /// moved; a fault racing the merge is served by the merged region.
+    /// `Error::CannotMerge` (with `next` handed back) for regions that are
+    /// not adjacent or whose options differ.
+    pub fn merge(&mut self, next: Region) -> Result<(), (Region, Error)> {
+        if let Err(e) = self.space().merge(self.idx, next.idx) {
+            return Err((next, e));
+        }
+        self.len += next.len;
+        // Its range is now this region's; its descriptor is freed by `merge`.
+        core::mem::forget(next);
+        Ok(())
+    }
+
     /// Bytes of this region committed now.
     pub fn committed(&self) -> usize {
         self.space()
@@ -634,7 +650,7 @@ mod tests {
     }
 
     #[test]
-    fn split_keeps_pages_contents_and_committed_bytes() {
+    fn split_and_merge_keep_pages_contents_and_committed_bytes() {
         const G: usize = 64 << 10;
         for eager in [false, true] {
             let opts = RegionOptions::default().granule(G);
@@ -670,10 +686,37 @@ mod tests {
             // its lazy part, and dies alone.
             let tail = tail.into_raw();
             // SAFETY: given up just above.
-            let tail = unsafe { Region::from_raw(tail) }.unwrap();
+            let mut tail = unsafe { Region::from_raw(tail) }.unwrap();
             // SAFETY: inside the tail.
             unsafe { tail.as_ptr().add(3 * G).write(3) };
             assert_eq!(tail.committed(), if eager { 4 * G } else { 2 * G });
+            // Not adjacent (the tail lies between): refused, `next` handed
+            // back.
+            let other = Region::reserve(G, opts).unwrap();
+            let (other, e) = r.merge(other).unwrap_err();
+            assert!(matches!(e, Error::CannotMerge { .. }), "{e}");
+            drop(other);
+            // Merging is the inverse of splitting: the tail's range and
+            // committed bytes come back, and the map names the whole.
+            let third = tail.split_off(2 * G).unwrap();
+            let third_committed = third.committed();
+            let tail_committed = tail.committed();
+            tail.merge(third).map_err(|(_, e)| e).unwrap();
+            assert_eq!(tail.len(), 4 * G);
+            assert_eq!(tail.committed(), tail_committed + third_committed);
+            r.merge(tail).map_err(|(_, e)| e).unwrap();
+            assert_eq!(
+                (r.len(), r.committed()),
+                (8 * G, before + if eager { 0 } else { G })
+            );
+            let info = region_at(p.wrapping_add(7 * G)).unwrap();
+            assert_eq!((info.start, info.len), (p as usize, 8 * G));
+            // SAFETY: the merged region holds every byte written.
+            unsafe {
+                assert_eq!(p.add(5 * G + 9).read(), 55);
+                assert_eq!(p.add(7 * G).read(), 3);
+            }
+            let tail = r.split_off(4 * G).unwrap();
             drop(tail);
             assert!(region_at(p.wrapping_add(5 * G)).is_none_or(|i| i.start != p as usize + 4 * G));
             // SAFETY: the head lives on.

@@ -801,6 +801,17 @@ mod space {
             section.split(&tail_section, tail_idx, at);
         }
 
+        /// `Space::merge`'s write sections, real (the descriptor's grace
+        /// period is not modelled).
+        pub fn merge(&self, idx: RegionIdx, next: RegionIdx) {
+            let held = self.lock();
+            let desc = self.descs.get(idx);
+            let section = WriteSection::open(&held, desc, &self.granules, &self.map);
+            let next_desc = self.descs.get(next);
+            let next_section = WriteSection::open(&held, next_desc, &self.granules, &self.map);
+            section.merge(idx, &next_section);
+        }
+
         /// `Space::protect`'s write section, real.
         pub fn protect(&self, idx: RegionIdx, read_only: bool) -> Result<(), sys::Errno> {
             let held = self.lock();
@@ -1106,6 +1117,29 @@ fn commit_ahead_vs_split() {
         space.split(1, 2, granule(3, 1));
         assert_eq!(t.join().unwrap(), End::Accessed);
         check_settled(&space, &[(1, 1), (2, 1)]);
+    });
+}
+
+/// A fault in the second of two adjacent regions while a writer merges it
+/// into the first: the fault commits its granule (speculatively before the
+/// merge, or classically in the merged region after seeing it), and the
+/// merged region ends with every committed byte (D2), the fault's included.
+#[test]
+fn fault_vs_merge() {
+    check("fault_vs_merge", 3, || {
+        WRITER.enter();
+        let space = Arc::new(Space::new());
+        space.create(1, BASE, 2 * PAGE_SIZE, flags(1, false), 0);
+        space.create(2, BASE + 2 * PAGE_SIZE, 2 * PAGE_SIZE, flags(1, false), 0);
+        assert_eq!(write(&space, granule(0, 1)), End::Accessed);
+        let s = space.clone();
+        let t = thread::spawn(move || {
+            SPEC_A.enter();
+            write(&s, granule(2, 1))
+        });
+        space.merge(1, 2);
+        assert_eq!(t.join().unwrap(), End::Accessed);
+        check_settled(&space, &[(1, 1)]);
     });
 }
 

@@ -140,6 +140,43 @@ impl<'a> WriteSection<'a> {
         self.desc.set_len(at - start);
     }
 
+    /// Merges `next` — the region starting where this one ends, with the
+    /// same flags, whose own section the caller has open — into this one
+    /// (`self_idx`): the range and its committed bytes move here, and
+    /// `next`'s descriptor ends dead with no length (nothing of it is
+    /// released: its range lives on in this region; the caller frees the
+    /// descriptor after a grace period). As in `split`, nothing is
+    /// committed, dropped or reprotected, and each of `next`'s granules is
+    /// locked and settled so that a fault committing there has counted its
+    /// bytes in `next` before they move.
+    pub(crate) fn merge(&self, self_idx: RegionIdx, next: &WriteSection<'_>) {
+        let granule = self.desc.flags().granule();
+        let (start, len) = (self.desc.start(), self.desc.len());
+        let (next_start, next_len) = (next.desc.start(), next.desc.len());
+        debug_assert_eq!(start + len, next_start);
+        debug_assert_eq!(self.desc.flags(), next.desc.flags());
+        let mut committed = 0;
+        let mut h = next_start;
+        while h < next_start + next_len {
+            let state = self.granules.lock_settled(h);
+            if state == GranuleState::Committed {
+                committed += granule;
+            }
+            self.granules.unlock(h, state);
+            h += granule;
+        }
+        next.desc.committed.fetch_sub(committed, Ordering::Relaxed);
+        self.desc.committed.fetch_add(committed, Ordering::Relaxed);
+        // M3: the new bounds are written before this id is published over
+        // the range.
+        self.desc.set_len(len + next_len);
+        self.map.insert(next_start, next_start + next_len, self_idx);
+        next.desc.set_flags(next.desc.flags().dead());
+        // Dead with no length: nothing of the range is in its grace period
+        // (the invariant checker reads a dead descriptor's length so).
+        next.desc.set_len(0);
+    }
+
     /// Makes the region read-only or read/write; committed memory changes
     /// with it. On failure nothing changes: the flags stay as they were,
     /// and the pages already given the new protection get the old one back
