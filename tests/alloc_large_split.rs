@@ -5,7 +5,7 @@
 //! holds only this test's blocks.
 
 use spf::SpfAlloc;
-use std::alloc::{alloc, dealloc, Layout};
+use std::alloc::{alloc, dealloc, realloc, Layout};
 use std::io::Read;
 use std::sync::Mutex;
 
@@ -152,4 +152,55 @@ fn a_fork_leaves_cached_blocks_unshared() {
         check(q, l.size(), 0x3a);
         dealloc(q, l);
     }
+}
+
+#[test]
+fn realloc_grows_into_and_shrinks_into_cached_neighbours() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    spf::set_decay_ms(60_000);
+    // Sizes no other test of this file uses.
+    let (big, grown, shrunk) = (layout(72 * MIB), layout(45 * MIB), layout(9 * MIB));
+    // SAFETY: valid layouts; every access stays inside the blocks.
+    unsafe {
+        let p = alloc(big);
+        assert!(!p.is_null());
+        fill(p, big.size(), 0x21);
+        dealloc(p, big);
+        // The cached block holding `p` (it may have merged with others).
+        let cached = spf::region_at(p).unwrap();
+        let p = cached.start as *mut u8;
+        let small = layout(cached.len - 54 * MIB);
+        let q = alloc(small);
+        assert_eq!(q, p, "the request did not split the cached block");
+        fill(q, small.size(), 0x42);
+        // The 54 MiB tail is cached right after `q`: growing `q` takes it
+        // in place (before: the range was not free, so the block moved).
+        let grown = layout(small.size() + (grown.size() - 18 * MIB));
+        let r = realloc(q, small, grown.size());
+        assert_eq!(r, q, "realloc did not grow into the cached block after it");
+        assert_eq!(region_len(r), grown.size(), "L1");
+        check(r, small.size(), 0x42);
+        fill(r, grown.size(), 0x43);
+        // Shrinking keeps the tail as a cached block: it serves a request
+        // of its size in place.
+        let s = realloc(r, grown, shrunk.size());
+        assert_eq!(s, r);
+        assert_eq!(region_len(s), shrunk.size(), "L1");
+        check(s, shrunk.size(), 0x43);
+        let rest = spf::region_at(s.add(shrunk.size())).expect("the shrunk tail is cached");
+        assert_eq!(
+            rest.start,
+            s as usize + shrunk.size(),
+            "the tail was not kept"
+        );
+        let t = alloc(layout(grown.size() - shrunk.size()));
+        assert_eq!(
+            t,
+            s.add(shrunk.size()),
+            "the kept tail did not serve its size"
+        );
+        dealloc(t, layout(grown.size() - shrunk.size()));
+        dealloc(s, shrunk);
+    }
+    assert!(spf::alloc_stats().large_realloc_into_cached > 0);
 }

@@ -37,6 +37,11 @@
 //! decay time, so the cache bounds resident memory as well as address
 //! space.
 //!
+//! `realloc` resizes in place where it can: it grows into free address
+//! space after the block or into the cached block there (a tail split off
+//! it, or a neighbour freed since), and a shrink caches the tail like a
+//! freed block.
+//!
 //! Across `fork`, dirty cached blocks are marked `MADV_WIPEONFORK` (the
 //! fork handlers hold the cache lock throughout): the child gets them as
 //! zero pages, and the parent's pages are not shared with it, so reusing a
@@ -117,6 +122,8 @@ pub static CACHED_BYTES: AtomicU64 = AtomicU64::new(0);
 pub static REUSED: AtomicU64 = AtomicU64::new(0);
 /// Of those, served by shrinking a larger cached block in place.
 pub static REUSED_SHRUNK: AtomicU64 = AtomicU64::new(0);
+/// `realloc`s grown in place by taking in the cached block after them.
+pub static REALLOC_INTO_CACHED: AtomicU64 = AtomicU64::new(0);
 /// Cached blocks merged with a block freed next to them.
 pub static MERGED: AtomicU64 = AtomicU64::new(0);
 /// Tails of shrunk cached blocks split off and cached as blocks of their own.
@@ -256,33 +263,67 @@ fn grow_cached(len: usize, align: usize, lazy: bool, zeroed: bool) -> Option<usi
     None
 }
 
-/// Shrinks a block taken out of the cache to `len` (L1). A tail that a
-/// large request could use is split off and cached as a block of its own,
-/// with the block's age and state, so that its resident pages serve a later
-/// request instead of being dropped and faulted in again elsewhere; a
-/// smaller tail (or one that finds no descriptor or no room in the cache)
-/// goes back to the kernel.
-fn shrink_keeping_tail(mut r: Region, len: usize, c: &Cached) {
-    let tail_len = c.len - len;
+/// Shrinks block `r` to `len` (L1). A tail that a large request could use
+/// is split off and cached as a block of its own (merged with a cached
+/// block after it), with `like`'s age, state and commit mode, so that its
+/// resident pages serve a later request instead of being dropped and
+/// faulted in again elsewhere; a smaller tail (or one that finds no
+/// descriptor) goes back to the kernel.
+fn shrink_keeping_tail(r: &mut Region, len: usize, like: &Cached) {
+    let tail_len = r.len() - len;
     if tail_len >= MIN_TAIL {
         if let Ok(tail) = r.split_off(len) {
-            r.into_raw();
             SPLIT_TAILS.fetch_add(1, Relaxed);
-            let tail = Cached {
+            let mut tail = Cached {
                 ptr: tail.into_raw() as usize,
                 len: tail_len,
-                ..*c
+                ..*like
             };
+            coalesce(&mut tail);
             // Past the cache's limits the tail is destroyed (R1: no lock).
-            if !CACHE.lock().insert(tail) {
+            if tail.len > CACHE_MAX_BYTES || !CACHE.lock().insert(tail) {
                 destroy(tail.ptr);
             }
             return;
         }
     }
-    // L1; the tail is decommitted: its pages leave now.
+    // The tail is decommitted: its pages leave now.
     r.shrink(len);
-    r.into_raw();
+}
+
+/// Grows block `r` in place to `new_len` by merging it with the cached
+/// block that starts where it ends, if that one is long enough (a tail
+/// split off it, or a neighbour freed since); what is left past `new_len`
+/// stays cached. False, and `r` unchanged, otherwise.
+fn grow_into_next(r: &mut Region, new_len: usize, lazy: bool) -> bool {
+    let end = r.as_ptr() as usize + r.len();
+    let need = new_len - r.len();
+    let next = {
+        let mut cache = CACHE.lock();
+        (0..cache.n)
+            .find(|&i| {
+                let c = &cache.entries[i];
+                c.ptr == end && c.lazy == lazy && c.len >= need
+            })
+            .map(|i| cache.remove(i))
+    };
+    let Some(n) = next else {
+        return false;
+    };
+    // SAFETY: taken out of the cache: the only handle (L2).
+    let Some(next) = (unsafe { Region::from_raw(n.ptr as *mut u8) }) else {
+        put_back([Some(n), None]);
+        return false;
+    };
+    if let Err((next, _)) = r.merge(next) {
+        next.into_raw();
+        put_back([Some(n), None]);
+        return false;
+    }
+    if r.len() > new_len {
+        shrink_keeping_tail(r, new_len, &n);
+    }
+    true
 }
 
 /// Allocates a large block. Null when the reservation or commit fails.
@@ -301,8 +342,9 @@ fn alloc_fit(size: usize, align: usize, lazy: bool, zeroed: bool, fit: Fit) -> *
             if c.len > len {
                 REUSED_SHRUNK.fetch_add(1, Relaxed);
                 // SAFETY: the cache gave us the only handle (L2).
-                if let Some(r) = unsafe { Region::from_raw(c.ptr as *mut u8) } {
-                    shrink_keeping_tail(r, len, &c);
+                if let Some(mut r) = unsafe { Region::from_raw(c.ptr as *mut u8) } {
+                    shrink_keeping_tail(&mut r, len, &c);
+                    r.into_raw();
                 }
             }
             if zeroed && c.dirty {
@@ -600,7 +642,15 @@ pub fn realloc(
         return null_mut();
     };
     if new_len < old_len {
-        region.shrink(new_len);
+        // The freed tail is cached like a freed block.
+        let like = Cached {
+            ptr: ptr as usize,
+            len: old_len,
+            freed_at: spf_core::monotonic_ns(),
+            dirty: true,
+            lazy,
+        };
+        shrink_keeping_tail(&mut region, new_len, &like);
         region.into_raw();
         LIVE_BYTES.fetch_sub((old_len - new_len) as u64, Relaxed);
         return ptr;
@@ -613,6 +663,12 @@ pub fn realloc(
     // Keep L1: a failed eager grow may have grown the region lazily.
     if region.len() != old_len {
         region.shrink(old_len);
+    }
+    if grow_into_next(&mut region, new_len, lazy) {
+        region.into_raw();
+        REALLOC_INTO_CACHED.fetch_add(1, Relaxed);
+        LIVE_BYTES.fetch_add((new_len - old_len) as u64, Relaxed);
+        return ptr;
     }
     region.into_raw();
     let new = alloc_fit(new_size, align, lazy, false, Fit::Near);
