@@ -67,6 +67,20 @@ impl<T> SpinLock<T> {
         core::mem::forget(self.lock());
     }
 
+    /// The value under a lock taken with `lock_forever` (fork handlers).
+    ///
+    /// # Safety
+    /// The lock must be held through `lock_forever` by this thread (or, in
+    /// a fork child, by the thread that forked), and no other reference to
+    /// the value may be live.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn forgotten(&self) -> &mut T {
+        debug_assert!(self.locked.load(Ordering::Relaxed));
+        // SAFETY: the caller's contract: the lock is held, so this is the
+        // only access.
+        unsafe { &mut *self.value.get() }
+    }
+
     /// Releases a lock taken with `lock_forever`.
     ///
     /// # Safety

@@ -27,8 +27,17 @@ pub struct AllocStats {
     /// Large allocations served by a cached block (ever).
     pub large_reused: u64,
     /// Of those, served by a larger cached block shrunk in place to the
-    /// request (its tail given back to the kernel).
+    /// request (its tail split off and cached, or given back to the kernel
+    /// when too small for a large block).
     pub large_reused_shrunk: u64,
+    /// Tails of shrunk cached blocks split off and cached as blocks of
+    /// their own (ever).
+    pub large_split_tails: u64,
+    /// Cached large blocks merged with a block freed next to them (ever).
+    pub large_merged: u64,
+    /// Large `realloc`s grown in place by taking in the cached block after
+    /// them (ever).
+    pub large_realloc_into_cached: u64,
     /// Of those, served by a smaller cached block grown in place.
     pub large_reused_grown: u64,
     /// Cached large blocks purged before their decay time because the
@@ -81,6 +90,9 @@ pub fn stats() -> AllocStats {
         large_reused: large::REUSED.load(Relaxed),
         large_reused_shrunk: large::REUSED_SHRUNK.load(Relaxed),
         large_reused_grown: large::REUSED_GROWN.load(Relaxed),
+        large_split_tails: large::SPLIT_TAILS.load(Relaxed),
+        large_merged: large::MERGED.load(Relaxed),
+        large_realloc_into_cached: large::REALLOC_INTO_CACHED.load(Relaxed),
         large_purged_over_cap: large::PURGED_OVER_CAP.load(Relaxed),
         heaps,
         pages_reclaimed: heap::PAGES_RECLAIMED.load(Relaxed),
@@ -104,6 +116,9 @@ impl AllocStats {
             (self.large_reused, "large_reused"),
             (self.large_reused_shrunk, "large_reused_shrunk"),
             (self.large_reused_grown, "large_reused_grown"),
+            (self.large_split_tails, "large_split_tails"),
+            (self.large_merged, "large_merged"),
+            (self.large_realloc_into_cached, "large_realloc_into_cached"),
             (self.large_purged_over_cap, "large_purged_over_cap"),
             (self.heaps, "heaps"),
             (self.pages_reclaimed, "pages_reclaimed"),

@@ -184,6 +184,9 @@ impl RegionDesc {
     pub fn flags(&self) -> RegionFlags {
         RegionFlags(self.flags.load(Relaxed))
     }
+    pub fn ahead_max(&self) -> u32 {
+        self.ahead_max.load(Relaxed)
+    }
 }
 
 /// All descriptors, by index. Index 0 is never used (0 means "none" in the map).

@@ -56,6 +56,14 @@ pub enum Error {
         /// The length asked for.
         new_len: usize,
     },
+    /// Two regions that cannot merge: the second does not start where the
+    /// first ends, or their options differ.
+    CannotMerge {
+        /// Where the first region ends.
+        end: usize,
+        /// Where the second region starts.
+        next_start: usize,
+    },
     /// A system call failed.
     System {
         /// The system call, e.g. `"mprotect"`.
@@ -127,6 +135,12 @@ impl fmt::Display for Error {
                 f,
                 "spf: range at offset {offset}, length {len} does not fit a region of \
                  {region_len} bytes, or is not aligned to its {granule}-byte granule"
+            ),
+            Error::CannotMerge { end, next_start } => write!(
+                f,
+                "spf: cannot merge a region ending at {end:#x} with one starting at \
+                 {next_start:#x}: the second must start where the first ends and have the \
+                 same options (granule, protection, eager or lazy, populate, speculation)"
             ),
             Error::CannotGrowInPlace { len, new_len } => write!(
                 f,

@@ -351,6 +351,43 @@ impl Region {
         self.len = self.space().shrink(self.idx, new_len);
     }
 
+    /// Splits the region in two at byte `at` (a multiple of the granule,
+    /// strictly inside): `self` keeps `[0, at)` and the returned region
+    /// holds the rest, with the same options. Nothing is committed,
+    /// dropped or moved — both parts keep their pages and contents, and a
+    /// fault racing the split (in either part) is served by the part that
+    /// holds its address. An allocator can so keep the tail of a block it
+    /// shrinks as a block of its own, instead of dropping its pages.
+    /// `Error::BadRange` for an `at` that does not split, and
+    /// `Error::TooManyRegions` when no descriptor is free for the tail.
+    pub fn split_off(&mut self, at: usize) -> Result<Region, Error> {
+        let (idx, start, len) = self.space().split(self.idx, at)?;
+        self.len = at;
+        Ok(Region {
+            idx,
+            start,
+            len,
+            granule: self.granule,
+            eager: self.eager,
+        })
+    }
+
+    /// Merges `next`, the region that starts where this one ends, into
+    /// this one: the inverse of [`Region::split_off`]. Both must have been
+    /// reserved with the same options. Nothing is committed, dropped or
+    /// moved; a fault racing the merge is served by the merged region.
+    /// `Error::CannotMerge` (with `next` handed back) for regions that are
+    /// not adjacent or whose options differ.
+    pub fn merge(&mut self, next: Region) -> Result<(), (Region, Error)> {
+        if let Err(e) = self.space().merge(self.idx, next.idx) {
+            return Err((next, e));
+        }
+        self.len += next.len;
+        // Its range is now this region's; its descriptor is freed by `merge`.
+        core::mem::forget(next);
+        Ok(())
+    }
+
     /// Bytes of this region committed now.
     pub fn committed(&self) -> usize {
         self.space()
@@ -610,6 +647,82 @@ mod tests {
         unsafe { p.add(70_000).write(9) };
         drop(r);
         assert!(region_at(p).is_none());
+    }
+
+    #[test]
+    fn split_and_merge_keep_pages_contents_and_committed_bytes() {
+        const G: usize = 64 << 10;
+        for eager in [false, true] {
+            let opts = RegionOptions::default().granule(G);
+            let opts = if eager { opts.eager() } else { opts };
+            let mut r = Region::reserve(8 * G, opts).unwrap();
+            let p = r.as_ptr();
+            // Touch granules 1 and 5 (and so commit them, if lazy).
+            // SAFETY: inside the live region.
+            unsafe {
+                p.add(G + 7).write(11);
+                p.add(5 * G + 9).write(55);
+            }
+            let before = r.committed();
+            assert!(matches!(r.split_off(0), Err(Error::BadRange { .. })));
+            assert!(matches!(r.split_off(8 * G), Err(Error::BadRange { .. })));
+            assert!(matches!(r.split_off(G + 4096), Err(Error::BadRange { .. })));
+            let tail = r.split_off(4 * G).unwrap();
+            assert_eq!((r.len(), tail.len()), (4 * G, 4 * G));
+            assert_eq!(tail.as_ptr(), p.wrapping_add(4 * G));
+            assert_eq!(r.committed() + tail.committed(), before);
+            let (head_c, tail_c) = if eager { (4 * G, 4 * G) } else { (G, G) };
+            assert_eq!((r.committed(), tail.committed()), (head_c, tail_c));
+            // SAFETY: both parts are live and keep their contents.
+            unsafe {
+                assert_eq!(p.add(G + 7).read(), 11);
+                assert_eq!(p.add(5 * G + 9).read(), 55);
+            }
+            let info = region_at(p.wrapping_add(6 * G)).unwrap();
+            assert_eq!((info.start, info.len), (p as usize + 4 * G, 4 * G));
+            let info = region_at(p.wrapping_add(3 * G)).unwrap();
+            assert_eq!((info.start, info.len), (p as usize, 4 * G));
+            // The tail is a region of its own: it round-trips, faults in
+            // its lazy part, and dies alone.
+            let tail = tail.into_raw();
+            // SAFETY: given up just above.
+            let mut tail = unsafe { Region::from_raw(tail) }.unwrap();
+            // SAFETY: inside the tail.
+            unsafe { tail.as_ptr().add(3 * G).write(3) };
+            assert_eq!(tail.committed(), if eager { 4 * G } else { 2 * G });
+            // Not adjacent (the tail lies between): refused, `next` handed
+            // back.
+            let other = Region::reserve(G, opts).unwrap();
+            let (other, e) = r.merge(other).unwrap_err();
+            assert!(matches!(e, Error::CannotMerge { .. }), "{e}");
+            drop(other);
+            // Merging is the inverse of splitting: the tail's range and
+            // committed bytes come back, and the map names the whole.
+            let third = tail.split_off(2 * G).unwrap();
+            let third_committed = third.committed();
+            let tail_committed = tail.committed();
+            tail.merge(third).map_err(|(_, e)| e).unwrap();
+            assert_eq!(tail.len(), 4 * G);
+            assert_eq!(tail.committed(), tail_committed + third_committed);
+            r.merge(tail).map_err(|(_, e)| e).unwrap();
+            assert_eq!(
+                (r.len(), r.committed()),
+                (8 * G, before + if eager { 0 } else { G })
+            );
+            let info = region_at(p.wrapping_add(7 * G)).unwrap();
+            assert_eq!((info.start, info.len), (p as usize, 8 * G));
+            // SAFETY: the merged region holds every byte written.
+            unsafe {
+                assert_eq!(p.add(5 * G + 9).read(), 55);
+                assert_eq!(p.add(7 * G).read(), 3);
+            }
+            let tail = r.split_off(4 * G).unwrap();
+            drop(tail);
+            assert!(region_at(p.wrapping_add(5 * G)).is_none_or(|i| i.start != p as usize + 4 * G));
+            // SAFETY: the head lives on.
+            assert_eq!(unsafe { p.add(G + 7).read() }, 11);
+            drop(r);
+        }
     }
 
     #[test]

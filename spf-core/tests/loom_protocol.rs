@@ -790,6 +790,28 @@ mod space {
             let _ = WriteSection::open(&held, desc, &self.granules, &self.map).shrink(new_len);
         }
 
+        /// `Space::split`'s write sections, real (descriptor allocation is
+        /// not modelled: the caller names the tail's).
+        pub fn split(&self, idx: RegionIdx, tail_idx: RegionIdx, at: usize) {
+            let held = self.lock();
+            let desc = self.descs.get(idx);
+            let section = WriteSection::open(&held, desc, &self.granules, &self.map);
+            let tail = self.descs.get(tail_idx);
+            let tail_section = WriteSection::open(&held, tail, &self.granules, &self.map);
+            section.split(&tail_section, tail_idx, at);
+        }
+
+        /// `Space::merge`'s write sections, real (the descriptor's grace
+        /// period is not modelled).
+        pub fn merge(&self, idx: RegionIdx, next: RegionIdx) {
+            let held = self.lock();
+            let desc = self.descs.get(idx);
+            let section = WriteSection::open(&held, desc, &self.granules, &self.map);
+            let next_desc = self.descs.get(next);
+            let next_section = WriteSection::open(&held, next_desc, &self.granules, &self.map);
+            section.merge(idx, &next_section);
+        }
+
         /// `Space::protect`'s write section, real.
         pub fn protect(&self, idx: RegionIdx, read_only: bool) -> Result<(), sys::Errno> {
             let held = self.lock();
@@ -1067,6 +1089,55 @@ fn commit_ahead_vs_shrink() {
             Prot::None,
             "a commit-ahead survived the shrink"
         );
+        assert_eq!(t.join().unwrap(), End::Accessed);
+        check_settled(&space, &[(1, 1)]);
+    });
+}
+
+/// A commit-ahead fault whose run crosses the point where a writer splits
+/// the region: the run is committed whole (by the speculative path before
+/// the split, or by the classic path after it saw the split), and each
+/// part's descriptor ends with exactly the committed bytes of its granules
+/// (D2), the fault's bytes included — the split waits for the fault's
+/// granules to settle, and the fault accounts before it unlocks.
+#[test]
+fn commit_ahead_vs_split() {
+    check("commit_ahead_vs_split", 3, || {
+        WRITER.enter();
+        // As `commit_ahead_vs_shrink`: a fault on granule 2 plans 2 and 3;
+        // the split puts granule 3 in a region of its own.
+        let space = one_region(4, 1, 2, false);
+        assert_eq!(write(&space, granule(0, 1)), End::Accessed);
+        assert_eq!(write(&space, granule(1, 1)), End::Accessed);
+        let s = space.clone();
+        let t = thread::spawn(move || {
+            SPEC_A.enter();
+            write(&s, granule(2, 1))
+        });
+        space.split(1, 2, granule(3, 1));
+        assert_eq!(t.join().unwrap(), End::Accessed);
+        check_settled(&space, &[(1, 1), (2, 1)]);
+    });
+}
+
+/// A fault in the second of two adjacent regions while a writer merges it
+/// into the first: the fault commits its granule (speculatively before the
+/// merge, or classically in the merged region after seeing it), and the
+/// merged region ends with every committed byte (D2), the fault's included.
+#[test]
+fn fault_vs_merge() {
+    check("fault_vs_merge", 3, || {
+        WRITER.enter();
+        let space = Arc::new(Space::new());
+        space.create(1, BASE, 2 * PAGE_SIZE, flags(1, false), 0);
+        space.create(2, BASE + 2 * PAGE_SIZE, 2 * PAGE_SIZE, flags(1, false), 0);
+        assert_eq!(write(&space, granule(0, 1)), End::Accessed);
+        let s = space.clone();
+        let t = thread::spawn(move || {
+            SPEC_A.enter();
+            write(&s, granule(2, 1))
+        });
+        space.merge(1, 2);
         assert_eq!(t.join().unwrap(), End::Accessed);
         check_settled(&space, &[(1, 1)]);
     });

@@ -458,6 +458,91 @@ impl Space {
         kept
     }
 
+    /// Splits region `idx` at `at` bytes from its start (a multiple of its
+    /// granule, strictly inside it) into two live regions; the second is
+    /// returned as `(index, start, len)`. Nothing is committed, dropped or
+    /// reprotected: both parts keep their pages.
+    pub fn split(&self, idx: RegionIdx, at: usize) -> Result<(RegionIdx, usize, usize), Error> {
+        for attempt in 0..4 {
+            let held = self.lock();
+            let desc = self.descs.get(idx);
+            let (start, len) = (desc.start(), desc.len());
+            if at == 0 || at >= len || at % desc.flags().granule() != 0 {
+                return Err(Error::BadRange {
+                    offset: at,
+                    len: 0,
+                    region_len: len,
+                    granule: desc.flags().granule(),
+                });
+            }
+            let Some(tail_idx) = self.descs.alloc() else {
+                drop(held);
+                if attempt < 3 {
+                    // Descriptors may be waiting out their grace period (P1:
+                    // the lock is released).
+                    epoch::pin().flush();
+                    continue;
+                }
+                return Err(Error::TooManyRegions {
+                    limit: self.descs.capacity(),
+                });
+            };
+            let tail = self.descs.get(tail_idx);
+            let section = WriteSection::open(&held, desc, &self.granules, &self.map);
+            let tail_section = WriteSection::open(&held, tail, &self.granules, &self.map);
+            section.split(&tail_section, tail_idx, start + at);
+            drop(tail_section);
+            drop(section);
+            stats::add_live_regions(1);
+            return Ok((tail_idx, start + at, len - at));
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    /// Merges region `next`, which must start where region `idx` ends and
+    /// have the same options (and lie in the same zone), into `idx`.
+    /// Nothing is committed, dropped or reprotected. `next`'s descriptor is
+    /// freed after a grace period.
+    pub fn merge(&self, idx: RegionIdx, next: RegionIdx) -> Result<(), Error> {
+        {
+            let held = self.lock();
+            let (desc, next_desc) = (self.descs.get(idx), self.descs.get(next));
+            let end = desc.start() + desc.len();
+            let mergeable = idx != next
+                && desc.flags().live()
+                && next_desc.flags().live()
+                && next_desc.start() == end
+                && desc.flags() == next_desc.flags()
+                && core::ptr::eq(self.zone_of(desc.start()), self.zone_of(end));
+            if !mergeable {
+                return Err(Error::CannotMerge {
+                    end,
+                    next_start: next_desc.start(),
+                });
+            }
+            let section = WriteSection::open(&held, desc, &self.granules, &self.map);
+            let next_section = WriteSection::open(&held, next_desc, &self.granules, &self.map);
+            section.merge(idx, &next_section);
+            drop(next_section);
+            drop(section);
+            stats::add_live_regions(-1);
+        }
+        // P1: the lock is released before pinning. A fault handler may still
+        // hold `next`'s index: it finds its sequence count changed, or the
+        // descriptor dead, and the descriptor is reused only after this.
+        let guard = epoch::pin();
+        let space: &'static Space = Space::ready().expect("a region implies a space");
+        guard.defer(move || space.free_descriptor(next));
+        guard.flush();
+        Ok(())
+    }
+
+    /// The end of a merged-away descriptor's grace period.
+    fn free_descriptor(&self, idx: RegionIdx) {
+        let _held = self.lock();
+        self.descs.free(idx);
+    }
+
     /// The live region that starts exactly at `start`: its index, length,
     /// granule and whether it is eager. Under the lock, so the answer holds
     /// until the caller's next writer call.

@@ -22,7 +22,7 @@ use crate::backend::{self, Backend};
 use crate::descriptor::RegionDesc;
 use crate::granule::{GranuleState, GranuleTable};
 use crate::lock::SpaceGuard;
-use crate::map::RegionMap;
+use crate::map::{RegionIdx, RegionMap};
 use crate::stats;
 use crate::sys::{self, Errno, Prot};
 use core::sync::atomic::Ordering;
@@ -104,6 +104,77 @@ impl<'a> WriteSection<'a> {
         self.map.remove(start + new_len, start + len);
         self.desc.set_len(new_len);
         Some((start + new_len, len - new_len))
+    }
+
+    /// Splits the region at `at` (granule aligned, strictly inside it):
+    /// `[at, end)` becomes the region of `tail`, a descriptor whose own
+    /// section the caller has open (so a fault that read it earlier finds
+    /// its sequence count changed). Nothing is committed, dropped or
+    /// reprotected: granule states belong to addresses, so the tail's
+    /// granules keep their states and pages, and only their committed bytes
+    /// move to the tail's descriptor. Each tail granule is locked, waiting
+    /// for a fault committing there (G1), so that fault's bytes are already
+    /// in this region's count (`publish` accounts before it unlocks) and
+    /// move with it. The tail gets this region's flags and commit-ahead.
+    pub(crate) fn split(&self, tail: &WriteSection<'_>, tail_idx: RegionIdx, at: usize) {
+        let flags = self.desc.flags();
+        let granule = flags.granule();
+        let (start, len) = (self.desc.start(), self.desc.len());
+        debug_assert!(at > start && at < start + len && (at - start) % granule == 0);
+        let mut committed = 0;
+        let mut h = at;
+        while h < start + len {
+            let state = self.granules.lock_settled(h);
+            if state == GranuleState::Committed {
+                committed += granule;
+            }
+            self.granules.unlock(h, state);
+            h += granule;
+        }
+        tail.desc
+            .init(at, start + len - at, flags, self.desc.ahead_max());
+        tail.desc.committed.store(committed, Ordering::Relaxed);
+        self.desc.committed.fetch_sub(committed, Ordering::Relaxed);
+        // M3: the tail's bounds are written before its id is published.
+        self.map.insert(at, start + len, tail_idx);
+        self.desc.set_len(at - start);
+    }
+
+    /// Merges `next` — the region starting where this one ends, with the
+    /// same flags, whose own section the caller has open — into this one
+    /// (`self_idx`): the range and its committed bytes move here, and
+    /// `next`'s descriptor ends dead with no length (nothing of it is
+    /// released: its range lives on in this region; the caller frees the
+    /// descriptor after a grace period). As in `split`, nothing is
+    /// committed, dropped or reprotected, and each of `next`'s granules is
+    /// locked and settled so that a fault committing there has counted its
+    /// bytes in `next` before they move.
+    pub(crate) fn merge(&self, self_idx: RegionIdx, next: &WriteSection<'_>) {
+        let granule = self.desc.flags().granule();
+        let (start, len) = (self.desc.start(), self.desc.len());
+        let (next_start, next_len) = (next.desc.start(), next.desc.len());
+        debug_assert_eq!(start + len, next_start);
+        debug_assert_eq!(self.desc.flags(), next.desc.flags());
+        let mut committed = 0;
+        let mut h = next_start;
+        while h < next_start + next_len {
+            let state = self.granules.lock_settled(h);
+            if state == GranuleState::Committed {
+                committed += granule;
+            }
+            self.granules.unlock(h, state);
+            h += granule;
+        }
+        next.desc.committed.fetch_sub(committed, Ordering::Relaxed);
+        self.desc.committed.fetch_add(committed, Ordering::Relaxed);
+        // M3: the new bounds are written before this id is published over
+        // the range.
+        self.desc.set_len(len + next_len);
+        self.map.insert(next_start, next_start + next_len, self_idx);
+        next.desc.set_flags(next.desc.flags().dead());
+        // Dead with no length: nothing of the range is in its grace period
+        // (the invariant checker reads a dead descriptor's length so).
+        next.desc.set_len(0);
     }
 
     /// Makes the region read-only or read/write; committed memory changes
