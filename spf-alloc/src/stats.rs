@@ -40,6 +40,11 @@ pub struct AllocStats {
     /// because every block in them had been freed by other threads while
     /// their owner was idle (or `purge` ran).
     pub pages_reclaimed: u64,
+    /// Blocks freed by other threads that their pages' owners collected
+    /// (took off the pages' remote-free lists to allocate again); blocks of
+    /// pages that were given back whole, abandoned or reclaimed are not
+    /// counted.
+    pub remote_collected: u64,
     /// spf-core's fault counters.
     pub core: spf_core::Stats,
 }
@@ -49,11 +54,13 @@ pub struct AllocStats {
 pub fn stats() -> AllocStats {
     let mut small: i64 = -heap::FALLBACK_FREED.load(Relaxed);
     let mut heaps = 0;
+    let mut remote_collected = 0u64;
     let mut h = ALL_HEAPS.load(core::sync::atomic::Ordering::Acquire);
     while !h.is_null() {
         // SAFETY: heaps are never freed.
         unsafe {
             small += (*h).allocated.load(Relaxed);
+            remote_collected = remote_collected.wrapping_add((*h).remote_collected.load(Relaxed));
             h = (*h).next_all.load(Relaxed);
         }
         heaps += 1;
@@ -76,6 +83,7 @@ pub fn stats() -> AllocStats {
         large_purged_over_cap: large::PURGED_OVER_CAP.load(Relaxed),
         heaps,
         pages_reclaimed: heap::PAGES_RECLAIMED.load(Relaxed),
+        remote_collected,
         core,
     }
 }
@@ -97,6 +105,7 @@ impl AllocStats {
             (self.large_purged_over_cap, "large_purged_over_cap"),
             (self.heaps, "heaps"),
             (self.pages_reclaimed, "pages_reclaimed"),
+            (self.remote_collected, "remote_collected"),
         ] {
             writeln!(f, "{v:>16}      {name}")?;
         }

@@ -12,7 +12,7 @@
 //! heap's lock (S5 in `segment`); every other use of the heap's pages and
 //! every change to its queues is under that lock.
 
-use super::free::{sweep, Keep};
+use super::free::{sweep, sweep_due, Keep};
 use super::reclaim::{reclaim_tick, release_on_decay};
 use super::{abandon::adopt, link, Heap, FALLBACK, FALLBACK_HEAP};
 use crate::segment::{self, Page};
@@ -100,9 +100,7 @@ fn alloc_slow(h: &Heap, class: usize) -> *mut u8 {
     if !h.active.load(Ordering::Relaxed) {
         h.active.store(true, Ordering::Relaxed);
     }
-    if h.remote_frees.0.load(Ordering::Relaxed) > 16 * h.pages.get().max(64)
-        || h.sweep_requested.load(Ordering::Relaxed)
-    {
+    if sweep_due(h) {
         h.sweep_requested.store(false, Ordering::Relaxed);
         sweep(h, Keep::FirstOfClass);
     }
@@ -159,7 +157,7 @@ fn alloc_from_queue(h: &Heap, class: usize) -> Option<*mut u8> {
         let p = unsafe { &*page };
         let next = p.next.get();
         if p.free.get().is_null() {
-            p.collect();
+            h.count_collected(p.collect());
         }
         if p.free.get().is_null() && p.capacity.get() < p.reserved.get() {
             p.extend();
