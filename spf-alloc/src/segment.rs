@@ -145,10 +145,12 @@ pub struct Block {
 /// thread holding that heap's lock), the holder of the abandoned lists'
 /// lock, or the holder of the pool lock, as the page's state says. Each
 /// field below names who writes it. The first 64-byte line holds
-/// everything an allocation or a local free reads or writes; the second
-/// holds `thread_free`, which other threads write, beside fields of pooled
-/// and abandoned pages only. 128 bytes in all (release builds), so finding
-/// a descriptor is a shift.
+/// everything an allocation writes and a local free writes; the second
+/// holds all a remote free touches — `thread_free`, which other threads
+/// write, `heap`, which every free reads to tell local from remote, and a
+/// copy of the block size — beside fields of pooled and abandoned pages
+/// only. 128 bytes in all (release builds), so finding a descriptor is a
+/// shift.
 #[repr(C, align(64))]
 pub struct Page {
     /// Free blocks the owner allocates from, linked through their first
@@ -157,11 +159,6 @@ pub struct Page {
     /// lists' lock while the page is abandoned (`free_abandoned`); reset
     /// by `init`, `page_free` and a reclaimer under S5.
     pub free: Cell<*mut Block>,
-    /// The owning heap; null while abandoned or pooled. Written by the heap
-    /// taking the page (`take`, Release) and by the owner giving it up
-    /// (`put_abandoned`, `page_free`); compared by every free, read by
-    /// remote freers as a hint of whom to tell.
-    pub heap: AtomicPtr<crate::heap::Heap>,
     /// Blocks out: handed out minus freed locally minus remote frees
     /// collected (S2). Written by the owner only; an atomic so that another
     /// thread reclaiming the page (`reclaim_if_free`, under the heap's
@@ -214,6 +211,18 @@ pub struct Page {
     /// reclaimer (S5). Not on the line of the fields the owner writes on
     /// every allocation.
     pub thread_free: AtomicUsize,
+    /// The owning heap; null while abandoned or pooled. Written by the heap
+    /// taking the page (`take`, Release) and by the owner giving it up
+    /// (`put_abandoned`, `page_free`); compared by every free, read by
+    /// remote freers as a hint of whom to tell. On the second line, beside
+    /// `thread_free`: a remote free reads only the line it CASes, and the
+    /// first line stays in the owner's cache (when `heap` sat on the first
+    /// line, every remote free missed on it and the owner's next write to
+    /// the page missed in turn).
+    pub heap: AtomicPtr<crate::heap::Heap>,
+    /// `size`, copied by `init` onto this line for remote freers (they
+    /// count it out of their own heap's `allocated`).
+    pub remote_size: Cell<u32>,
     /// Debug builds: one bit per block, set while it is allocated (the
     /// block ledger of `misuse`): set by `pop`, cleared by whichever
     /// thread frees the block, zeroed by `init`.
@@ -280,7 +289,12 @@ pub enum Pushed {
     Abandoned,
 }
 
-const _: () = assert!(core::mem::offset_of!(Page, thread_free) >= 64);
+const _: () = assert!(
+    core::mem::offset_of!(Page, thread_free) >= 64
+        && core::mem::offset_of!(Page, heap) >= 64
+        && core::mem::offset_of!(Page, remote_size) >= 64
+        && core::mem::offset_of!(Page, remote_size) < 128
+);
 #[cfg(not(debug_assertions))]
 const _: () = assert!(core::mem::size_of::<Page>() == 128);
 
@@ -361,6 +375,7 @@ impl Page {
         self.reserved.set((len / size) as u32);
         self.class.set(class as u32);
         self.size.set(size as u32);
+        self.remote_size.set(size as u32);
         self.next.set(null_mut());
         self.prev.set(null_mut());
         debug_assert_eq!(self.thread_free.load(Ordering::Relaxed), 0, "S2");
