@@ -188,7 +188,8 @@ pub(super) fn sweep_due(h: &Heap) -> bool {
 
 /// Returns the heap's empty pages to the pool (pages whose every block out
 /// waits on `thread_free` count as empty), keeping what `keep` says, and
-/// collects the remote frees of every page whose `free` list is empty. False if it stopped early (it
+/// collects the remote frees of every page whose `free` list is empty (of
+/// every page, with `Keep::None`). False if it stopped early (it
 /// frees at most a few segments at a time); the rest waits for the next.
 #[cold]
 pub(super) fn sweep(h: &Heap, keep: Keep) -> bool {
@@ -204,11 +205,14 @@ pub(super) fn sweep(h: &Heap, keep: Keep) -> bool {
             let p = unsafe { &*page };
             let next = p.next.get();
             let kept = keep == Keep::FirstOfClass && page == q.get().first;
-            // Only O(1) work per page: an empty page goes to the pool with
-            // its remote chain unwalked, a page whose `free` list is empty
-            // takes its chain whole; a page with local free blocks keeps its
-            // chain until that list runs dry (walking chains here was most
-            // of the sweep's time on lock-free larson).
+            // Only O(1) work per page on the allocation path's sweeps: an
+            // empty page goes to the pool with its remote chain unwalked, a
+            // page whose `free` list is empty takes its chain whole; a page
+            // with local free blocks keeps its chain until that list runs
+            // dry (walking chains here was most of the sweep's time on
+            // lock-free larson). Decay and `spf::purge()` (`Keep::None`,
+            // rare) collect every chain, so that `purge_medium_free` finds
+            // every free block on the `free` lists.
             if !kept && p.take_remote_if_empty() {
                 // SAFETY: `sweep` runs on the caller's own heap; we hold
                 // its lock; the page is in its queue and empty.
@@ -221,7 +225,7 @@ pub(super) fn sweep(h: &Heap, keep: Keep) -> bool {
                         break 'classes;
                     }
                 }
-            } else if p.free.get().is_null() {
+            } else if p.free.get().is_null() || keep == Keep::None {
                 h.count_collected(p.collect());
             }
             page = next;
