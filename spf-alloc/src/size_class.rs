@@ -94,8 +94,12 @@ const fn compute_class_of(size: usize) -> usize {
 #[inline]
 pub fn class_for(size: usize, align: usize) -> Option<usize> {
     if align <= 16 {
-        let size = size.max(1);
-        return (size <= MEDIUM_MAX).then(|| class_of(size));
+        // The table first, with one comparison: the common request. Size 0
+        // indexes entry 0, class 0, as size 1 would.
+        if size <= 1024 {
+            return Some(SMALL_CLASS_OF[size.div_ceil(16)] as usize);
+        }
+        return (size <= MEDIUM_MAX).then(|| compute_class_of(size));
     }
     if align > MAX_PAGE_ALIGN {
         return None;
@@ -151,6 +155,14 @@ mod tests {
                 assert!(block_size(c) - size < 16);
             }
         }
+    }
+
+    #[test]
+    fn size_zero_takes_the_smallest_class() {
+        assert_eq!(class_for(0, 1), Some(0));
+        assert_eq!(class_for(0, 16), Some(0));
+        assert_eq!(class_for(1024, 8), Some(class_of(1024)));
+        assert_eq!(class_for(1025, 8), Some(class_of(1025)));
     }
 
     #[test]

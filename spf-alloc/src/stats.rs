@@ -57,6 +57,11 @@ pub struct AllocStats {
     /// covered only by free blocks, given back to the kernel by their
     /// thread's decay or `purge` (ever).
     pub page_runs_purged: u64,
+    /// Blocks freed by other threads that their pages' owners collected
+    /// (took off the pages' remote-free lists to allocate again); blocks of
+    /// pages that were given back whole, abandoned or reclaimed are not
+    /// counted.
+    pub remote_collected: u64,
     /// spf-core's fault counters.
     pub core: spf_core::Stats,
 }
@@ -66,11 +71,13 @@ pub struct AllocStats {
 pub fn stats() -> AllocStats {
     let mut small: i64 = -heap::FALLBACK_FREED.load(Relaxed);
     let mut heaps = 0;
+    let mut remote_collected = 0u64;
     let mut h = ALL_HEAPS.load(core::sync::atomic::Ordering::Acquire);
     while !h.is_null() {
         // SAFETY: heaps are never freed.
         unsafe {
             small += (*h).allocated.load(Relaxed);
+            remote_collected = remote_collected.wrapping_add((*h).remote_collected.load(Relaxed));
             h = (*h).next_all.load(Relaxed);
         }
         heaps += 1;
@@ -98,6 +105,7 @@ pub fn stats() -> AllocStats {
         pages_reclaimed: heap::PAGES_RECLAIMED.load(Relaxed),
         pages_handed_over: heap::PAGES_HANDED_OVER.load(Relaxed),
         page_runs_purged: heap::PAGE_RUNS_PURGED.load(Relaxed),
+        remote_collected,
         core,
     }
 }
@@ -124,6 +132,7 @@ impl AllocStats {
             (self.pages_reclaimed, "pages_reclaimed"),
             (self.pages_handed_over, "pages_handed_over"),
             (self.page_runs_purged, "page_runs_purged"),
+            (self.remote_collected, "remote_collected"),
         ] {
             writeln!(f, "{v:>16}      {name}")?;
         }

@@ -44,7 +44,7 @@ pub fn abandon(h: &Heap) {
             // SAFETY: our page.
             let p = unsafe { &*page };
             let next = p.next.get();
-            p.collect();
+            h.count_collected(p.collect());
             p.next.set(null_mut());
             p.prev.set(null_mut());
             let doomed = if p.used.load(Ordering::Relaxed) == 0 {

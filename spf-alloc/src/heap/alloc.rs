@@ -12,7 +12,7 @@
 //! heap's lock (S5 in `segment`); every other use of the heap's pages and
 //! every change to its queues is under that lock.
 
-use super::free::{sweep, Keep};
+use super::free::{sweep, sweep_due, Keep};
 use super::reclaim::{hand_over_free_pages, reclaim_tick, release_on_decay};
 use super::{abandon::adopt, link, Heap, FALLBACK, FALLBACK_HEAP};
 use crate::segment::{self, Page, PageKind};
@@ -102,9 +102,7 @@ fn alloc_slow(h: &Heap, class: usize) -> *mut u8 {
     if !h.active.load(Ordering::Relaxed) {
         h.active.store(true, Ordering::Relaxed);
     }
-    if h.remote_frees.0.load(Ordering::Relaxed) > 16 * h.pages.load(Ordering::Relaxed).max(64)
-        || h.sweep_requested.load(Ordering::Relaxed)
-    {
+    if sweep_due(h) {
         h.sweep_requested.store(false, Ordering::Relaxed);
         sweep(h, Keep::FirstOfClass);
     }
@@ -168,7 +166,7 @@ fn alloc_from_queue(h: &Heap, class: usize) -> Option<*mut u8> {
         let p = unsafe { &*page };
         let next = p.next.get();
         if p.free.get().is_null() {
-            p.collect();
+            h.count_collected(p.collect());
         }
         // Holes before new blocks: both fault memory in as they are used.
         if p.free.get().is_null() && p.has_holes() {
@@ -210,7 +208,16 @@ fn pop(h: &Heap, p: &Page) -> *mut u8 {
     let b = p.free.get();
     debug_assert!(!b.is_null());
     // SAFETY: a free block of our page.
-    p.free.set(unsafe { (*b).next });
+    let next = unsafe { (*b).next };
+    p.free.set(next);
+    // The next allocation reads `next`'s link: start fetching it now, so a
+    // block another thread freed (its line in that thread's cache) arrives
+    // while the caller works. A hint; null or not, it never faults.
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch reads no memory the program sees and never faults.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(next as *const i8)
+    };
     misuse::on_alloc(p, b as *const u8);
     // Relaxed: the owner is the only writer (see `Page::used`); only
     // locked code or the first page of a queue gets here (S5).

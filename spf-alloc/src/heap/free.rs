@@ -3,15 +3,17 @@
 //! pool, and sweeping — collecting remote frees on every page of a heap.
 //!
 //! Cross-thread frees push onto the page's `thread_free` with one CAS — the
-//! only access to the page after the free began (S4 in `segment`) — and
-//! bump the owning heap's `remote_frees`; the owner collects them when its current page runs
-//! dry, and sweeps all its pages once the remote frees since the last sweep
-//! outnumber 16 per page it owns, so memory freed by consumers returns to a
+//! only access to the page after the free began (S4 in `segment`); the
+//! push that finds the page without remote frees also bumps the owning
+//! heap's `remote_frees`. The owner collects a page's remote frees in O(1)
+//! when its `free` list runs dry (the chain's word holds its length), and
+//! sweeps all its pages once more of them newly hold remote frees than it
+//! owns pages (`sweep_due`), so memory freed by consumers returns to a
 //! producer's pages with amortised O(1) work.
 
 use super::abandon::free_abandoned;
 use super::Heap;
-use crate::segment::{self, Block, Page, Segment};
+use crate::segment::{self, Block, Page, Pushed, Segment};
 use crate::size_class::CLASSES;
 use crate::{misuse, thread};
 use core::ptr::null_mut;
@@ -71,27 +73,47 @@ pub unsafe fn dealloc(ptr: *mut u8) {
 #[cold]
 #[inline(never)]
 unsafe fn dealloc_remote(p: &Page, block: *mut Block, heap: *mut Heap) {
-    // Read now: once pushed, the block may empty the page (S4).
-    let size = p.size.get() as i64;
+    // Read now: once pushed, the block may empty the page (S4). From the
+    // line we push on, not the owner's.
+    let size = p.remote_size.get() as i64;
     // Read before the push, while our block keeps the page out of the pool
     // (S4). Relaxed: only a hint of whom to tell.
     let owner = p.heap.load(Ordering::Relaxed);
     loop {
         // The push is our last access to the page (S4).
         // SAFETY: the caller's contract: a block of `p` being freed.
-        if unsafe { p.push_remote(block) } {
-            if !owner.is_null() {
-                // SAFETY: heaps are never freed, only recycled: the pointer
-                // is always a valid Heap, and the counter is only a hint.
-                unsafe { (*owner).remote_frees.0.fetch_add(1, Ordering::Relaxed) };
+        match unsafe { p.push_remote(block) } {
+            // Only the push that finds the page without remote frees tells
+            // the owner: a counter every remote free incremented was one
+            // line shared by all the heap's freers (45 % of the samples in
+            // `dealloc_remote` on lock-free larson at 8 threads).
+            Pushed::First => {
+                if !owner.is_null() {
+                    // SAFETY: heaps are never freed, only recycled: the
+                    // pointer is always a valid Heap, and the counter is
+                    // only a hint.
+                    unsafe { (*owner).remote_frees.0.fetch_add(1, Ordering::Relaxed) };
+                }
+                break;
             }
-            break;
+            Pushed::More => break,
+            Pushed::Abandoned => {
+                // SAFETY: as above; the push failed, so the block is still
+                // ours and counted.
+                if unsafe { free_abandoned(p, block) } {
+                    break;
+                }
+            }
         }
-        // SAFETY: as above; the push failed, so the block is still ours
-        // and counted.
-        if unsafe { free_abandoned(p, block) } {
-            break;
-        }
+    }
+    let mut heap = heap;
+    if thread::is_unset(heap) {
+        // A thread that frees before it ever allocated (a consumer of
+        // another thread's blocks) gets its heap now, as its first
+        // allocation would give it one: else each of its frees would be a
+        // locked add on `FALLBACK_FREED` (39 % of `dealloc_remote`'s samples
+        // on the hand-off benchmark, whose consumer never allocates).
+        heap = thread::heap_init().unwrap_or(heap);
     }
     if thread::is_live(heap) {
         // SAFETY: this thread's heap.
@@ -101,7 +123,8 @@ unsafe fn dealloc_remote(p: &Page, block: *mut Block, heap: *mut Heap) {
     }
 }
 
-/// Bytes freed by threads with no heap (exiting threads).
+/// Bytes freed by threads with no heap (exiting threads, or threads that
+/// could not get one).
 pub static FALLBACK_FREED: AtomicI64 = AtomicI64::new(0);
 
 /// A page of ours became empty and is not the only page of its class:
@@ -155,8 +178,20 @@ pub(super) enum Keep {
     None,
 }
 
-/// Collects remote frees on every page of the heap and returns empty pages
-/// to the pool, keeping what `keep` says. False if it stopped early (it
+/// Whether the owner's slow path should sweep: more of its pages newly hold
+/// remote frees since the last sweep than it owns pages (at least 32), so
+/// that a sweep's walk over every page is paid for by as many pages with
+/// frees to collect; or a reclaim tick asked for one.
+#[inline]
+pub(super) fn sweep_due(h: &Heap) -> bool {
+    h.remote_frees.0.load(Ordering::Relaxed) > h.pages.load(Ordering::Relaxed).max(32)
+        || h.sweep_requested.load(Ordering::Relaxed)
+}
+
+/// Returns the heap's empty pages to the pool (pages whose every block out
+/// waits on `thread_free` count as empty), keeping what `keep` says, and
+/// collects the remote frees of every page whose `free` list is empty (of
+/// every page, with `Keep::None`). False if it stopped early (it
 /// frees at most a few segments at a time); the rest waits for the next.
 #[cold]
 pub(super) fn sweep(h: &Heap, keep: Keep) -> bool {
@@ -171,9 +206,16 @@ pub(super) fn sweep(h: &Heap, keep: Keep) -> bool {
             // SAFETY: our page.
             let p = unsafe { &*page };
             let next = p.next.get();
-            p.collect();
-            if p.used.load(Ordering::Relaxed) == 0 && (keep == Keep::None || page != q.get().first)
-            {
+            let kept = keep == Keep::FirstOfClass && page == q.get().first;
+            // Only O(1) work per page on the allocation path's sweeps: an
+            // empty page goes to the pool with its remote chain unwalked, a
+            // page whose `free` list is empty takes its chain whole; a page
+            // with local free blocks keeps its chain until that list runs
+            // dry (walking chains here was most of the sweep's time on
+            // lock-free larson). Decay and `spf::purge()` (`Keep::None`,
+            // rare) collect every chain, so that decay's `purge_free_runs` finds
+            // every free block on the `free` lists.
+            if !kept && p.take_remote_if_empty() {
                 // SAFETY: `sweep` runs on the caller's own heap; we hold
                 // its lock; the page is in its queue and empty.
                 if let Some(seg) = unsafe { unqueue_and_free(h, page) } {
@@ -185,6 +227,8 @@ pub(super) fn sweep(h: &Heap, keep: Keep) -> bool {
                         break 'classes;
                     }
                 }
+            } else if p.free.get().is_null() || keep == Keep::None {
+                h.count_collected(p.collect());
             }
             page = next;
         }

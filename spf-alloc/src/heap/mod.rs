@@ -42,7 +42,7 @@ use crate::segment::PageList;
 use crate::size_class::CLASSES;
 use core::cell::Cell;
 use core::ptr::null_mut;
-use core::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 /// A heap. The fields the owner writes on every allocation (`queues`'
 /// pages, `allocated`) and the one other threads write (`remote_frees`) sit
@@ -67,6 +67,10 @@ pub struct Heap {
     /// the owner only, with a plain load and store (`add_allocated`: its
     /// allocations, and its frees, local or remote); read by `stats`.
     pub allocated: AtomicI64,
+    /// Remote frees the owner collected off its pages' `thread_free` (the
+    /// blocks of the chains it took whole or linked): written by the owner
+    /// only, with a plain load and store; read by `stats`.
+    pub remote_collected: AtomicU64,
     /// Pages in `queues`: written under `lock`, by the owner (`take`,
     /// `unqueue_and_free`, `abandon` after detaching every queue) and by a
     /// thread handing one of its free pages over (`hand_over_free_pages`);
@@ -99,10 +103,12 @@ pub struct Heap {
     /// Set by another thread's reclaim tick when the owner is active and
     /// has remote frees waiting: its next slow path sweeps (and clears it).
     sweep_requested: AtomicBool,
-    /// Frees by other threads into this heap's pages since the last sweep:
-    /// incremented by them (a hint), read and reset to 0 by the owner
-    /// (`sweep`, `abandon`), read by reclaim ticks. On a line of its own
-    /// (and of its neighbour, which the processor prefetches in pairs).
+    /// Pages of this heap that newly hold remote frees since the last
+    /// sweep: incremented by the freer whose push finds a page's
+    /// `thread_free` empty (a hint; one RMW per page and collection, not
+    /// per free), read and reset to 0 by the owner (`sweep`, `abandon`),
+    /// read by reclaim ticks. On a line of its own (and of its neighbour,
+    /// which the processor prefetches in pairs).
     remote_frees: OwnLine<AtomicUsize>,
 }
 
@@ -161,6 +167,7 @@ impl Heap {
         Heap {
             queues: [const { Cell::new(PageList::new()) }; CLASSES],
             allocated: AtomicI64::new(0),
+            remote_collected: AtomicU64::new(0),
             pages: AtomicUsize::new(0),
             slow_paths: Cell::new(0),
             last_release: Cell::new(0),
@@ -178,6 +185,14 @@ impl Heap {
         // Owner-only writer: a load and a store, no RMW.
         let v = self.allocated.load(Ordering::Relaxed);
         self.allocated.store(v + bytes, Ordering::Relaxed);
+    }
+
+    /// Counts `n` remote frees collected (owner only).
+    #[inline]
+    fn count_collected(&self, n: u32) {
+        let v = self.remote_collected.load(Ordering::Relaxed);
+        self.remote_collected
+            .store(v.wrapping_add(n as u64), Ordering::Relaxed);
     }
 
     fn queue(&self, class: usize) -> &Cell<PageList> {
