@@ -94,6 +94,17 @@ pub fn pin() -> Guard {
     pinned.ok().flatten().unwrap_or_else(|| c.register().pin())
 }
 
+/// Pins and flushes `rounds` times: each flush moves this thread's deferred
+/// functions to the global queue and tries to advance the epoch and run
+/// what is due, so a few rounds end the grace period of what was destroyed
+/// before, unless another thread stays pinned. For tests that need a
+/// destroyed region's range back now (P1: not under the space lock).
+pub fn flush(rounds: usize) {
+    for _ in 0..rounds {
+        pin().flush();
+    }
+}
+
 /// Asks for a fresh collector in a fork child (see the module docs). Called
 /// from the `pthread_atfork` child handler, which must not allocate: the
 /// child's allocator may still be locked until its own handler runs. The

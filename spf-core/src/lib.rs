@@ -131,6 +131,13 @@ pub mod testing {
     pub use crate::handler_guard::set_allocate_in_handler;
     pub use crate::sys::probe_readable;
 
+    /// Tries to end the grace period of regions destroyed so far: pins and
+    /// flushes spf-core's epoch collector `rounds` times (see
+    /// `epoch::flush`). Another thread that stays pinned holds it back.
+    pub fn flush_epoch(rounds: usize) {
+        crate::epoch::flush(rounds);
+    }
+
     /// Failure injection into `mmap`, `mprotect` and `madvise` (feature
     /// `fault-injection`); see the `inject` module.
     #[cfg(feature = "fault-injection")]
