@@ -5,7 +5,7 @@
 //! holds only this test's blocks.
 
 use spf::SpfAlloc;
-use std::alloc::{alloc, dealloc, realloc, Layout};
+use std::alloc::{alloc, dealloc, realloc, GlobalAlloc, Layout};
 use std::io::Read;
 use std::sync::Mutex;
 
@@ -203,4 +203,60 @@ fn realloc_grows_into_and_shrinks_into_cached_neighbours() {
         dealloc(s, shrunk);
     }
     assert!(spf::alloc_stats().large_realloc_into_cached > 0);
+}
+
+/// A lazy block cached across a fork keeps faulting in the child: its
+/// untouched granules are still uncommitted there. Under the `guard`
+/// backend those granules are kept inaccessible by guard markers, which a
+/// range marked `MADV_WIPEONFORK` loses in the child: the child then wrote
+/// them with no fault, and `check_invariants` found an uncommitted granule
+/// readable. (Run by `.ci/run`'s pass under `SPF_BACKEND=guard`; under the
+/// other backends it passes either way.)
+#[test]
+fn a_cached_lazy_block_still_faults_in_a_fork_child() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    spf::set_decay_ms(60_000);
+    let lazy = SpfAlloc::lazy();
+    // A size no other test of this file uses.
+    let l = layout(13 * MIB);
+    // SAFETY: valid layouts; every access stays inside the blocks; the
+    // child reports through its exit status only.
+    unsafe {
+        let p = lazy.alloc(l);
+        assert!(!p.is_null());
+        // Commit the first MiB only; the rest stays uncommitted.
+        fill(p, MIB, 0x6e);
+        lazy.dealloc(p, l);
+        let pid = libc::fork();
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let q = lazy.alloc(l);
+            if q != p {
+                libc::_exit(3);
+            }
+            let before = spf::stats().faults;
+            q.add(10 * MIB).write(0x5a);
+            let faulted = spf::stats().faults > before;
+            let clean = spf::check_invariants().is_ok();
+            libc::_exit(match (faulted, clean) {
+                (true, true) => 0,
+                (false, _) => 1,
+                (true, false) => 2,
+            });
+        }
+        let mut status = 0;
+        assert_eq!(libc::waitpid(pid, &mut status, 0), pid);
+        assert!(libc::WIFEXITED(status), "the child died: status {status}");
+        match libc::WEXITSTATUS(status) {
+            0 => {}
+            1 => panic!("in the fork child, a write to an uncommitted granule of a cached lazy block took no fault"),
+            2 => panic!("in the fork child, check_invariants failed after the write"),
+            3 => panic!("in the fork child, the cached lazy block was not reused"),
+            s => panic!("the child exited with {s}"),
+        }
+        let q = lazy.alloc(l);
+        assert_eq!(q, p, "the cached lazy block was not reused in the parent");
+        check(q, MIB, 0x6e);
+        lazy.dealloc(q, l);
+    }
 }

@@ -128,7 +128,7 @@ pub static REALLOC_INTO_CACHED: AtomicU64 = AtomicU64::new(0);
 pub static MERGED: AtomicU64 = AtomicU64::new(0);
 /// Tails of shrunk cached blocks split off and cached as blocks of their own.
 pub static SPLIT_TAILS: AtomicU64 = AtomicU64::new(0);
-/// Of those, served by growing a smaller cached block in place.
+/// Of `REUSED`, served by growing a smaller cached block in place.
 pub static REUSED_GROWN: AtomicU64 = AtomicU64::new(0);
 /// Cached blocks purged early because dirty cached bytes passed the cap.
 pub static PURGED_OVER_CAP: AtomicU64 = AtomicU64::new(0);
@@ -713,8 +713,8 @@ pub unsafe fn fork_unlock() {
     unsafe { CACHE.unlock_forgotten() };
 }
 
-/// Sets or clears `MADV_WIPEONFORK` on the cached blocks (clearing it on
-/// all: a block marked before the fork may have been purged since only in
+/// Sets or clears `MADV_WIPEONFORK` on the cached eager blocks (clearing
+/// it on all of them: a block marked before the fork may have been purged since only in
 /// a child, which runs no allocator code before this). A block taken out
 /// of the cache is never marked: blocks are marked only under the lock held
 /// across `fork`, and cleared before it is released.
@@ -725,7 +725,11 @@ fn set_wipe_on_fork(cache: &Cache, wipe: bool) {
         libc::MADV_KEEPONFORK
     };
     for c in &cache.entries[..cache.n] {
-        if wipe && !c.dirty {
+        // Lazy blocks are left alone: under the `guard` backend their
+        // uncommitted granules are kept inaccessible by guard markers,
+        // which a wiped range loses in the child (its page tables are not
+        // copied), so the child could write them without a fault.
+        if c.lazy || (wipe && !c.dirty) {
             continue;
         }
         // SAFETY: a cached block's range lies in a live region (L2) and

@@ -62,7 +62,10 @@
 //!   change to its queues and every slow-path use of its pages, so the
 //!   only unlocked owner accesses left are the fast paths: allocation from
 //!   the first page of a queue, and local frees into pages holding a live
-//!   block — neither reaches a page S5 may reclaim.
+//!   block — neither reaches a page S5 may reclaim: a local free reads
+//!   what it needs of the page before its Release store of `used`, and
+//!   touches the page after it only if that store made `used` 0 (then no
+//!   remote chain waits, S2, and no reclaimer takes the page).
 
 use crate::lock::SpinLock;
 use crate::options;
@@ -243,7 +246,8 @@ pub struct Page {
     /// hole are free but on no list — neither on `free` nor on
     /// `thread_free`, nor counted in `used` — until the owner's slow path
     /// puts them back on `free` (`fill_holes`, before carving new blocks).
-    /// Owner-only, under its heap's lock; cleared by `init` and by a
+    /// Owner-only: under its heap's lock, or unlocked on the first page of
+    /// a queue (which no reclaimer touches, S5); cleared by `init` and by a
     /// reclaimer resetting the page (S5).
     pub holes: [Cell<u64>; HOLE_WORDS],
 }
@@ -444,7 +448,7 @@ impl Page {
     /// left (a hole inside one large block has none of its own). Their
     /// memory reads as zero, or faults in as zero when written: like
     /// `extend`, it touches the page as it is used. By the owner, under its
-    /// heap's lock.
+    /// heap's lock or on the first page of a queue (S5).
     pub fn fill_holes(&self) {
         let size = self.size.get() as usize;
         let capacity = self.capacity.get() as usize;
@@ -991,6 +995,25 @@ fn segment_new(kind: PageKind) -> Option<*mut Page> {
 /// (S1), with `used == 0` and no remote frees pending (S2), and in no list.
 #[must_use]
 pub unsafe fn page_free(page: *mut Page) -> Option<*mut Segment> {
+    // SAFETY: the caller's contract.
+    unsafe { page_free_with(page, true) }
+}
+
+/// `page_free`, but a pool decay sweep that falls due is left to the next
+/// `maybe_decay`: for callers holding another heap's lock, which the
+/// sweep's system calls would keep that heap's owner waiting on.
+///
+/// # Safety
+/// As `page_free`.
+#[must_use]
+pub unsafe fn page_free_without_decay(page: *mut Page) -> Option<*mut Segment> {
+    // SAFETY: the caller's contract.
+    unsafe { page_free_with(page, false) }
+}
+
+/// # Safety
+/// As `page_free`.
+unsafe fn page_free_with(page: *mut Page, run_decay: bool) -> Option<*mut Segment> {
     // SAFETY: the caller's contract: the caller owns the page and it is
     // empty (S2).
     let p = unsafe { &*page };
@@ -1017,7 +1040,7 @@ pub unsafe fn page_free(page: *mut Page) -> Option<*mut Segment> {
         let mut pool = POOL.lock();
         // SAFETY: the page is ours, empty and in no list.
         let doomed = unsafe { pool_put(&mut pool, page, End::Front) };
-        let due = decay > 0 && now.saturating_sub(pool.last_sweep) > decay / 2;
+        let due = run_decay && decay > 0 && now.saturating_sub(pool.last_sweep) > decay / 2;
         if due {
             pool.last_sweep = now;
         }

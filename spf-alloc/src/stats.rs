@@ -38,7 +38,7 @@ pub struct AllocStats {
     /// Large `realloc`s grown in place by taking in the cached block after
     /// them (ever).
     pub large_realloc_into_cached: u64,
-    /// Of those, served by a smaller cached block grown in place.
+    /// Of `large_reused`, served by a smaller cached block grown in place.
     pub large_reused_grown: u64,
     /// Cached large blocks purged before their decay time because the
     /// cache's resident bytes passed its cap (ever).

@@ -140,7 +140,7 @@ impl fmt::Display for Error {
                 f,
                 "spf: cannot merge a region ending at {end:#x} with one starting at \
                  {next_start:#x}: the second must start where the first ends and have the \
-                 same options (granule, protection, eager or lazy, populate, speculation)"
+                 same options (granule, protection, eager or lazy, populate, speculation, commit-ahead)"
             ),
             Error::CannotGrowInPlace { len, new_len } => write!(
                 f,

@@ -3,7 +3,8 @@
 //! pool, and sweeping — collecting remote frees on every page of a heap.
 //!
 //! Cross-thread frees push onto the page's `thread_free` with one CAS — the
-//! only access to the page after the free began (S4 in `segment`); the
+//! last access to the page (S4 in `segment`), after reading the owner and
+//! the block size from the same line; the
 //! push that finds the page without remote frees also bumps the owning
 //! heap's `remote_frees`. The owner collects a page's remote frees in O(1)
 //! when its `free` list runs dry (the chain's word holds its length), and
@@ -38,17 +39,23 @@ pub unsafe fn dealloc(ptr: *mut u8) {
     if p.heap.load(Ordering::Relaxed) == heap {
         // SAFETY: our heap, our page.
         let h = unsafe { &*heap };
+        // Read before the store below: once `used` equals the length of
+        // the page's remote chain, another thread may hand the page over
+        // (S5) and a third re-`init` it for another class.
+        let (size, class) = (p.size.get(), p.class.get());
         // SAFETY: the block is being freed: we may link it.
         unsafe { (*block).next = p.free.get() };
         p.free.set(block);
         let used = p.used.load(Ordering::Relaxed) - 1;
-        // Release pairs with the Acquire load of `Page::reclaim_if_free`:
+        // Release pairs with the Acquire load of `Page::reset_if_free`:
         // the link above is written before a reclaimer that sees this
-        // count resets the page. A plain store on x86.
+        // count resets the page. A plain store on x86. After it, the page
+        // is touched again only if it is now empty (no remote chain can
+        // be waiting then, S2, so no reclaimer takes it).
         p.used.store(used, Ordering::Release);
-        h.add_allocated(-(p.size.get() as i64));
+        h.add_allocated(-(size as i64));
         if used == 0 {
-            let list = h.queue(p.class.get() as usize).get();
+            let list = h.queue(class as usize).get();
             // The only page of its class stays: an alloc/free loop would
             // otherwise trade it with the pool every time.
             if !(list.first == page && list.last == page) {

@@ -227,6 +227,8 @@ pub(super) fn hand_over_free_pages(own: &Heap) -> usize {
     }
     if total > 0 {
         PAGES_HANDED_OVER.fetch_add(total as u64, Ordering::Relaxed);
+        // The decay sweep the pages' `page_free` left, with no lock held.
+        segment::maybe_decay();
     } else {
         HAND_OVER_QUIET_UNTIL.store(now + HAND_OVER_BACKOFF_NS, Ordering::Relaxed);
     }
@@ -268,9 +270,11 @@ fn hand_over_heap(h: &Heap, budget: &mut usize, doomed: &mut [*mut Segment; 4]) 
                 debug_assert!(copy.first == list.first && copy.last == list.last);
                 h.pages
                     .store(h.pages.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
+                // Without the pool's decay: its purges would run under
+                // this heap's lock (done by `hand_over_free_pages` after).
                 // SAFETY: ours while we hold the owner's lock: empty, no
                 // block live (`reset_if_free`), in no list now.
-                if let Some(seg) = unsafe { segment::page_free(page) } {
+                if let Some(seg) = unsafe { segment::page_free_without_decay(page) } {
                     doomed[d] = seg;
                     d += 1;
                 }

@@ -513,6 +513,7 @@ impl Space {
                 && next_desc.flags().live()
                 && next_desc.start() == end
                 && desc.flags() == next_desc.flags()
+                && desc.ahead_max() == next_desc.ahead_max()
                 && core::ptr::eq(self.zone_of(desc.start()), self.zone_of(end));
             if !mergeable {
                 return Err(Error::CannotMerge {
