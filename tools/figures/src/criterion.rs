@@ -95,15 +95,32 @@ pub fn read_all(dir: &Path) -> std::io::Result<Vec<Estimate>> {
 }
 
 /// A median as the table shows it: time per element for element
-/// throughput, GiB/s for byte throughput, else time per iteration.
+/// throughput; GiB/s for byte throughput in the groups that measure a
+/// rate (`RATE_GROUPS`: there every byte is touched); else time per
+/// iteration.
 fn cell(e: &Estimate) -> String {
     match e.per_iter {
         Some((Unit::Elements, n)) if n > 0.0 => time(e.median_ns / n),
-        Some((Unit::Bytes, n)) if n > 0.0 => {
+        Some((Unit::Bytes, n)) if n > 0.0 && RATE_GROUPS.contains(&e.group.as_str()) => {
             format!("{:.2} GiB/s", n / e.median_ns * 1e9 / (1u64 << 30) as f64)
         }
         _ => time(e.median_ns),
     }
+}
+
+/// Groups whose byte throughput is a rate worth showing (the first-touch
+/// group writes every page of its region; the large-block group touches
+/// one byte per page, so its time per block says more).
+const RATE_GROUPS: [&str; 1] = ["first touch 256 MiB"];
+
+/// A time ratio with two decimals, or two significant digits below 0.1.
+fn ratio(r: f64) -> String {
+    let decimals = if r >= 0.1 || r <= 0.0 {
+        2
+    } else {
+        (1.0 - r.log10().floor()) as usize
+    };
+    format!("{r:.decimals$}×")
 }
 
 fn time(ns: f64) -> String {
@@ -152,32 +169,46 @@ pub fn tables(all: &[Estimate], groups: &[&str]) -> String {
                 .find(|e| e.input == input && e.subject == subject)
                 .copied()
         };
-        let ratio = subjects.contains(&"spf") && subjects.contains(&"jemalloc");
+        let has_ratio = subjects.contains(&"spf") && subjects.contains(&"jemalloc");
+        if !has_ratio {
+            // Variants of spf itself (the first-touch group): one row per
+            // variant, one column per input, reads better than a row of
+            // twenty columns.
+            subjects.sort();
+            out += &format!("#### {g}\n\n| variant |");
+            for input in &inputs {
+                out += &format!(" {input} |");
+            }
+            out += "\n|---|";
+            out += &"---|".repeat(inputs.len());
+            out += "\n";
+            for s in &subjects {
+                out += &format!("| {s} |");
+                for input in &inputs {
+                    out += &format!(" {} |", find(input, s).map_or("—".to_owned(), cell));
+                }
+                out += "\n";
+            }
+            out += "\n";
+            continue;
+        }
         out += &format!("#### {g}\n\n| input |");
         for s in &subjects {
             out += &format!(" {s} |");
         }
-        out += if ratio {
-            " spf / jemalloc |\n|---|"
-        } else {
-            "\n|---|"
-        };
-        out += &"---|".repeat(subjects.len() + usize::from(ratio));
+        out += " spf / jemalloc |\n|---|";
+        out += &"---|".repeat(subjects.len() + 1);
         out += "\n";
         for input in inputs {
             out += &format!("| {} |", if input.is_empty() { "—" } else { input });
             for s in &subjects {
                 out += &format!(" {} |", find(input, s).map_or("—".to_owned(), cell));
             }
-            if ratio {
-                let r = match (find(input, "spf"), find(input, "jemalloc")) {
-                    (Some(a), Some(b)) if b.median_ns > 0.0 => {
-                        format!("{:.2}×", a.median_ns / b.median_ns)
-                    }
-                    _ => "—".to_owned(),
-                };
-                out += &format!(" {r} |");
-            }
+            let r = match (find(input, "spf"), find(input, "jemalloc")) {
+                (Some(a), Some(b)) if b.median_ns > 0.0 => ratio(a.median_ns / b.median_ns),
+                _ => "—".to_owned(),
+            };
+            out += &format!(" {r} |");
             out += "\n";
         }
         out += "\n";
@@ -234,5 +265,16 @@ mod tests {
         let b = r#"{"group_id":"first touch 256 MiB","function_id":"native","value_str":"1","throughput":{"Bytes":1073741824}}"#;
         let e = parse(b, EST).unwrap();
         assert_eq!(cell(&e), "50.00 GiB/s");
+        let other = Estimate {
+            group: "large alloc+touch+free".into(),
+            ..e
+        };
+        assert_eq!(cell(&other), "20.0 ms");
+    }
+
+    #[test]
+    fn small_ratios_keep_two_significant_digits() {
+        assert_eq!(ratio(0.0123), "0.012×");
+        assert_eq!(ratio(0.85), "0.85×");
     }
 }
