@@ -188,6 +188,9 @@ for c in $conns; do
         log="$out/results/$a-c$c"
         commit=eager
         [ "$a" = spf-touch ] && commit=touch
+        # The last run's log goes first: the server below truncates it only
+        # once its job starts, and the port would be read from the old one.
+        rm -f "$log.server"
         SPF_COMMIT=$commit "$out/kvserver-$(binary_of "$a")" -p 0 -m "$mib" > "$log.server" 2>&1 &
         server_pid=$!
         port=
