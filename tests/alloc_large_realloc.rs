@@ -40,14 +40,16 @@ unsafe fn check(p: *mut u8, to: usize, tag: u8) {
 #[test]
 fn a_moving_realloc_does_not_take_a_much_larger_cached_block() {
     spf::set_decay_ms(60_000);
-    let (a_l, cached_l) = (layout(17 * MIB), layout(56 * MIB));
+    // 18 MiB: a multiple of 2 MiB, so that two blocks can lie side by
+    // side though eager blocks of 2 MiB or more start on 2 MiB boundaries.
+    let (a_l, cached_l) = (layout(18 * MIB), layout(56 * MIB));
     // SAFETY: valid layouts; every access stays inside the blocks.
     unsafe {
         // A block that cannot grow in place: another one right after it.
         let (mut a, mut after) = (alloc(a_l), alloc(a_l));
         let mut spare = Vec::new();
         while after as usize != a as usize + a_l.size().next_multiple_of(GRANULE) {
-            assert!(spare.len() < 16, "no two adjacent 17 MiB blocks");
+            assert!(spare.len() < 16, "no two adjacent 18 MiB blocks");
             spare.push(a);
             (a, after) = (after, alloc(a_l));
         }
@@ -55,9 +57,9 @@ fn a_moving_realloc_does_not_take_a_much_larger_cached_block() {
         fill(c, cached_l.size(), 0x61);
         dealloc(c, cached_l);
         fill(a, a_l.size(), 0x16);
-        // 34 MiB: the 56 MiB block would hold it shrunk, but a growing
+        // 36 MiB: the 56 MiB block would hold it shrunk, but a growing
         // buffer must not take it (it could never grow back in place).
-        let new = 34 * MIB;
+        let new = 36 * MIB;
         let q = realloc(a, a_l, new);
         assert!(!q.is_null());
         assert_ne!(q, a, "the block grew over its neighbour");

@@ -7,6 +7,17 @@
 //! In touch mode (`SPF_COMMIT=touch`, or `SpfAlloc::lazy()`) it is committed
 //! on first touch by the speculative fault path, with 1 MiB of commit-ahead.
 //!
+//! An eager block of 2 MiB or more (`HUGE_MIN`) made fresh or grown in
+//! place is 2 MiB-aligned and advised `MADV_HUGEPAGE` (unless
+//! `SPF_THP=off`): where the kernel's THP setting allows, each whole 2 MiB
+//! of it faults in as one huge page, a fault per 2 MiB instead of per
+//! 4 KiB. The region keeps its 64 KiB granule, so L1, `split_off`, `merge`
+//! and in-place resizing work as before (the kernel splits a huge page that
+//! a split, shrink or purge cuts). A range leaving large blocks (destroyed,
+//! or a decommitted tail) is advised `MADV_NOHUGEPAGE` first: spf-core may
+//! reuse it for a segment, whose 64 KiB pages must not fault in 2 MiB at a
+//! time.
+//!
 //! Freed blocks go to a cache that keeps their address space and, for the
 //! decay time (`SPF_DECAY_MS`, like jemalloc's `dirty_decay_ms`), their
 //! pages: a hot alloc/touch/free loop reuses a committed, resident block and
@@ -81,6 +92,10 @@ const FIT_MAX_RATIO: usize = 4;
 /// smallest large block (a 256 KiB + 1 B request rounds to it). A smaller
 /// tail could serve only requests aligned beyond 64 KiB.
 const MIN_TAIL: usize = (256 << 10) + GRANULE;
+/// Eager blocks this large or larger are 2 MiB-aligned and advised
+/// `MADV_HUGEPAGE` (unless `SPF_THP=off`).
+pub const HUGE_MIN: usize = 2 << 20;
+const HUGE_PAGE: usize = 2 << 20;
 
 #[derive(Clone, Copy)]
 struct Cached {
@@ -242,6 +257,9 @@ fn grow_cached(len: usize, align: usize, lazy: bool, zeroed: bool) -> Option<usi
     // SAFETY: taken out of the cache: the only handle (L2).
     let mut r = unsafe { Region::from_raw(c.ptr as *mut u8) }?;
     if r.grow(len).is_ok() {
+        if wants_huge(len, lazy) {
+            advise_huge(c.ptr, len);
+        }
         r.into_raw();
         REUSED.fetch_add(1, Relaxed);
         REUSED_GROWN.fetch_add(1, Relaxed);
@@ -258,7 +276,7 @@ fn grow_cached(len: usize, align: usize, lazy: bool, zeroed: bool) -> Option<usi
     }
     r.into_raw();
     if !CACHE.lock().insert(c) {
-        destroy(c.ptr);
+        destroy(&c);
     }
     None
 }
@@ -282,12 +300,13 @@ fn shrink_keeping_tail(r: &mut Region, len: usize, like: &Cached) {
             coalesce(&mut tail);
             // Past the cache's limits the tail is destroyed (R1: no lock).
             if tail.len > CACHE_MAX_BYTES || !CACHE.lock().insert(tail) {
-                destroy(tail.ptr);
+                destroy(&tail);
             }
             return;
         }
     }
     // The tail is decommitted: its pages leave now.
+    unadvise_huge(r.as_ptr() as usize + len, tail_len, like.lazy);
     r.shrink(len);
 }
 
@@ -356,6 +375,10 @@ fn alloc_fit(size: usize, align: usize, lazy: bool, zeroed: bool, fit: Fit) -> *
         None => match grow_cached(len, align, lazy, zeroed) {
             Some(p) => p as *mut u8,
             None => {
+                let huge = wants_huge(len, lazy);
+                // 2 MiB-aligned, so that every whole 2 MiB of the block
+                // can be one huge page.
+                let align = if huge { align.max(HUGE_PAGE) } else { align };
                 let opts = RegionOptions::default().granule(GRANULE).align(align);
                 let opts = if lazy {
                     opts.commit_ahead(COMMIT_AHEAD)
@@ -363,7 +386,12 @@ fn alloc_fit(size: usize, align: usize, lazy: bool, zeroed: bool, fit: Fit) -> *
                     opts.eager()
                 };
                 match Region::reserve(len, opts) {
-                    Ok(r) => r.into_raw(),
+                    Ok(r) => {
+                        if huge {
+                            advise_huge(r.as_ptr() as usize, len);
+                        }
+                        r.into_raw()
+                    }
                     Err(_) => return null_mut(),
                 }
             }
@@ -392,7 +420,7 @@ pub fn dealloc(ptr: *mut u8, size: usize, lazy: bool) {
     };
     coalesce(&mut entry);
     if entry.len > CACHE_MAX_BYTES {
-        destroy(entry.ptr); // never cached: keep the others
+        destroy(&entry); // never cached: keep the others
         return;
     }
     if decay == 0 {
@@ -444,7 +472,7 @@ pub fn dealloc(ptr: *mut u8, size: usize, lazy: bool) {
         }
     }
     for c in &evicted[..n_evicted] {
-        destroy(c.ptr);
+        destroy(c);
     }
 }
 
@@ -520,7 +548,7 @@ fn coalesce(entry: &mut Cached) {
 fn put_back(blocks: [Option<Cached>; 2]) {
     for c in blocks.into_iter().flatten() {
         if !CACHE.lock().insert(c) {
-            destroy(c.ptr);
+            destroy(&c);
         }
     }
 }
@@ -557,7 +585,7 @@ pub fn maybe_decay() {
                        // (and this loop does not pick it up again).
         c.freed_at = now;
         if !CACHE.lock().insert(c) {
-            destroy(c.ptr);
+            destroy(&c);
         }
     }
 }
@@ -593,9 +621,41 @@ fn purge(c: &mut Cached) {
     }
 }
 
-fn destroy(ptr: usize) {
+fn destroy(c: &Cached) {
+    // The range goes back to spf-core, which may hand it to a segment:
+    // that must not inherit the huge-page advice.
+    unadvise_huge(c.ptr, c.len, c.lazy);
     // SAFETY: a block out of the cache (or never cached): the only handle.
-    drop(unsafe { Region::from_raw(ptr as *mut u8) });
+    drop(unsafe { Region::from_raw(c.ptr as *mut u8) });
+}
+
+/// Whether a block of `len` bytes gets transparent huge pages: eager
+/// blocks of `HUGE_MIN` or more, unless `SPF_THP=off`.
+fn wants_huge(len: usize, lazy: bool) -> bool {
+    !lazy && len >= HUGE_MIN && options::huge_pages()
+}
+
+/// Asks for transparent huge pages on `[ptr, ptr + len)`, before its first
+/// touch (the kernel places a huge page at a fault only in an advised,
+/// 2 MiB-aligned range wholly inside the mapping).
+fn advise_huge(ptr: usize, len: usize) {
+    // SAFETY: a live eager block's range, ours; the advice changes only
+    // the page size the kernel backs it with, never its contents. It may
+    // fail (no THP in this kernel): the block keeps 4 KiB pages.
+    unsafe { libc::madvise(ptr as *mut libc::c_void, len, libc::MADV_HUGEPAGE) };
+}
+
+/// Takes the huge-page advice back from a range leaving large blocks
+/// (destroyed, or a decommitted tail): spf-core may reuse it for a
+/// segment, whose 64 KiB pages must not fault in 2 MiB at a time. Lazy
+/// blocks were never advised (and lie in the lazy zone, whose mapping an
+/// advice would split).
+fn unadvise_huge(ptr: usize, len: usize, lazy: bool) {
+    if lazy || !options::huge_pages() {
+        return;
+    }
+    // SAFETY: a range of a block we hold alone; as in `advise_huge`.
+    unsafe { libc::madvise(ptr as *mut libc::c_void, len, libc::MADV_NOHUGEPAGE) };
 }
 
 /// Purges every cached block now, whatever its age.
@@ -613,7 +673,7 @@ pub fn purge_all() {
         purge(&mut c);
         let inserted = CACHE.lock().insert(c);
         if !inserted {
-            destroy(c.ptr);
+            destroy(&c);
         }
         if c.dirty {
             return;
@@ -656,6 +716,9 @@ pub fn realloc(
         return ptr;
     }
     if region.grow(new_len).is_ok() {
+        if wants_huge(new_len, lazy) {
+            advise_huge(ptr as usize, new_len);
+        }
         region.into_raw();
         LIVE_BYTES.fetch_add((new_len - old_len) as u64, Relaxed);
         return ptr;
