@@ -45,7 +45,7 @@ fn round(round: usize, granule: usize, ahead: usize, merge: bool) {
                 }
             });
         }
-        let mut x = (round as u64 + 1) * 0x9e37_79b9_7f4a_7c15;
+        let mut x = (round as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         for _ in 0..64 {
             x ^= x << 13;
             x ^= x >> 7;
