@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::alloc_suite::Rng;
+use common::churn::{fill_tagged, is_tagged, owners_and_remote_freers, Churn};
 use spf::SpfAlloc;
 use std::sync::mpsc::channel;
 use std::sync::{Barrier, Mutex};
@@ -17,18 +17,6 @@ static GLOBAL: SpfAlloc = SpfAlloc::new();
 
 /// The tests change the process-wide decay time: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn fill(b: &mut [u8], tag: u64) {
-    for (i, x) in b.iter_mut().enumerate() {
-        *x = (tag as usize).wrapping_mul(31).wrapping_add(i) as u8;
-    }
-}
-
-fn check(b: &[u8], tag: u64) -> bool {
-    b.iter()
-        .enumerate()
-        .all(|(i, &x)| x == (tag as usize).wrapping_mul(31).wrapping_add(i) as u8)
-}
 
 /// Blocks the producer allocates (1 KiB: 16 MiB of small pages) and the
 /// consumer allocates next (2 KiB, another class of the same page kind).
@@ -52,7 +40,7 @@ fn remotely_freed_pages_go_to_the_next_thread_that_needs_a_page() {
             let blocks = (0..PRODUCED as u64)
                 .map(|tag| {
                     let mut b = vec![0u8; 1024].into_boxed_slice();
-                    fill(&mut b, tag);
+                    fill_tagged(&mut b, tag);
                     (tag, b)
                 })
                 .collect();
@@ -62,7 +50,7 @@ fn remotely_freed_pages_go_to_the_next_thread_that_needs_a_page() {
         });
         let mut bad = 0;
         for (tag, b) in rx.recv().unwrap() {
-            bad += usize::from(!check(&b, tag));
+            bad += usize::from(!is_tagged(&b, tag));
             drop(b); // a remote free into the producer's page
         }
         let before = spf::alloc_stats().resident;
@@ -70,12 +58,12 @@ fn remotely_freed_pages_go_to_the_next_thread_that_needs_a_page() {
             let blocks: Vec<(u64, Box<[u8]>)> = (0..CONSUMED as u64)
                 .map(|tag| {
                     let mut b = vec![0u8; 2048].into_boxed_slice();
-                    fill(&mut b, tag);
+                    fill_tagged(&mut b, tag);
                     (tag, b)
                 })
                 .collect();
             let after = spf::alloc_stats().resident;
-            let bad = blocks.iter().filter(|(t, b)| !check(b, *t)).count();
+            let bad = blocks.iter().filter(|(t, b)| !is_tagged(b, *t)).count();
             (after, bad)
         });
         let (after, bad_consumed) = consumer.join().unwrap();
@@ -109,62 +97,22 @@ fn hand_over_races_owners_and_remote_freers() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     spf::set_decay_ms(0);
     let handed_before = spf::alloc_stats().pages_handed_over;
-    let rounds = if cfg!(debug_assertions) { 40 } else { 200 };
-    let (tx, rx) = channel::<(u64, Box<[u8]>)>();
-    let rx = Mutex::new(rx);
-    let bad = std::sync::atomic::AtomicUsize::new(0);
-    std::thread::scope(|s| {
-        for _ in 0..2 {
-            let (rx, bad) = (&rx, &bad);
-            s.spawn(move || loop {
-                let msg = rx.lock().unwrap().recv();
-                let Ok((tag, b)) = msg else { return };
-                if !check(&b, tag) {
-                    bad.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-            });
-        }
-        for t in 0..4u64 {
-            let (tx, bad) = (tx.clone(), &bad);
-            s.spawn(move || {
-                let mut rng = Rng(t + 1);
-                let mut mine: Vec<(u64, Box<[u8]>)> = Vec::new();
-                for round in 0..rounds {
-                    for i in 0..300u64 {
-                        let len = match rng.below(8) {
-                            0 => 40 << 10,
-                            1 => 4096,
-                            _ => 16 + rng.below(1_500) as usize,
-                        };
-                        let tag = (t << 48) | (round << 16) | i;
-                        let mut b = vec![0u8; len].into_boxed_slice();
-                        fill(&mut b, tag);
-                        if rng.below(4) == 0 {
-                            mine.push((tag, b));
-                        } else {
-                            tx.send((tag, b)).unwrap();
-                        }
-                    }
-                    while mine.len() > 50 {
-                        let k = rng.below(mine.len() as u64) as usize;
-                        let (tag, b) = mine.swap_remove(k);
-                        if !check(&b, tag) {
-                            bad.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        }
-                    }
-                }
-                for (tag, b) in mine {
-                    if !check(&b, tag) {
-                        bad.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
-                }
-            });
-        }
-        drop(tx);
+    let bad = owners_and_remote_freers(&Churn {
+        seed: 1,
+        rounds: if cfg!(debug_assertions) { 40 } else { 200 },
+        blocks_per_round: 300,
+        len: |rng| match rng.below(8) {
+            0 => 40 << 10,
+            1 => 4096,
+            _ => 16 + rng.below(1_500) as usize,
+        },
+        remote_eighths: 6,
+        keep: 50,
+        nap_every: 0,
     });
     spf::set_decay_ms(1000);
     let handed = spf::alloc_stats().pages_handed_over - handed_before;
     eprintln!("{handed} pages handed over while the owners ran");
-    assert_eq!(bad.into_inner(), 0, "blocks lost their bytes");
+    assert_eq!(bad, 0, "blocks lost their bytes");
     assert!(handed > 0, "the hand-over path never ran");
 }

@@ -6,10 +6,9 @@
 
 mod common;
 
-use common::alloc_suite::Rng;
+use common::churn::{fill_tagged, is_tagged, owners_and_remote_freers, Churn};
 use spf::SpfAlloc;
 use std::collections::HashSet;
-use std::sync::mpsc::channel;
 use std::sync::Mutex;
 
 #[global_allocator]
@@ -30,18 +29,6 @@ fn resident(run: usize) -> bool {
     v[0] & 1 != 0
 }
 
-fn fill(b: &mut [u8], tag: u64) {
-    for (i, x) in b.iter_mut().enumerate() {
-        *x = (tag as usize).wrapping_mul(31).wrapping_add(i) as u8;
-    }
-}
-
-fn check(b: &[u8], tag: u64) -> bool {
-    b.iter()
-        .enumerate()
-        .all(|(i, &x)| x == (tag as usize).wrapping_mul(31).wrapping_add(i) as u8)
-}
-
 /// 64-byte blocks filling 16 small pages; the blocks in every other 4 KiB
 /// run are freed (by their owner), the rest kept. `spf::purge()` gives the
 /// free runs back; the kept blocks keep their bytes; allocating as many
@@ -57,7 +44,7 @@ fn purge_gives_back_free_runs_inside_partly_used_small_pages() {
         let mut blocks: Vec<(u64, Box<[u8; 64]>)> = Vec::with_capacity(n);
         for tag in 0..n as u64 {
             let mut b = Box::new([0u8; 64]);
-            fill(&mut b[..], tag);
+            fill_tagged(&mut b[..], tag);
             blocks.push((tag, b));
         }
         let run_of = |b: &[u8; 64]| b.as_ptr() as usize & !(RUN - 1);
@@ -86,14 +73,14 @@ fn purge_gives_back_free_runs_inside_partly_used_small_pages() {
             freed_runs.len()
         );
         for (tag, b) in &keep {
-            assert!(check(&b[..], *tag), "kept block {tag} changed");
+            assert!(is_tagged(&b[..], *tag), "kept block {tag} changed");
         }
         // The holes are handed out again, each block once, and hold bytes.
         let live: HashSet<usize> = keep.iter().map(|(_, b)| b.as_ptr() as usize).collect();
         let mut again = Vec::with_capacity(count);
         for tag in 0..count as u64 {
             let mut b = Box::new([0u8; 64]);
-            fill(&mut b[..], tag);
+            fill_tagged(&mut b[..], tag);
             again.push((tag, b));
         }
         let mut seen = HashSet::new();
@@ -102,11 +89,11 @@ fn purge_gives_back_free_runs_inside_partly_used_small_pages() {
             let p = b.as_ptr() as usize;
             assert!(!live.contains(&p), "a live block handed out again");
             assert!(seen.insert(p), "a block handed out twice");
-            assert!(check(&b[..], *tag), "new block {tag} changed");
+            assert!(is_tagged(&b[..], *tag), "new block {tag} changed");
             reused += usize::from(freed_runs.contains(&(p & !(RUN - 1))));
         }
         for (tag, b) in &keep {
-            assert!(check(&b[..], *tag), "kept block {tag} changed");
+            assert!(is_tagged(&b[..], *tag), "kept block {tag} changed");
         }
         eprintln!("{reused} of {count} new blocks in refilled holes");
         assert!(reused * 2 > count, "the holes were not reused");
@@ -128,69 +115,23 @@ fn holes_race_owners_and_remote_freers() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     spf::set_decay_ms(1);
     let purged_before = spf::alloc_stats().page_runs_purged;
-    let rounds = if cfg!(debug_assertions) { 60 } else { 300 };
-    let (tx, rx) = channel::<(u64, Box<[u8]>)>();
-    let rx = Mutex::new(rx);
-    let bad = std::sync::atomic::AtomicUsize::new(0);
-    let bump = |bad: &std::sync::atomic::AtomicUsize| {
-        bad.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    };
-    std::thread::scope(|s| {
-        for _ in 0..2 {
-            let (rx, bad) = (&rx, &bad);
-            s.spawn(move || loop {
-                let msg = rx.lock().unwrap().recv();
-                let Ok((tag, b)) = msg else { return };
-                if !check(&b, tag) {
-                    bump(bad);
-                }
-            });
-        }
-        for t in 0..4u64 {
-            let (tx, bad) = (tx.clone(), &bad);
-            s.spawn(move || {
-                let mut rng = Rng(t + 11);
-                let mut mine: Vec<(u64, Box<[u8]>)> = Vec::new();
-                for round in 0..rounds {
-                    for i in 0..400u64 {
-                        let len = match rng.below(16) {
-                            0 => 12 << 10,
-                            1 => 5000,
-                            _ => 16 + rng.below(700) as usize,
-                        };
-                        let tag = (t << 48) | (round << 16) | i;
-                        let mut b = vec![0u8; len].into_boxed_slice();
-                        fill(&mut b, tag);
-                        if rng.below(8) == 0 {
-                            tx.send((tag, b)).unwrap();
-                        } else {
-                            mine.push((tag, b));
-                        }
-                    }
-                    // Keep a sparse live set: pages stay partly used.
-                    while mine.len() > 300 {
-                        let k = rng.below(mine.len() as u64) as usize;
-                        let (tag, b) = mine.swap_remove(k);
-                        if !check(&b, tag) {
-                            bump(bad);
-                        }
-                    }
-                    if round % 16 == 0 {
-                        std::thread::sleep(std::time::Duration::from_millis(2));
-                    }
-                }
-                for (tag, b) in mine {
-                    if !check(&b, tag) {
-                        bump(bad);
-                    }
-                }
-            });
-        }
-        drop(tx);
+    let bad = owners_and_remote_freers(&Churn {
+        seed: 11,
+        rounds: if cfg!(debug_assertions) { 60 } else { 300 },
+        blocks_per_round: 400,
+        len: |rng| match rng.below(16) {
+            0 => 12 << 10,
+            1 => 5000,
+            _ => 16 + rng.below(700) as usize,
+        },
+        remote_eighths: 1,
+        // A sparse live set: pages stay partly used.
+        keep: 300,
+        nap_every: 16,
     });
     spf::set_decay_ms(1000);
     let purged = spf::alloc_stats().page_runs_purged - purged_before;
     eprintln!("{purged} runs purged into holes while the owners ran");
-    assert_eq!(bad.into_inner(), 0, "blocks lost their bytes");
+    assert_eq!(bad, 0, "blocks lost their bytes");
     assert!(purged > 0, "the hole path never ran");
 }

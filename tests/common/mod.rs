@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 pub mod alloc_suite;
+pub mod churn;
 
 use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
