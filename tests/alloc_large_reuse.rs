@@ -9,8 +9,10 @@
 
 mod common;
 
+use common::large::{layout, region_len};
+
 use spf::SpfAlloc;
-use std::alloc::{alloc, alloc_zeroed, dealloc, realloc, Layout};
+use std::alloc::{alloc, alloc_zeroed, dealloc, realloc};
 use std::io::Read;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -23,17 +25,6 @@ static SERIAL: Mutex<()> = Mutex::new(());
 const MIB: usize = 1 << 20;
 /// The large blocks' granule: a region is its block's size rounded to it.
 const GRANULE: usize = 64 << 10;
-
-fn layout(size: usize) -> Layout {
-    Layout::from_size_align(size, 8).unwrap()
-}
-
-/// The length of the region that starts at `p`, which must exist.
-fn region_len(p: *mut u8) -> usize {
-    let r = spf::region_at(p).expect("a large block lies in an spf region");
-    assert_eq!(r.start, p as usize, "a large block starts its region");
-    r.len
-}
 
 /// Writes a pattern of `tag` at every 4 KiB page of `[from, to)` and at the
 /// last byte.

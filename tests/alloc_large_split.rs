@@ -4,8 +4,12 @@
 //! each other merge back into one. A file of its own, so that the cache
 //! holds only this test's blocks.
 
+mod common;
+
+use common::large::{layout, region_len};
+
 use spf::SpfAlloc;
-use std::alloc::{alloc, dealloc, realloc, GlobalAlloc, Layout};
+use std::alloc::{alloc, dealloc, realloc, GlobalAlloc};
 use std::io::Read;
 use std::sync::Mutex;
 
@@ -16,17 +20,6 @@ static GLOBAL: SpfAlloc = SpfAlloc::new();
 static SERIAL: Mutex<()> = Mutex::new(());
 
 const MIB: usize = 1 << 20;
-
-fn layout(size: usize) -> Layout {
-    Layout::from_size_align(size, 8).unwrap()
-}
-
-/// The length of the region that starts at `p`, which must exist.
-fn region_len(p: *mut u8) -> usize {
-    let r = spf::region_at(p).expect("a large block lies in an spf region");
-    assert_eq!(r.start, p as usize, "a large block starts its region");
-    r.len
-}
 
 /// Writes `tag` at every 4 KiB page of `[0, len)`.
 ///

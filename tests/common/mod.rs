@@ -3,6 +3,7 @@
 
 pub mod alloc_suite;
 pub mod churn;
+pub mod large;
 
 use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
