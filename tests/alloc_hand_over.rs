@@ -91,28 +91,37 @@ fn remotely_freed_pages_go_to_the_next_thread_that_needs_a_page() {
 /// small and medium classes, with decay 0 so that every pooled page is
 /// purged at once and every new page they need runs a hand-over pass over
 /// the others' heaps: every block keeps its bytes, and pages were handed
-/// over while the owners ran.
+/// over while the owners ran. Whether a pass finds a page depends on the
+/// remote freers keeping up, which a loaded machine may not allow in one
+/// churn: up to five churns run, each checked, until pages were handed
+/// over.
 #[test]
 fn hand_over_races_owners_and_remote_freers() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     spf::set_decay_ms(0);
     let handed_before = spf::alloc_stats().pages_handed_over;
-    let bad = owners_and_remote_freers(&Churn {
-        seed: 1,
-        rounds: if cfg!(debug_assertions) { 40 } else { 200 },
-        blocks_per_round: 300,
-        len: |rng| match rng.below(8) {
-            0 => 40 << 10,
-            1 => 4096,
-            _ => 16 + rng.below(1_500) as usize,
-        },
-        remote_eighths: 6,
-        keep: 50,
-        nap_every: 0,
-    });
+    let mut handed = 0;
+    for attempt in 0..5 {
+        let bad = owners_and_remote_freers(&Churn {
+            seed: 1 + 16 * attempt,
+            rounds: if cfg!(debug_assertions) { 40 } else { 200 },
+            blocks_per_round: 300,
+            len: |rng| match rng.below(8) {
+                0 => 40 << 10,
+                1 => 4096,
+                _ => 16 + rng.below(1_500) as usize,
+            },
+            remote_eighths: 6,
+            keep: 50,
+            nap_every: 0,
+        });
+        assert_eq!(bad, 0, "blocks lost their bytes (churn {attempt})");
+        handed = spf::alloc_stats().pages_handed_over - handed_before;
+        eprintln!("churn {attempt}: {handed} pages handed over so far");
+        if handed > 0 {
+            break;
+        }
+    }
     spf::set_decay_ms(1000);
-    let handed = spf::alloc_stats().pages_handed_over - handed_before;
-    eprintln!("{handed} pages handed over while the owners ran");
-    assert_eq!(bad, 0, "blocks lost their bytes");
-    assert!(handed > 0, "the hand-over path never ran");
+    assert!(handed > 0, "the hand-over path never ran in five churns");
 }
