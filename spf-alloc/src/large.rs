@@ -397,6 +397,12 @@ fn alloc_fit(size: usize, align: usize, lazy: bool, zeroed: bool, fit: Fit) -> *
             }
         },
     };
+    if lazy {
+        // The block faults in on touch: spf's handler must be in front of
+        // any the program installed since, and neither a cached block nor a
+        // region made within the core's 10 ms check interval saw to it.
+        spf_core::ensure_fault_handler();
+    }
     LIVE_BYTES.fetch_add(len as u64, Relaxed);
     LIVE_BLOCKS.fetch_add(1, Relaxed);
     ptr
@@ -695,6 +701,10 @@ pub fn realloc(
     };
     if new_len == old_len {
         return ptr;
+    }
+    if lazy && new_len > old_len {
+        // The grown part faults in on touch (see `alloc_fit`).
+        spf_core::ensure_fault_handler();
     }
     // SAFETY: `ptr` is a live large block (the caller's contract): its
     // region starts there and we hold the only handle while resizing.

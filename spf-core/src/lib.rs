@@ -124,6 +124,17 @@ pub fn check_invariants() -> Result<(), String> {
         .check_invariants()
 }
 
+/// Puts spf's fault handler back in front of the process's `SIGSEGV` and
+/// `SIGBUS` actions if a handler installed since replaced it (chaining to
+/// that handler, as at start-up). Region creation does this at most every
+/// 10 ms; an allocator calls this before it hands out lazy memory that no
+/// fault may miss — a reused lazy block, or one made right after the
+/// program installed a handler. One `sigaction` query per signal; never
+/// allocates.
+pub fn ensure_fault_handler() {
+    signal::ensure_installed_now();
+}
+
 /// Hooks for spf's own tests. Not part of the stable API.
 #[doc(hidden)]
 pub mod testing {

@@ -196,6 +196,17 @@ pub(crate) fn ensure_installed() {
     }
 }
 
+/// Puts the handler back in front now if someone replaced it, with no rate
+/// limit (one `sigaction` query per signal): for an allocator about to
+/// hand out lazy memory it did not make a region for (a cached block),
+/// or that it made within `ensure_installed`'s 10 ms. Not under the space
+/// lock needed; never allocates.
+pub(crate) fn ensure_installed_now() {
+    for &sig in handled_signals() {
+        reinstall_if_displaced(sig, Displaced::InFront);
+    }
+}
+
 /// Whether this thread blocks `sig` and spf's commits need it.
 pub(crate) fn blocked_fault_signal(sig: libc::c_int) -> bool {
     needed_signals().contains(&sig) && sys::signal_blocked(sig)
