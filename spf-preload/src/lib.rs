@@ -62,7 +62,7 @@
 //! locks around `fork()`, and `posix_spawn` never runs `malloc` in the
 //! child. When a program installs its own `SIGSEGV` handler later, spf
 //! puts its handler back in front (chaining to the program's) before it
-//! makes a lazy region (`SPF_COMMIT=touch`); in the default eager mode the
+//! hands out a lazy block (`SPF_COMMIT=touch`); in the default eager mode the
 //! allocator never faults on its own memory.
 //!
 //! Rust thread-locals in a shared library use the general-dynamic TLS
