@@ -908,6 +908,36 @@ static POOL: SpinLock<Pool> = SpinLock::new(Pool {
 pub static SMALL_PAGES_IN_USE: AtomicU64 = AtomicU64::new(0);
 pub static MEDIUM_PAGES_IN_USE: AtomicU64 = AtomicU64::new(0);
 
+/// The kind of a segment's pages (from its header's mask).
+///
+/// # Safety
+/// `seg` is a live segment.
+pub unsafe fn kind_of_segment(seg: *mut Segment) -> PageKind {
+    // SAFETY: the caller's contract; the mask never changes.
+    if unsafe { (*seg).index_mask } == PageKind::Small.index_mask() {
+        PageKind::Small
+    } else {
+        PageKind::Medium
+    }
+}
+
+/// Calls `f` on every pooled page, under the pool lock (`f` must not
+/// allocate or take the pool lock).
+///
+/// # Safety
+/// For `residency` only: `f` reads the pages it is given.
+pub unsafe fn for_each_pooled_page(f: &mut dyn FnMut(*mut Page)) {
+    let pool = POOL.lock();
+    for kind in PageKind::ALL {
+        let mut p = pool.lists[kind as usize].first;
+        while !p.is_null() {
+            f(p);
+            // SAFETY: a pooled page, under the pool lock.
+            p = unsafe { (*p).next.get() };
+        }
+    }
+}
+
 /// Whether the pool holds a page of `kind` whose memory is still resident
 /// (freed less than a decay time ago): taking one touches no new memory.
 /// A hint (the pool may change as soon as its lock is released).

@@ -200,6 +200,36 @@ impl Heap {
     }
 }
 
+/// Calls `f` on every page of every heap's class queues (with whether it
+/// is the first of its queue), under that heap's lock; `f` must not
+/// allocate.
+///
+/// # Safety
+/// For `residency` only, whose contract the caller keeps.
+pub(crate) unsafe fn for_each_queued_page(f: &mut dyn FnMut(*mut crate::segment::Page, bool)) {
+    let mut h = ALL_HEAPS.load(Ordering::Acquire);
+    while !h.is_null() {
+        // SAFETY: heaps are never freed.
+        let heap = unsafe { &*h };
+        {
+            let _locked = heap.lock.lock();
+            for class in 0..CLASSES {
+                let mut page = heap.queue(class).get().first;
+                let mut first = true;
+                while !page.is_null() {
+                    f(page, first);
+                    first = false;
+                    // SAFETY: a page of the heap's queue, under its lock.
+                    page = unsafe { (*page).next.get() };
+                }
+            }
+        }
+        h = heap.next_all.load(Ordering::Relaxed);
+    }
+}
+
+pub(crate) use abandon::for_each_abandoned_page;
+
 /// Takes every heap's lock for `fork()` (after the heap pool's lock, so
 /// no heap is made meanwhile): the child must not inherit a reclaim half
 /// done.
