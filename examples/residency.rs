@@ -37,6 +37,21 @@ fn layout(size: usize) -> Layout {
 fn snapshot(best: &Mutex<Option<(String, Residency)>>, at: String) {
     // SAFETY: every other thread is parked at the barrier.
     let r = unsafe { residency() };
+    if std::env::var_os("SERIES").is_some() {
+        let sum = |f: fn(&spf::residency::PageBytes) -> u64| -> f64 {
+            r.pages.iter().flatten().map(f).sum::<u64>() as f64 / (1 << 20) as f64
+        };
+        println!(
+            "{at}: process {:.1} resident pages {:.1} live {:.1} remote {:.1} free {:.1} pages {} pool dirty {:.1}",
+            r.process as f64 / (1 << 20) as f64,
+            sum(|e| e.resident),
+            sum(|e| e.live),
+            sum(|e| e.remote),
+            sum(|e| e.free),
+            sum(|e| e.pages) * (1 << 20) as f64,
+            r.pages[3][0].resident as f64 / (1 << 20) as f64,
+        );
+    }
     let mut b = best.lock().unwrap();
     if b.as_ref().is_none_or(|(_, old)| r.process > old.process) {
         *b = Some((at, r));

@@ -153,38 +153,65 @@ fn alloc_slow(h: &Heap, class: usize) -> *mut u8 {
     }
 }
 
-/// A block from the first pages of the class queue (collecting their
-/// remote frees, refilling holes left by decay, carving new blocks), or
-/// `None`: under the heap's lock.
+/// Pages of a class queue the slow path looks at, at most, in each of its
+/// two passes.
+const QUEUE_LOOK: usize = 8;
+
+/// A block from the first pages of the class queue, or `None`: under the
+/// heap's lock. Blocks already freed come before new memory: a first pass
+/// collects remote frees page by page until one page has free blocks, and
+/// only if none has does a second refill holes left by decay or carve new
+/// blocks (both fault memory in). Carving as soon as the first page ran
+/// dry left the remote frees of the queue's other pages waiting while new
+/// memory was touched: on larson-like at 8 threads, 14.7 MiB of remote
+/// frees waited in pages beside 8.8 MiB of live blocks.
 fn alloc_from_queue(h: &Heap, class: usize) -> Option<*mut u8> {
     let _locked = h.lock.lock();
     let q = h.queue(class);
+    let to_front = |page: *mut Page| {
+        let mut list = q.get();
+        if list.first != page {
+            // SAFETY: `page` is in this list; move it to the front.
+            unsafe {
+                list.remove(page);
+                list.push_front(page);
+            }
+            q.set(list);
+        }
+    };
     let mut page = q.get().first;
     let mut looked = 0;
-    while !page.is_null() && looked < 8 {
+    while !page.is_null() && looked < QUEUE_LOOK {
         // SAFETY: pages in our queue are ours (S1).
         let p = unsafe { &*page };
-        let next = p.next.get();
         if p.free.get().is_null() {
             h.count_collected(p.collect());
         }
+        if !p.free.get().is_null() {
+            if looked > 0 {
+                h.count_reused_before_carving();
+            }
+            to_front(page);
+            return Some(pop(h, p));
+        }
+        page = p.next.get();
+        looked += 1;
+    }
+    let mut page = q.get().first;
+    let mut looked = 0;
+    while !page.is_null() && looked < QUEUE_LOOK {
+        // SAFETY: pages in our queue are ours (S1).
+        let p = unsafe { &*page };
+        let next = p.next.get();
         // Holes before new blocks: both fault memory in as they are used.
-        if p.free.get().is_null() && p.has_holes() {
+        if p.has_holes() {
             p.fill_holes();
         }
         if p.free.get().is_null() && p.capacity.get() < p.reserved.get() {
             p.extend();
         }
         if !p.free.get().is_null() {
-            let mut list = q.get();
-            if list.first != page {
-                // SAFETY: `page` is in this list; move it to the front.
-                unsafe {
-                    list.remove(page);
-                    list.push_front(page);
-                }
-                q.set(list);
-            }
+            to_front(page);
             return Some(pop(h, p));
         }
         // Full: move it to the back, out of the way of the next search.

@@ -71,6 +71,11 @@ pub struct Heap {
     /// blocks of the chains it took whole or linked): written by the owner
     /// only, with a plain load and store; read by `stats`.
     pub remote_collected: AtomicU64,
+    /// Slow paths that found free blocks (remote frees collected) in a page
+    /// of the class queue past the first, where before they carved new
+    /// blocks (`alloc_from_queue`): written by the owner only, under its
+    /// lock, with a plain load and store; read by `stats`.
+    pub reused_before_carving: AtomicU64,
     /// Pages in `queues`: written under `lock`, by the owner (`take`,
     /// `unqueue_and_free`, `abandon` after detaching every queue) and by a
     /// thread handing one of its free pages over (`hand_over_free_pages`);
@@ -168,6 +173,7 @@ impl Heap {
             queues: [const { Cell::new(PageList::new()) }; CLASSES],
             allocated: AtomicI64::new(0),
             remote_collected: AtomicU64::new(0),
+            reused_before_carving: AtomicU64::new(0),
             pages: AtomicUsize::new(0),
             slow_paths: Cell::new(0),
             last_release: Cell::new(0),
@@ -193,6 +199,15 @@ impl Heap {
         let v = self.remote_collected.load(Ordering::Relaxed);
         self.remote_collected
             .store(v.wrapping_add(n as u64), Ordering::Relaxed);
+    }
+
+    /// Counts a slow path served by remote frees of a page past the first
+    /// of its queue (owner only).
+    #[inline]
+    fn count_reused_before_carving(&self) {
+        let v = self.reused_before_carving.load(Ordering::Relaxed);
+        self.reused_before_carving
+            .store(v.wrapping_add(1), Ordering::Relaxed);
     }
 
     fn queue(&self, class: usize) -> &Cell<PageList> {
