@@ -17,8 +17,15 @@ use std::sync::{Barrier, Mutex};
 #[global_allocator]
 static GLOBAL: spf::SpfAlloc = spf::SpfAlloc::new();
 
-/// Checkpoints per thread run.
-const CHECKS: usize = 8;
+/// Checkpoints per thread run: 8, or 1 (at the end only, the threads
+/// scheduled as they come) with `CHECKS=1` in the environment.
+fn checks() -> usize {
+    if std::env::var_os("CHECKS").is_some_and(|v| v == "1") {
+        1
+    } else {
+        8
+    }
+}
 
 struct Rng(u64);
 impl Rng {
@@ -82,14 +89,14 @@ fn larson(threads: usize, best: &Mutex<Option<(String, Residency)>>) {
                             // SAFETY: put in the table with this size.
                             unsafe { dealloc(old as *mut u8, layout(old_size)) };
                         }
-                        if (i + 1) % (OPS / CHECKS) == 0 {
+                        if (i + 1) % (OPS / checks()) == 0 {
                             barrier.wait();
                             barrier.wait();
                         }
                     }
                 });
             }
-            for c in 0..CHECKS {
+            for c in 0..checks() {
                 barrier.wait();
                 snapshot(best, format!("round {round}, checkpoint {c}"));
                 barrier.wait();
@@ -123,14 +130,14 @@ fn larson_free(threads: usize, best: &Mutex<Option<(String, Residency)>>) {
                             dealloc(old as *mut u8, layout(size));
                         }
                     }
-                    if (i + 1) % (OPS / CHECKS) == 0 {
+                    if (i + 1) % (OPS / checks()) == 0 {
                         barrier.wait();
                         barrier.wait();
                     }
                 }
             });
         }
-        for c in 0..CHECKS {
+        for c in 0..checks() {
             barrier.wait();
             snapshot(best, format!("checkpoint {c}"));
             barrier.wait();
@@ -153,7 +160,10 @@ fn main() {
     }
     let (at, r) = best.into_inner().unwrap().expect("a snapshot");
     let s = spf::alloc_stats();
-    println!("{which} T={threads}: highest RSS at {at}: process {:.1} MiB", mib(r.process));
+    println!(
+        "{which} T={threads}: highest RSS at {at}: process {:.1} MiB",
+        mib(r.process)
+    );
     println!("| place | kind | pages | resident | live | remote | free carved | full pages |");
     println!("|---|---|---|---|---|---|---|---|");
     let mut total = 0;
@@ -189,7 +199,10 @@ fn main() {
         .filter(|(_, &b)| b >= 256 << 10)
         .map(|(c, &b)| format!("{c}:{:.2}", mib(b)))
         .collect();
-    println!("resident not live by class (MiB, ≥ 0.25): {}", idle.join(" "));
+    println!(
+        "resident not live by class (MiB, ≥ 0.25): {}",
+        idle.join(" ")
+    );
     println!(
         "pages_handed_over {} pages_reclaimed {} page_runs_purged {} peak VmHWM {}",
         s.pages_handed_over,

@@ -172,7 +172,7 @@ pub unsafe fn residency() -> Residency {
         // SAFETY: a segment holding a page seen above: live.
         let kind = unsafe { segment::kind_of_segment(seg as *mut Segment) };
         let header = match kind {
-            PageKind::Small => SMALL_PAGE_SIZE,
+            PageKind::Small => segment::HEADER_PAGES * SMALL_PAGE_SIZE,
             PageKind::Medium => segment::MEDIUM_PAGE_SIZE,
         };
         debug_assert!(header < SEGMENT_SIZE);

@@ -6,6 +6,11 @@
 //! 64 KiB hold the [`Segment`] header with 64 [`Page`] descriptors, one per
 //! 64 KiB of the segment — the allocator's metadata never comes from its
 //! own blocks. Descriptor `i` describes the memory at `segment + i × 64 KiB`.
+//! (The small page's size is one constant, `SMALL_PAGE_SHIFT`: the header's
+//! pages, the medium pages' descriptors and the masks below follow from
+//! it. 64 KiB is what is measured and tested; with 16 KiB pages, peak RSS
+//! on larson-like at 8 threads fell by 15–30 % and slow paths rose enough
+//! to cost lock-free larson 20–40 % in time, see issue 13's report.)
 //! Two kinds ([`PageKind`]; a segment's pages are all of one kind):
 //!
 //! - a *small* segment: pages 1–63 are 64 KiB small pages, each serving one
@@ -59,9 +64,10 @@
 //!   the first nor the last of its queue, so that the queue's own words
 //!   are not written — leaves the queue for the pool (`heap`'s hand-over).
 //!   The owner takes its heap's lock around every
-//!   change to its queues and every slow-path use of its pages, so the
-//!   only unlocked owner accesses left are the fast paths: allocation from
-//!   the first page of a queue, and local frees into pages holding a live
+//!   change to its queues and every slow-path use of its pages but one, so
+//!   the only unlocked owner accesses left are allocation from the first
+//!   page of a queue (the fast path, and the slow path collecting that
+//!   page's remote frees), and local frees into pages holding a live
 //!   block — neither reaches a page S5 may reclaim: a local free reads
 //!   what it needs of the page before its Release store of `used`, and
 //!   touches the page after it only if that store made `used` 0 (then no
@@ -78,12 +84,21 @@ use spf_core::{Region, RegionOptions};
 pub const SEGMENT_SIZE: usize = 4 << 20;
 /// A small page, and the stride of page descriptors: 64 KiB. Not the
 /// kernel's page (spf-core's `PAGE_SIZE`, 4 KiB), hence the name.
-pub const SMALL_PAGE_SIZE: usize = 64 << 10;
+pub const SMALL_PAGE_SIZE: usize = 1 << SMALL_PAGE_SHIFT;
+/// log2 of `SMALL_PAGE_SIZE`: from a pointer to its descriptor is a shift.
+/// Everything else follows from it (`examples/residency.rs` and the
+/// report of issue 13 compare 16, 32 and 64 KiB).
+pub const SMALL_PAGE_SHIFT: u32 = 16;
 pub const PAGES_PER_SEGMENT: usize = SEGMENT_SIZE / SMALL_PAGE_SIZE;
-/// A medium page: 1 MiB, 16 descriptors apart.
+/// A medium page: 1 MiB, `PER_MEDIUM` descriptors apart.
 pub const MEDIUM_PAGE_SIZE: usize = 1 << 20;
-const MEDIUM_PAGES: [usize; 3] = [16, 32, 48];
-const SMALL_PAGES: core::ops::Range<usize> = 1..PAGES_PER_SEGMENT;
+/// Descriptors per medium page.
+pub const PER_MEDIUM: usize = MEDIUM_PAGE_SIZE / SMALL_PAGE_SIZE;
+const MEDIUM_PAGES: [usize; 3] = [PER_MEDIUM, 2 * PER_MEDIUM, 3 * PER_MEDIUM];
+/// Descriptors whose memory holds the segment's header (never pages): 1
+/// with 64 KiB pages.
+pub const HEADER_PAGES: usize = core::mem::size_of::<Segment>().div_ceil(SMALL_PAGE_SIZE);
+const SMALL_PAGES: core::ops::Range<usize> = HEADER_PAGES..PAGES_PER_SEGMENT;
 pub const MAGIC: usize = 0x5350_4653_4547_4d54; // "SPFSEGMT"
 /// Free segments of each kind kept (not returned to spf-core) for reuse.
 const KEEP_SEGMENTS: usize = 2;
@@ -122,8 +137,8 @@ impl PageKind {
     /// The segment header's `index_mask` for a segment of this kind.
     const fn index_mask(self) -> usize {
         match self {
-            PageKind::Small => 63,
-            PageKind::Medium => 0x30,
+            PageKind::Small => PAGES_PER_SEGMENT - 1,
+            PageKind::Medium => (PAGES_PER_SEGMENT - 1) & !(PER_MEDIUM - 1),
         }
     }
 
@@ -303,7 +318,9 @@ impl RemoteChain {
     /// `block` pushed in front of this chain.
     fn push(self, block: *mut Block, segment: *mut Segment) -> RemoteChain {
         let offset = block as usize - segment as usize;
-        debug_assert!((SMALL_PAGE_SIZE..SEGMENT_SIZE).contains(&offset) && offset % 16 == 0);
+        debug_assert!(
+            (HEADER_PAGES * SMALL_PAGE_SIZE..SEGMENT_SIZE).contains(&offset) && offset % 16 == 0
+        );
         RemoteChain(((self.len() as usize + 1) << 32) | offset)
     }
 }
@@ -334,8 +351,8 @@ const _: () = assert!(core::mem::size_of::<Page>() == 128);
 #[cfg(debug_assertions)]
 pub const LEDGER_WORDS: usize = SMALL_PAGE_SIZE / 16 / 64;
 
-// The page descriptors live in the segment's first 64 KiB page.
-const _: () = assert!(core::mem::size_of::<Segment>() <= SMALL_PAGE_SIZE);
+// The header lives in the first MiB, before a medium segment's first page.
+const _: () = assert!(HEADER_PAGES * SMALL_PAGE_SIZE <= MEDIUM_PAGE_SIZE);
 
 /// A segment's header, at its start: the allocator's metadata for the
 /// segment's 4 MiB, in its first 64 KiB.
@@ -368,7 +385,7 @@ pub struct Segment {
     index_mask: usize,
 }
 
-const _: () = assert!(MEDIUM_PAGE_SIZE == SMALL_PAGE_SIZE << 4 && MEDIUM_PAGES[0] == 0x10);
+const _: () = assert!(MEDIUM_PAGE_SIZE % SMALL_PAGE_SIZE == 0 && MEDIUM_PAGES[0] == PER_MEDIUM);
 
 /// The descriptor of the page holding `ptr`.
 ///
@@ -381,7 +398,7 @@ pub unsafe fn page_of(ptr: *mut u8) -> *mut Page {
     let offset = ptr as usize & (SEGMENT_SIZE - 1);
     // SAFETY: the caller's contract: the header is a live Segment, whose
     // mask never changes.
-    let index = (offset >> 16) & unsafe { (*seg).index_mask };
+    let index = (offset >> SMALL_PAGE_SHIFT) & unsafe { (*seg).index_mask };
     // SAFETY: as above; the index is below 64.
     unsafe { ptr::addr_of_mut!((*seg).pages[index]) }
 }
@@ -985,7 +1002,7 @@ pub fn page_alloc(class: usize) -> *mut Page {
 #[cold]
 fn segment_new(kind: PageKind) -> Option<*mut Page> {
     let opts = RegionOptions::default()
-        .granule(SMALL_PAGE_SIZE)
+        .granule(64 << 10)
         .align(SEGMENT_SIZE)
         .eager();
     let base = Region::reserve(SEGMENT_SIZE, opts).ok()?.into_raw();
