@@ -56,7 +56,7 @@ fn snapshot(best: &Mutex<Option<(String, Residency)>>, at: String) {
             sum(|e| e.remote),
             sum(|e| e.free),
             sum(|e| e.pages) * (1 << 20) as f64,
-            r.pages[3][0].resident as f64 / (1 << 20) as f64,
+            r.pages[4][0].resident as f64 / (1 << 20) as f64,
         );
     }
     let mut b = best.lock().unwrap();
@@ -164,8 +164,8 @@ fn main() {
         "{which} T={threads}: highest RSS at {at}: process {:.1} MiB",
         mib(r.process)
     );
-    println!("| place | kind | pages | resident | live | remote | free carved | full pages |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| place | kind | pages | resident | live | remote | free carved | resident uncarved | full pages |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let mut total = 0;
     for (i, place) in PLACES.iter().enumerate() {
         for (k, kind) in ["small", "medium"].iter().enumerate() {
@@ -175,12 +175,13 @@ fn main() {
             }
             total += e.resident;
             println!(
-                "| {place} | {kind} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {} |",
+                "| {place} | {kind} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} |",
                 e.pages,
                 mib(e.resident),
                 mib(e.live),
                 mib(e.remote),
                 mib(e.free),
+                mib(e.uncarved),
                 e.full
             );
         }

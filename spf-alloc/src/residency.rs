@@ -26,6 +26,10 @@ pub struct PageBytes {
     pub remote: u64,
     /// Bytes of other carved blocks that are free (on `free`, or in holes).
     pub free: u64,
+    /// Resident bytes past the carved blocks (rounded up to 4 KiB): memory
+    /// a page kept from an earlier use (a pooled dirty page taken for a new
+    /// class) that no block of its class uses yet.
+    pub uncarved: u64,
     /// Pages with every block carved and none free (`free` empty, no
     /// remote frees waiting).
     pub full: u64,
@@ -37,14 +41,16 @@ pub struct PageBytes {
 pub(crate) enum Place {
     /// The first page of a heap's class queue.
     First = 0,
-    /// Another page of a heap's class queue.
-    Queued = 1,
+    /// The last page of a heap's class queue (not also its first).
+    Last = 1,
+    /// A page of a heap's class queue between its first and last.
+    Queued = 2,
     /// On an abandoned list.
-    Abandoned = 2,
+    Abandoned = 3,
     /// In the pool, with its memory.
-    PoolDirty = 3,
+    PoolDirty = 4,
     /// In the pool, purged.
-    PoolPurged = 4,
+    PoolPurged = 5,
 }
 
 /// The map `residency` returns: `[place][kind]`, places in the order of
@@ -52,7 +58,7 @@ pub(crate) enum Place {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Residency {
     /// By place (`PLACES`) and kind (small, medium).
-    pub pages: [[PageBytes; 2]; 5],
+    pub pages: [[PageBytes; 2]; 6],
     /// Segments found.
     pub segments: u64,
     /// Resident bytes of segment headers (and, in medium segments, of the
@@ -66,8 +72,9 @@ pub struct Residency {
 }
 
 /// Names of the places, in the order of `Residency::pages`.
-pub const PLACES: [&str; 5] = [
+pub const PLACES: [&str; 6] = [
     "first page of a class queue",
+    "last page of a class queue",
     "other queued pages",
     "abandoned pages",
     "pool, dirty",
@@ -144,6 +151,7 @@ pub unsafe fn residency() -> Residency {
             p.remote_waiting() as u64
         };
         let carved = p.capacity.get() as u64 * size;
+        e.uncarved += res.saturating_sub(carved.next_multiple_of(HOLE_RUN as u64));
         e.live += (used - remote) * size;
         e.remote += remote * size;
         e.free += carved - used * size;
@@ -154,8 +162,13 @@ pub unsafe fn residency() -> Residency {
     };
     // SAFETY: the caller's contract.
     unsafe {
-        heap::for_each_queued_page(&mut |page, first| {
-            visit(page, if first { Place::First } else { Place::Queued })
+        heap::for_each_queued_page(&mut |page, place| {
+            let place = match place {
+                0 => Place::First,
+                1 => Place::Last,
+                _ => Place::Queued,
+            };
+            visit(page, place)
         });
         heap::for_each_abandoned_page(&mut |page| visit(page, Place::Abandoned));
         segment::for_each_pooled_page(&mut |page| {

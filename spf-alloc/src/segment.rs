@@ -8,9 +8,11 @@
 //! own blocks. Descriptor `i` describes the memory at `segment + i × 64 KiB`.
 //! (The small page's size is one constant, `SMALL_PAGE_SHIFT`: the header's
 //! pages, the medium pages' descriptors and the masks below follow from
-//! it. 64 KiB is what is measured and tested; with 16 KiB pages, peak RSS
-//! on larson-like at 8 threads fell by 15–30 % and slow paths rose enough
-//! to cost lock-free larson 20–40 % in time, see issue 13's report.)
+//! it. 64 KiB is what is measured and tested. With 16 KiB pages, peak RSS
+//! on larson-like at 8 threads fell by about a sixth, but the churn
+//! workloads ran 27–33 % more instructions: a page's remote-free chain
+//! holds at most a quarter as many blocks, so slow paths come four times
+//! as often, and each walks longer class queues of full pages.)
 //! Two kinds ([`PageKind`]; a segment's pages are all of one kind):
 //!
 //! - a *small* segment: pages 1–63 are 64 KiB small pages, each serving one
@@ -33,6 +35,13 @@
 //! lists meanwhile and counted in their segments as pages in use
 //! (`decay_pool`); segments whose pages are all free go back to spf-core
 //! once the pool holds more than two free segments' worth of that kind.
+//!
+//! A page taken dirty from the pool to start a heap's queue of a class
+//! keeps only its first `TAIL_KEEP_BLOCKS` blocks' worth resident: the rest
+//! is purged before any block is carved (`Page::purge_dirty_tail`), since
+//! most threads use a few blocks of most classes (on larson-like at 8
+//! threads, with threads made afresh each round, the first pages of the
+//! queues held 6 MiB of such memory, a sixth of all).
 //!
 //! Free memory inside a page still in use goes back at 4 KiB granularity:
 //! the owner's decay turns every 4 KiB run covered only by free blocks
@@ -64,10 +73,9 @@
 //!   the first nor the last of its queue, so that the queue's own words
 //!   are not written — leaves the queue for the pool (`heap`'s hand-over).
 //!   The owner takes its heap's lock around every
-//!   change to its queues and every slow-path use of its pages but one, so
-//!   the only unlocked owner accesses left are allocation from the first
-//!   page of a queue (the fast path, and the slow path collecting that
-//!   page's remote frees), and local frees into pages holding a live
+//!   change to its queues and every slow-path use of its pages, so the
+//!   only unlocked owner accesses left are the fast paths: allocation from
+//!   the first page of a queue, and local frees into pages holding a live
 //!   block — neither reaches a page S5 may reclaim: a local free reads
 //!   what it needs of the page before its Release store of `used`, and
 //!   touches the page after it only if that store made `used` 0 (then no
@@ -276,6 +284,14 @@ pub const HOLE_WORDS: usize = MEDIUM_PAGE_SIZE / HOLE_RUN / 64;
 /// the page with the most blocks (64 KiB of 16-byte blocks).
 const MAX_BLOCKS: usize = SMALL_PAGE_SIZE / 16;
 
+/// Blocks' worth of a dirty page kept resident when it starts a class
+/// queue (`Page::purge_dirty_tail`).
+pub const TAIL_KEEP_BLOCKS: usize = 16;
+
+/// Pages taken dirty from the pool to start a class queue whose part past
+/// `TAIL_KEEP_BLOCKS` blocks was purged, for statistics.
+pub static DIRTY_TAILS_PURGED: AtomicU64 = AtomicU64::new(0);
+
 /// The tag `thread_free` holds, alone, while its page is abandoned: blocks
 /// are at least 16-byte aligned, so no chain's word has this bit.
 pub const ABANDONED: usize = 1;
@@ -453,6 +469,31 @@ impl Page {
         }
         self.free.set(head);
         self.capacity.set((start + n) as u32);
+    }
+
+    /// Gives back to the kernel the part of a page just taken dirty from
+    /// the pool that its class will not reach soon: all but the first
+    /// `TAIL_KEEP_BLOCKS` blocks' worth (rounded up to 4 KiB), for a page
+    /// that starts a class queue (`alloc_slow`). A heap's first page of a
+    /// class often holds a few blocks for the thread's whole life; taken
+    /// dirty, all of its 64 KiB stayed resident. Returns whether it
+    /// purged (false for a purged page, or a class whose blocks fill it).
+    ///
+    /// # Safety
+    /// The caller owns the page (S1), fresh from `page_alloc`: no block
+    /// carved yet.
+    pub unsafe fn purge_dirty_tail(&self) -> bool {
+        debug_assert_eq!(self.capacity.get(), 0, "a page with blocks carved");
+        let keep = (TAIL_KEEP_BLOCKS * self.size.get() as usize).next_multiple_of(HOLE_RUN);
+        let len = self.bytes();
+        if self.purged.get() || keep >= len {
+            return false;
+        }
+        // SAFETY: the caller's contract: a page of a live segment that we
+        // own with no block carved, so nothing in it will be read before
+        // `extend` carves (and writes) blocks afresh; page aligned.
+        let _ = unsafe { spf_core::purge_pages(self.area.get().add(keep), len - keep) };
+        true
     }
 
     /// Whether the page has holes (`holes`) to fill.

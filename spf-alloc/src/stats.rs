@@ -62,10 +62,10 @@ pub struct AllocStats {
     /// pages that were given back whole, abandoned or reclaimed are not
     /// counted.
     pub remote_collected: u64,
-    /// Slow paths that took blocks freed by other threads from a page of
-    /// the class queue past the first, before carving new blocks or taking
-    /// a page (ever; see `heap/alloc.rs`, `alloc_from_queue`).
-    pub reused_before_carving: u64,
+    /// Pages taken dirty from the page pool to start a thread's queue of a
+    /// class, whose memory past their first 16 blocks went back to the
+    /// kernel (ever).
+    pub dirty_tails_purged: u64,
     /// spf-core's fault counters.
     pub core: spf_core::Stats,
 }
@@ -76,15 +76,12 @@ pub fn stats() -> AllocStats {
     let mut small: i64 = -heap::FALLBACK_FREED.load(Relaxed);
     let mut heaps = 0;
     let mut remote_collected = 0u64;
-    let mut reused_before_carving = 0u64;
     let mut h = ALL_HEAPS.load(core::sync::atomic::Ordering::Acquire);
     while !h.is_null() {
         // SAFETY: heaps are never freed.
         unsafe {
             small += (*h).allocated.load(Relaxed);
             remote_collected = remote_collected.wrapping_add((*h).remote_collected.load(Relaxed));
-            reused_before_carving =
-                reused_before_carving.wrapping_add((*h).reused_before_carving.load(Relaxed));
             h = (*h).next_all.load(Relaxed);
         }
         heaps += 1;
@@ -113,7 +110,7 @@ pub fn stats() -> AllocStats {
         pages_handed_over: heap::PAGES_HANDED_OVER.load(Relaxed),
         page_runs_purged: heap::PAGE_RUNS_PURGED.load(Relaxed),
         remote_collected,
-        reused_before_carving,
+        dirty_tails_purged: crate::segment::DIRTY_TAILS_PURGED.load(Relaxed),
         core,
     }
 }
@@ -141,7 +138,7 @@ impl AllocStats {
             (self.pages_handed_over, "pages_handed_over"),
             (self.page_runs_purged, "page_runs_purged"),
             (self.remote_collected, "remote_collected"),
-            (self.reused_before_carving, "reused_before_carving"),
+            (self.dirty_tails_purged, "dirty_tails_purged"),
         ] {
             writeln!(f, "{v:>16}      {name}")?;
         }

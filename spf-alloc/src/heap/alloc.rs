@@ -102,6 +102,10 @@ fn alloc_slow(h: &Heap, class: usize) -> *mut u8 {
     if !h.active.load(Ordering::Relaxed) {
         h.active.store(true, Ordering::Relaxed);
     }
+    if sweep_due(h) {
+        h.sweep_requested.store(false, Ordering::Relaxed);
+        sweep(h, Keep::FirstOfClass);
+    }
     let n = h.slow_paths.get().wrapping_add(1);
     h.slow_paths.set(n);
     if n % 64 == 0 {
@@ -114,29 +118,6 @@ fn alloc_slow(h: &Heap, class: usize) -> *mut u8 {
             large::maybe_decay();
         }
     }
-    // The first page's own remote frees, without the heap's lock and
-    // before `sweep_due` reads the line the freers write: no reclaimer
-    // touches the first page of a queue (S5), and most slow paths of a
-    // thread whose blocks others free end here (the lock's CAS and that
-    // read were a third of `alloc_slow`'s samples on lock-free larson
-    // with 16 KiB pages).
-    let first = h.queue(class).get().first;
-    if !first.is_null() {
-        // SAFETY: the first page of our queue: ours (S1), and no other
-        // thread touches it (S5).
-        let p = unsafe { &*first };
-        if p.free.get().is_null() {
-            let got = p.collect();
-            if got > 0 {
-                h.count_collected(got);
-                return pop(h, p);
-            }
-        }
-    }
-    if sweep_due(h) {
-        h.sweep_requested.store(false, Ordering::Relaxed);
-        sweep(h, Keep::FirstOfClass);
-    }
     if let Some(b) = alloc_from_queue(h, class) {
         return b;
     }
@@ -147,9 +128,14 @@ fn alloc_slow(h: &Heap, class: usize) -> *mut u8 {
                 if !segment::pool_has_dirty(PageKind::of_class(class)) {
                     hand_over_free_pages(h);
                 }
+                let starts_queue = h.queue(class).get().first.is_null();
                 let p = segment::page_alloc(class);
                 if p.is_null() {
                     return null_mut();
+                }
+                // SAFETY: fresh from the pool: ours, nothing carved.
+                if starts_queue && unsafe { (*p).purge_dirty_tail() } {
+                    segment::DIRTY_TAILS_PURGED.fetch_add(1, Ordering::Relaxed);
                 }
                 // SAFETY: fresh from the pool: ours, in no list.
                 unsafe { take(h, p) };
@@ -172,65 +158,38 @@ fn alloc_slow(h: &Heap, class: usize) -> *mut u8 {
     }
 }
 
-/// Pages of a class queue the slow path looks at, at most, in each of its
-/// two passes.
-const QUEUE_LOOK: usize = 8;
-
-/// A block from the first pages of the class queue, or `None`: under the
-/// heap's lock. Blocks already freed come before new memory: a first pass
-/// collects remote frees page by page until one page has free blocks, and
-/// only if none has does a second refill holes left by decay or carve new
-/// blocks (both fault memory in). Carving as soon as the first page ran
-/// dry left the remote frees of the queue's other pages waiting while new
-/// memory was touched: on larson-like at 8 threads, 14.7 MiB of remote
-/// frees waited in pages beside 8.8 MiB of live blocks.
+/// A block from the first pages of the class queue (collecting their
+/// remote frees, refilling holes left by decay, carving new blocks), or
+/// `None`: under the heap's lock.
 fn alloc_from_queue(h: &Heap, class: usize) -> Option<*mut u8> {
     let _locked = h.lock.lock();
     let q = h.queue(class);
-    let to_front = |page: *mut Page| {
-        let mut list = q.get();
-        if list.first != page {
-            // SAFETY: `page` is in this list; move it to the front.
-            unsafe {
-                list.remove(page);
-                list.push_front(page);
-            }
-            q.set(list);
-        }
-    };
     let mut page = q.get().first;
     let mut looked = 0;
-    while !page.is_null() && looked < QUEUE_LOOK {
-        // SAFETY: pages in our queue are ours (S1).
-        let p = unsafe { &*page };
-        if p.free.get().is_null() {
-            h.count_collected(p.collect());
-        }
-        if !p.free.get().is_null() {
-            if looked > 0 {
-                h.count_reused_before_carving();
-            }
-            to_front(page);
-            return Some(pop(h, p));
-        }
-        page = p.next.get();
-        looked += 1;
-    }
-    let mut page = q.get().first;
-    let mut looked = 0;
-    while !page.is_null() && looked < QUEUE_LOOK {
+    while !page.is_null() && looked < 8 {
         // SAFETY: pages in our queue are ours (S1).
         let p = unsafe { &*page };
         let next = p.next.get();
+        if p.free.get().is_null() {
+            h.count_collected(p.collect());
+        }
         // Holes before new blocks: both fault memory in as they are used.
-        if p.has_holes() {
+        if p.free.get().is_null() && p.has_holes() {
             p.fill_holes();
         }
         if p.free.get().is_null() && p.capacity.get() < p.reserved.get() {
             p.extend();
         }
         if !p.free.get().is_null() {
-            to_front(page);
+            let mut list = q.get();
+            if list.first != page {
+                // SAFETY: `page` is in this list; move it to the front.
+                unsafe {
+                    list.remove(page);
+                    list.push_front(page);
+                }
+                q.set(list);
+            }
             return Some(pop(h, p));
         }
         // Full: move it to the back, out of the way of the next search.

@@ -71,11 +71,6 @@ pub struct Heap {
     /// blocks of the chains it took whole or linked): written by the owner
     /// only, with a plain load and store; read by `stats`.
     pub remote_collected: AtomicU64,
-    /// Slow paths that found free blocks (remote frees collected) in a page
-    /// of the class queue past the first, where before they carved new
-    /// blocks (`alloc_from_queue`): written by the owner only, under its
-    /// lock, with a plain load and store; read by `stats`.
-    pub reused_before_carving: AtomicU64,
     /// Pages in `queues`: written under `lock`, by the owner (`take`,
     /// `unqueue_and_free`, `abandon` after detaching every queue) and by a
     /// thread handing one of its free pages over (`hand_over_free_pages`);
@@ -173,7 +168,6 @@ impl Heap {
             queues: [const { Cell::new(PageList::new()) }; CLASSES],
             allocated: AtomicI64::new(0),
             remote_collected: AtomicU64::new(0),
-            reused_before_carving: AtomicU64::new(0),
             pages: AtomicUsize::new(0),
             slow_paths: Cell::new(0),
             last_release: Cell::new(0),
@@ -201,27 +195,18 @@ impl Heap {
             .store(v.wrapping_add(n as u64), Ordering::Relaxed);
     }
 
-    /// Counts a slow path served by remote frees of a page past the first
-    /// of its queue (owner only).
-    #[inline]
-    fn count_reused_before_carving(&self) {
-        let v = self.reused_before_carving.load(Ordering::Relaxed);
-        self.reused_before_carving
-            .store(v.wrapping_add(1), Ordering::Relaxed);
-    }
-
     fn queue(&self, class: usize) -> &Cell<PageList> {
         &self.queues[class]
     }
 }
 
-/// Calls `f` on every page of every heap's class queues (with whether it
-/// is the first of its queue), under that heap's lock; `f` must not
-/// allocate.
+/// Calls `f` on every page of every heap's class queues, with its place in
+/// its queue (0 first, 1 last, 2 between), under that heap's lock; `f`
+/// must not allocate.
 ///
 /// # Safety
 /// For `residency` only, whose contract the caller keeps.
-pub(crate) unsafe fn for_each_queued_page(f: &mut dyn FnMut(*mut crate::segment::Page, bool)) {
+pub(crate) unsafe fn for_each_queued_page(f: &mut dyn FnMut(*mut crate::segment::Page, u8)) {
     let mut h = ALL_HEAPS.load(Ordering::Acquire);
     while !h.is_null() {
         // SAFETY: heaps are never freed.
@@ -229,11 +214,17 @@ pub(crate) unsafe fn for_each_queued_page(f: &mut dyn FnMut(*mut crate::segment:
         {
             let _locked = heap.lock.lock();
             for class in 0..CLASSES {
-                let mut page = heap.queue(class).get().first;
-                let mut first = true;
+                let list = heap.queue(class).get();
+                let mut page = list.first;
                 while !page.is_null() {
-                    f(page, first);
-                    first = false;
+                    let place = if page == list.first {
+                        0
+                    } else if page == list.last {
+                        1
+                    } else {
+                        2
+                    };
+                    f(page, place);
                     // SAFETY: a page of the heap's queue, under its lock.
                     page = unsafe { (*page).next.get() };
                 }
