@@ -415,7 +415,7 @@ pub unsafe fn page_of(ptr: *mut u8) -> *mut Page {
     // SAFETY: the caller's contract: the header is a live Segment, whose
     // mask never changes.
     let index = (offset >> SMALL_PAGE_SHIFT) & unsafe { (*seg).index_mask };
-    // SAFETY: as above; the index is below 64.
+    // SAFETY: as above; the mask keeps the index below PAGES_PER_SEGMENT.
     unsafe { ptr::addr_of_mut!((*seg).pages[index]) }
 }
 
