@@ -14,4 +14,6 @@ pub use spf_core::{
 
 // spf's own plumbing, shared by its crates, examples and tests; not an API.
 #[doc(hidden)]
+pub use spf_alloc::residency;
+#[doc(hidden)]
 pub use spf_core::{getenv, parse_size, report, testing};

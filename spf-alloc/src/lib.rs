@@ -32,6 +32,8 @@ mod lock;
 mod lookup;
 mod misuse;
 mod options;
+#[doc(hidden)]
+pub mod residency;
 mod segment;
 mod size_class;
 mod stats;

@@ -22,7 +22,9 @@
 //! loads; for large blocks also a scan of the large cache under its lock.
 
 use crate::large;
-use crate::segment::{PageKind, Segment, MAGIC, SEGMENT_SIZE, SMALL_PAGE_SIZE};
+use crate::segment::{
+    PageKind, Segment, HEADER_PAGES, MAGIC, PER_MEDIUM, SEGMENT_SIZE, SMALL_PAGE_SIZE,
+};
 use crate::size_class::{block_size, MAX_PAGE_ALIGN, MEDIUM_MAX};
 use core::alloc::Layout;
 
@@ -77,7 +79,7 @@ pub fn block_layout(ptr: *const u8) -> Option<Layout> {
     // SAFETY: a live segment: its header stays until every page is free,
     // and a pointer into a page in use keeps that page from the pool.
     let pages = unsafe { &(*seg).pages };
-    let medium = &pages[index & !15];
+    let medium = &pages[index & !(PER_MEDIUM - 1)];
     let page = match medium.kind() {
         PageKind::Small => &pages[index],
         PageKind::Medium => medium,
@@ -85,7 +87,7 @@ pub fn block_layout(ptr: *const u8) -> Option<Layout> {
     let class = page.class.get() as usize;
     let size = block_size(class);
     let offset = addr.wrapping_sub(page.area.get() as usize);
-    if index == 0 || offset % size != 0 || offset / size >= page.reserved.get() as usize {
+    if index < HEADER_PAGES || offset % size != 0 || offset / size >= page.reserved.get() as usize {
         return None;
     }
     // `class_for(size, 16)` is `class` again: classes are tight.

@@ -6,6 +6,13 @@
 //! 64 KiB hold the [`Segment`] header with 64 [`Page`] descriptors, one per
 //! 64 KiB of the segment — the allocator's metadata never comes from its
 //! own blocks. Descriptor `i` describes the memory at `segment + i × 64 KiB`.
+//! (The small page's size is one constant, `SMALL_PAGE_SHIFT`: the header's
+//! pages, the medium pages' descriptors and the masks below follow from
+//! it. 64 KiB is what is measured and tested. With 16 KiB pages, peak RSS
+//! on larson-like at 8 threads fell by about a sixth, but the churn
+//! workloads ran 27–33 % more instructions: a page's remote-free chain
+//! holds at most a quarter as many blocks, so slow paths come four times
+//! as often, and each walks longer class queues of full pages.)
 //! Two kinds ([`PageKind`]; a segment's pages are all of one kind):
 //!
 //! - a *small* segment: pages 1–63 are 64 KiB small pages, each serving one
@@ -28,6 +35,13 @@
 //! lists meanwhile and counted in their segments as pages in use
 //! (`decay_pool`); segments whose pages are all free go back to spf-core
 //! once the pool holds more than two free segments' worth of that kind.
+//!
+//! A page taken dirty from the pool to start a heap's queue of a class
+//! keeps only its first `TAIL_KEEP_BLOCKS` blocks' worth resident: the rest
+//! is purged before any block is carved (`Page::purge_dirty_tail`), since
+//! most threads use a few blocks of most classes (on larson-like at 8
+//! threads, with threads made afresh each round, the first pages of the
+//! queues held 6 MiB of such memory, a sixth of all).
 //!
 //! Free memory inside a page still in use goes back at 4 KiB granularity:
 //! the owner's decay turns every 4 KiB run covered only by free blocks
@@ -78,12 +92,21 @@ use spf_core::{Region, RegionOptions};
 pub const SEGMENT_SIZE: usize = 4 << 20;
 /// A small page, and the stride of page descriptors: 64 KiB. Not the
 /// kernel's page (spf-core's `PAGE_SIZE`, 4 KiB), hence the name.
-pub const SMALL_PAGE_SIZE: usize = 64 << 10;
+pub const SMALL_PAGE_SIZE: usize = 1 << SMALL_PAGE_SHIFT;
+/// log2 of `SMALL_PAGE_SIZE`: from a pointer to its descriptor is a shift.
+/// Everything else follows from it (`examples/residency.rs` and the
+/// report of issue 13 compare 16, 32 and 64 KiB).
+pub const SMALL_PAGE_SHIFT: u32 = 16;
 pub const PAGES_PER_SEGMENT: usize = SEGMENT_SIZE / SMALL_PAGE_SIZE;
-/// A medium page: 1 MiB, 16 descriptors apart.
+/// A medium page: 1 MiB, `PER_MEDIUM` descriptors apart.
 pub const MEDIUM_PAGE_SIZE: usize = 1 << 20;
-const MEDIUM_PAGES: [usize; 3] = [16, 32, 48];
-const SMALL_PAGES: core::ops::Range<usize> = 1..PAGES_PER_SEGMENT;
+/// Descriptors per medium page.
+pub const PER_MEDIUM: usize = MEDIUM_PAGE_SIZE / SMALL_PAGE_SIZE;
+const MEDIUM_PAGES: [usize; 3] = [PER_MEDIUM, 2 * PER_MEDIUM, 3 * PER_MEDIUM];
+/// Descriptors whose memory holds the segment's header (never pages): 1
+/// with 64 KiB pages.
+pub const HEADER_PAGES: usize = core::mem::size_of::<Segment>().div_ceil(SMALL_PAGE_SIZE);
+const SMALL_PAGES: core::ops::Range<usize> = HEADER_PAGES..PAGES_PER_SEGMENT;
 pub const MAGIC: usize = 0x5350_4653_4547_4d54; // "SPFSEGMT"
 /// Free segments of each kind kept (not returned to spf-core) for reuse.
 const KEEP_SEGMENTS: usize = 2;
@@ -122,8 +145,8 @@ impl PageKind {
     /// The segment header's `index_mask` for a segment of this kind.
     const fn index_mask(self) -> usize {
         match self {
-            PageKind::Small => 63,
-            PageKind::Medium => 0x30,
+            PageKind::Small => PAGES_PER_SEGMENT - 1,
+            PageKind::Medium => (PAGES_PER_SEGMENT - 1) & !(PER_MEDIUM - 1),
         }
     }
 
@@ -261,6 +284,14 @@ pub const HOLE_WORDS: usize = MEDIUM_PAGE_SIZE / HOLE_RUN / 64;
 /// the page with the most blocks (64 KiB of 16-byte blocks).
 const MAX_BLOCKS: usize = SMALL_PAGE_SIZE / 16;
 
+/// Blocks' worth of a dirty page kept resident when it starts a class
+/// queue (`Page::purge_dirty_tail`).
+pub const TAIL_KEEP_BLOCKS: usize = 16;
+
+/// Pages taken dirty from the pool to start a class queue whose part past
+/// `TAIL_KEEP_BLOCKS` blocks was purged, for statistics.
+pub static DIRTY_TAILS_PURGED: AtomicU64 = AtomicU64::new(0);
+
 /// The tag `thread_free` holds, alone, while its page is abandoned: blocks
 /// are at least 16-byte aligned, so no chain's word has this bit.
 pub const ABANDONED: usize = 1;
@@ -303,7 +334,9 @@ impl RemoteChain {
     /// `block` pushed in front of this chain.
     fn push(self, block: *mut Block, segment: *mut Segment) -> RemoteChain {
         let offset = block as usize - segment as usize;
-        debug_assert!((SMALL_PAGE_SIZE..SEGMENT_SIZE).contains(&offset) && offset % 16 == 0);
+        debug_assert!(
+            (HEADER_PAGES * SMALL_PAGE_SIZE..SEGMENT_SIZE).contains(&offset) && offset % 16 == 0
+        );
         RemoteChain(((self.len() as usize + 1) << 32) | offset)
     }
 }
@@ -334,8 +367,8 @@ const _: () = assert!(core::mem::size_of::<Page>() == 128);
 #[cfg(debug_assertions)]
 pub const LEDGER_WORDS: usize = SMALL_PAGE_SIZE / 16 / 64;
 
-// The page descriptors live in the segment's first 64 KiB page.
-const _: () = assert!(core::mem::size_of::<Segment>() <= SMALL_PAGE_SIZE);
+// The header lives in the first MiB, before a medium segment's first page.
+const _: () = assert!(HEADER_PAGES * SMALL_PAGE_SIZE <= MEDIUM_PAGE_SIZE);
 
 /// A segment's header, at its start: the allocator's metadata for the
 /// segment's 4 MiB, in its first 64 KiB.
@@ -368,7 +401,7 @@ pub struct Segment {
     index_mask: usize,
 }
 
-const _: () = assert!(MEDIUM_PAGE_SIZE == SMALL_PAGE_SIZE << 4 && MEDIUM_PAGES[0] == 0x10);
+const _: () = assert!(MEDIUM_PAGE_SIZE % SMALL_PAGE_SIZE == 0 && MEDIUM_PAGES[0] == PER_MEDIUM);
 
 /// The descriptor of the page holding `ptr`.
 ///
@@ -381,8 +414,8 @@ pub unsafe fn page_of(ptr: *mut u8) -> *mut Page {
     let offset = ptr as usize & (SEGMENT_SIZE - 1);
     // SAFETY: the caller's contract: the header is a live Segment, whose
     // mask never changes.
-    let index = (offset >> 16) & unsafe { (*seg).index_mask };
-    // SAFETY: as above; the index is below 64.
+    let index = (offset >> SMALL_PAGE_SHIFT) & unsafe { (*seg).index_mask };
+    // SAFETY: as above; the mask keeps the index below PAGES_PER_SEGMENT.
     unsafe { ptr::addr_of_mut!((*seg).pages[index]) }
 }
 
@@ -436,6 +469,31 @@ impl Page {
         }
         self.free.set(head);
         self.capacity.set((start + n) as u32);
+    }
+
+    /// Gives back to the kernel the part of a page just taken dirty from
+    /// the pool that its class will not reach soon: all but the first
+    /// `TAIL_KEEP_BLOCKS` blocks' worth (rounded up to 4 KiB), for a page
+    /// that starts a class queue (`alloc_slow`). A heap's first page of a
+    /// class often holds a few blocks for the thread's whole life; taken
+    /// dirty, all of its 64 KiB stayed resident. Returns whether it
+    /// purged (false for a purged page, or a class whose blocks fill it).
+    ///
+    /// # Safety
+    /// The caller owns the page (S1), fresh from `page_alloc`: no block
+    /// carved yet.
+    pub unsafe fn purge_dirty_tail(&self) -> bool {
+        debug_assert_eq!(self.capacity.get(), 0, "a page with blocks carved");
+        let keep = (TAIL_KEEP_BLOCKS * self.size.get() as usize).next_multiple_of(HOLE_RUN);
+        let len = self.bytes();
+        if self.purged.get() || keep >= len {
+            return false;
+        }
+        // SAFETY: the caller's contract: a page of a live segment that we
+        // own with no block carved, so nothing in it will be read before
+        // `extend` carves (and writes) blocks afresh; page aligned.
+        let _ = unsafe { spf_core::purge_pages(self.area.get().add(keep), len - keep) };
+        true
     }
 
     /// Whether the page has holes (`holes`) to fill.
@@ -908,6 +966,36 @@ static POOL: SpinLock<Pool> = SpinLock::new(Pool {
 pub static SMALL_PAGES_IN_USE: AtomicU64 = AtomicU64::new(0);
 pub static MEDIUM_PAGES_IN_USE: AtomicU64 = AtomicU64::new(0);
 
+/// The kind of a segment's pages (from its header's mask).
+///
+/// # Safety
+/// `seg` is a live segment.
+pub unsafe fn kind_of_segment(seg: *mut Segment) -> PageKind {
+    // SAFETY: the caller's contract; the mask never changes.
+    if unsafe { (*seg).index_mask } == PageKind::Small.index_mask() {
+        PageKind::Small
+    } else {
+        PageKind::Medium
+    }
+}
+
+/// Calls `f` on every pooled page, under the pool lock (`f` must not
+/// allocate or take the pool lock).
+///
+/// # Safety
+/// For `residency` only: `f` reads the pages it is given.
+pub unsafe fn for_each_pooled_page(f: &mut dyn FnMut(*mut Page)) {
+    let pool = POOL.lock();
+    for kind in PageKind::ALL {
+        let mut p = pool.lists[kind as usize].first;
+        while !p.is_null() {
+            f(p);
+            // SAFETY: a pooled page, under the pool lock.
+            p = unsafe { (*p).next.get() };
+        }
+    }
+}
+
 /// Whether the pool holds a page of `kind` whose memory is still resident
 /// (freed less than a decay time ago): taking one touches no new memory.
 /// A hint (the pool may change as soon as its lock is released).
@@ -955,7 +1043,7 @@ pub fn page_alloc(class: usize) -> *mut Page {
 #[cold]
 fn segment_new(kind: PageKind) -> Option<*mut Page> {
     let opts = RegionOptions::default()
-        .granule(SMALL_PAGE_SIZE)
+        .granule(64 << 10)
         .align(SEGMENT_SIZE)
         .eager();
     let base = Region::reserve(SEGMENT_SIZE, opts).ok()?.into_raw();

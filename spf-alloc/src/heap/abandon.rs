@@ -168,6 +168,23 @@ pub(super) fn adopt(h: &Heap, class: usize) -> Option<*mut Page> {
     Some(page)
 }
 
+/// Calls `f` on every abandoned page, under the lists' lock; `f` must not
+/// allocate.
+///
+/// # Safety
+/// For `residency` only.
+pub(crate) unsafe fn for_each_abandoned_page(f: &mut dyn FnMut(*mut Page)) {
+    let lists = ABANDONED.lock();
+    for list in &lists.0 {
+        let mut p = list.first;
+        while !p.is_null() {
+            f(p);
+            // SAFETY: a listed page, under the lists' lock.
+            p = unsafe { (*p).next.get() };
+        }
+    }
+}
+
 pub fn fork_lock_abandoned() {
     ABANDONED.lock_forever();
 }

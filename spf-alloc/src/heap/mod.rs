@@ -200,6 +200,42 @@ impl Heap {
     }
 }
 
+/// Calls `f` on every page of every heap's class queues, with its place in
+/// its queue (0 first, 1 last, 2 between), under that heap's lock; `f`
+/// must not allocate.
+///
+/// # Safety
+/// For `residency` only, whose contract the caller keeps.
+pub(crate) unsafe fn for_each_queued_page(f: &mut dyn FnMut(*mut crate::segment::Page, u8)) {
+    let mut h = ALL_HEAPS.load(Ordering::Acquire);
+    while !h.is_null() {
+        // SAFETY: heaps are never freed.
+        let heap = unsafe { &*h };
+        {
+            let _locked = heap.lock.lock();
+            for class in 0..CLASSES {
+                let list = heap.queue(class).get();
+                let mut page = list.first;
+                while !page.is_null() {
+                    let place = if page == list.first {
+                        0
+                    } else if page == list.last {
+                        1
+                    } else {
+                        2
+                    };
+                    f(page, place);
+                    // SAFETY: a page of the heap's queue, under its lock.
+                    page = unsafe { (*page).next.get() };
+                }
+            }
+        }
+        h = heap.next_all.load(Ordering::Relaxed);
+    }
+}
+
+pub(crate) use abandon::for_each_abandoned_page;
+
 /// Takes every heap's lock for `fork()` (after the heap pool's lock, so
 /// no heap is made meanwhile): the child must not inherit a reclaim half
 /// done.
