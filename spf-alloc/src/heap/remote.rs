@@ -23,11 +23,15 @@
 //!   page is given to the pool, reclaimed or handed over (S5) while any of
 //!   its blocks waits here, and reading the page when the chain is pushed
 //!   is as safe as it was at the free (S4). The push is the last access.
-//! - B2: the buffer holds less than `BUDGET` bytes (block sizes as their
-//!   class says) between calls: the free that reaches it pushes every
-//!   chain. So an idle thread holds back at most `BUDGET` bytes of other
-//!   threads' memory; its own allocation slow path (every 64th, and
-//!   whenever it is about to take a fresh page), `spf::purge()` on that
+//! - B2: the buffer holds less than `BUDGET` (64 KiB) of blocks (at their
+//!   class sizes) between calls: the free that reaches it pushes every
+//!   chain, so a medium block of 64 KiB or more is pushed at once. An idle
+//!   thread thus holds back less than 64 KiB of other threads' blocks, in
+//!   at most `SLOTS` (64) pages, of which at most 7 medium pages (their
+//!   blocks are over 8 KiB); those pages cannot go back to the pool
+//!   meanwhile, but their owners' decay still purges the rest of their
+//!   free memory (holes). Its own allocation slow path (every 64th, and
+//!   whenever it is about to adopt or take a page), `spf::purge()` on that
 //!   thread and the thread's exit push everything.
 //! - B3: a slot is emptied before its chain is pushed, so a free that
 //!   re-enters the allocator during a push (giving an abandoned page back
