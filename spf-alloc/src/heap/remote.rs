@@ -13,9 +13,12 @@
 //!
 //! What it owns: `SLOTS` open chains, one per destination page, each a
 //! list of blocks linked through their first word (head, tail, count),
-//! found by hashing the page descriptor's address (direct-mapped: a free
-//! into a page whose slot holds another page pushes that page's chain
-//! first), and a count of the bytes they hold. Owner-only: the buffer is
+//! found by hashing the page descriptor's address into a set of two
+//! slots (a free into a page whose set holds two other pages pushes the
+//! longer of their chains first, as snmalloc evicts its longest: the most
+//! blocks per CAS, and the shorter chain may still grow; two ways rather
+//! than one took lock-free larson from 1.6 to 2.1 blocks per CAS at
+//! 2 threads, 1.6 to 1.8 at 8), and a count of the bytes they hold. Owner-only: the buffer is
 //! part of its thread's [`Heap`] and only that thread touches it.
 //!
 //! Invariants:
@@ -53,7 +56,8 @@ use core::cell::Cell;
 use core::ptr::null_mut;
 use core::sync::atomic::Ordering;
 
-/// Open chains (one destination page each). A power of two.
+/// Open chains (one destination page each), in sets of two. A power of
+/// two.
 const SLOTS: usize = 64;
 
 /// Bytes the buffer may hold (by class size) before it pushes every chain:
@@ -97,12 +101,13 @@ impl RemoteBuffer {
     }
 }
 
-/// The slot of a page: its descriptor's index in the segment (descriptors
-/// are 128 bytes apart) mixed with the segment's address (4 MiB apart).
+/// The set of a page (its first slot; the second follows): the
+/// descriptor's index in the segment (descriptors are 128 bytes apart)
+/// mixed with the segment's address (4 MiB apart).
 #[inline]
-fn slot_of(page: *const Page) -> usize {
+fn set_of(page: *const Page) -> usize {
     let a = page as usize;
-    ((a >> 7) ^ (a >> 22)) & (SLOTS - 1)
+    ((a >> 6) ^ (a >> 21)) & (SLOTS - 2)
 }
 
 /// Buffers `block`, a block of `p` that this thread frees and does not own
@@ -116,15 +121,30 @@ fn slot_of(page: *const Page) -> usize {
 pub(super) unsafe fn buffer(h: &Heap, p: &Page, block: *mut Block, size: usize) {
     let buf = &h.remote;
     let page = p as *const Page;
-    let slot = &buf.slots[slot_of(page)];
-    let mut c = slot.get();
-    if c.page == page {
+    let set = set_of(page);
+    let (a, b) = (&buf.slots[set], &buf.slots[set + 1]);
+    let (ca, cb) = (a.get(), b.get());
+    let hit = if ca.page == page {
+        Some((a, ca))
+    } else if cb.page == page {
+        Some((b, cb))
+    } else {
+        None
+    };
+    if let Some((slot, mut c)) = hit {
         // SAFETY: the caller's contract: the block is ours to link.
         unsafe { (*block).next = c.head };
         c.head = block;
         c.n += 1;
         slot.set(c);
     } else {
+        // An empty way, else the longer chain goes (the most blocks per
+        // CAS; the shorter one may still grow).
+        let (slot, c) = if ca.page.is_null() || (!cb.page.is_null() && ca.n >= cb.n) {
+            (a, ca)
+        } else {
+            (b, cb)
+        };
         // B3: the slot holds the new chain before the old one is pushed.
         // SAFETY: as above.
         unsafe { (*block).next = null_mut() };
