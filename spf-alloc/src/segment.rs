@@ -60,7 +60,9 @@
 //! - S4: a thread freeing into a page it does not own reads the page only
 //!   while its block is still counted in `used` (so by S2 the page cannot
 //!   be in the pool, or back with spf-core), and its last access is the one
-//!   CAS that pushes the block on `thread_free`. Whether the page is
+//!   CAS that pushes the block on `thread_free` — or a chain of blocks of
+//!   the page that the thread freed and buffered (`heap::remote`), every
+//!   one of them counted in `used` until that CAS. Whether the page is
 //!   abandoned is read from that same word (the `ABANDONED` tag): a freer
 //!   that sees the tag does not push but frees under the abandoned lists'
 //!   lock, still holding its block. So no freer can be reading a page that
@@ -331,13 +333,14 @@ impl RemoteChain {
         }
     }
 
-    /// `block` pushed in front of this chain.
-    fn push(self, block: *mut Block, segment: *mut Segment) -> RemoteChain {
-        let offset = block as usize - segment as usize;
+    /// A chain of `n` blocks starting at `head` pushed in front of this
+    /// chain (its last block already links to this chain's head).
+    fn push(self, head: *mut Block, n: u32, segment: *mut Segment) -> RemoteChain {
+        let offset = head as usize - segment as usize;
         debug_assert!(
             (HEADER_PAGES * SMALL_PAGE_SIZE..SEGMENT_SIZE).contains(&offset) && offset % 16 == 0
         );
-        RemoteChain(((self.len() as usize + 1) << 32) | offset)
+        RemoteChain(((self.len() as usize + n as usize) << 32) | offset)
     }
 }
 
@@ -756,6 +759,21 @@ impl Page {
     /// still counted in `used` (S4), and linked by no one else.
     #[inline]
     pub unsafe fn push_remote(&self, block: *mut Block) -> Pushed {
+        // SAFETY: the caller's contract, for a chain of one.
+        unsafe { self.push_remote_chain(block, block, 1) }
+    }
+
+    /// Pushes a chain of `n` blocks freed by threads that do not own the
+    /// page — `head` linked through `next` to `tail` — with one CAS,
+    /// unless the page is abandoned (S4); says which. (A remote-free
+    /// buffer's batch, `heap::remote`; a single free is a chain of one.)
+    ///
+    /// # Safety
+    /// `head` … `tail` are `n` blocks of this page that the caller is
+    /// freeing, once each, all still counted in `used` (S4), linked by no
+    /// one else, `tail` last.
+    #[inline]
+    pub unsafe fn push_remote_chain(&self, head: *mut Block, tail: *mut Block, n: u32) -> Pushed {
         let segment = self.segment();
         let mut word = self.thread_free.load(Ordering::Relaxed);
         loop {
@@ -763,15 +781,15 @@ impl Page {
                 return Pushed::Abandoned;
             }
             let chain = RemoteChain(word);
-            // SAFETY: the caller's contract: the block is ours to give
-            // back; nobody else links it.
-            unsafe { (*block).next = chain.head(segment) };
+            // SAFETY: the caller's contract: the blocks are ours to give
+            // back; nobody else links them.
+            unsafe { (*tail).next = chain.head(segment) };
             // Release pairs with the Acquire swaps of `collect` and
-            // `collect_and_close`: the `next` word is written before the
-            // block is seen. Failing on the tag keeps S4.
+            // `collect_and_close`: every `next` word of the chain is
+            // written before its head is seen. Failing on the tag keeps S4.
             match self.thread_free.compare_exchange_weak(
                 word,
-                chain.push(block, segment).word(),
+                chain.push(head, n, segment).word(),
                 Ordering::Release,
                 Ordering::Relaxed,
             ) {

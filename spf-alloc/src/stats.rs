@@ -66,6 +66,14 @@ pub struct AllocStats {
     /// class, whose memory past their first 16 blocks went back to the
     /// kernel (ever).
     pub dirty_tails_purged: u64,
+    /// Chains of remote frees that threads' remote-free buffers sent to
+    /// their pages, each pushed with one CAS (or, when its page had been
+    /// abandoned, freed block by block under the abandoned lists' lock)
+    /// (ever; heaps of exited threads included).
+    pub remote_batches: u64,
+    /// Blocks in those chains (ever): over `remote_batches`, the blocks
+    /// pushed per CAS.
+    pub remote_batched: u64,
     /// spf-core's fault counters.
     pub core: spf_core::Stats,
 }
@@ -76,12 +84,15 @@ pub fn stats() -> AllocStats {
     let mut small: i64 = -heap::FALLBACK_FREED.load(Relaxed);
     let mut heaps = 0;
     let mut remote_collected = 0u64;
+    let (mut remote_batches, mut remote_batched) = (0u64, 0u64);
     let mut h = ALL_HEAPS.load(core::sync::atomic::Ordering::Acquire);
     while !h.is_null() {
         // SAFETY: heaps are never freed.
         unsafe {
             small += (*h).allocated.load(Relaxed);
             remote_collected = remote_collected.wrapping_add((*h).remote_collected.load(Relaxed));
+            remote_batches = remote_batches.wrapping_add((*h).remote_batches.load(Relaxed));
+            remote_batched = remote_batched.wrapping_add((*h).remote_batched.load(Relaxed));
             h = (*h).next_all.load(Relaxed);
         }
         heaps += 1;
@@ -111,6 +122,8 @@ pub fn stats() -> AllocStats {
         page_runs_purged: heap::PAGE_RUNS_PURGED.load(Relaxed),
         remote_collected,
         dirty_tails_purged: crate::segment::DIRTY_TAILS_PURGED.load(Relaxed),
+        remote_batches,
+        remote_batched,
         core,
     }
 }
@@ -139,6 +152,8 @@ impl AllocStats {
             (self.page_runs_purged, "page_runs_purged"),
             (self.remote_collected, "remote_collected"),
             (self.dirty_tails_purged, "dirty_tails_purged"),
+            (self.remote_batches, "remote_batches"),
+            (self.remote_batched, "remote_batched"),
         ] {
             writeln!(f, "{v:>16}      {name}")?;
         }

@@ -14,7 +14,7 @@
 
 use super::free::{sweep, sweep_due, Keep};
 use super::reclaim::{hand_over_free_pages, reclaim_tick, release_on_decay};
-use super::{abandon::adopt, link, Heap, FALLBACK, FALLBACK_HEAP};
+use super::{abandon::adopt, link, remote, Heap, FALLBACK, FALLBACK_HEAP};
 use crate::segment::{self, Page, PageKind};
 use crate::size_class::CLASSES;
 use crate::{large, misuse, thread};
@@ -109,6 +109,9 @@ fn alloc_slow(h: &Heap, class: usize) -> *mut u8 {
     let n = h.slow_paths.get().wrapping_add(1);
     h.slow_paths.set(n);
     if n % 64 == 0 {
+        // A thread that allocates but no longer frees remotely still sends
+        // what it buffered (B2 in `remote`).
+        remote::flush(h);
         release_on_decay(h);
         segment::maybe_decay();
         reclaim_tick(h);
@@ -121,6 +124,9 @@ fn alloc_slow(h: &Heap, class: usize) -> *mut u8 {
     if let Some(b) = alloc_from_queue(h, class) {
         return b;
     }
+    // About to adopt or take a page: first send the blocks we hold of
+    // other threads' pages, which may spare them a fresh page in turn.
+    remote::flush(h);
     loop {
         let page = match adopt(h, class) {
             Some(p) => p,

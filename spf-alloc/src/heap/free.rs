@@ -2,19 +2,18 @@
 //! frees (onto its `thread_free`), pages that empty going back to the
 //! pool, and sweeping — collecting remote frees on every page of a heap.
 //!
-//! Cross-thread frees push onto the page's `thread_free` with one CAS — the
-//! last access to the page (S4 in `segment`), after reading the owner and
-//! the block size from the same line; the
-//! push that finds the page without remote frees also bumps the owning
-//! heap's `remote_frees`. The owner collects a page's remote frees in O(1)
+//! Cross-thread frees go into the freeing thread's remote-free buffer
+//! (`remote`), which pushes them onto the page's `thread_free` as a chain,
+//! with one CAS per page — the last access to the page (S4 in `segment`),
+//! after reading the owner from the same line; the push that finds the
+//! page without remote frees also bumps the owning heap's `remote_frees`. The owner collects a page's remote frees in O(1)
 //! when its `free` list runs dry (the chain's word holds its length), and
 //! sweeps all its pages once more of them newly hold remote frees than it
 //! owns pages (`sweep_due`), so memory freed by consumers returns to a
 //! producer's pages with amortised O(1) work.
 
-use super::abandon::free_abandoned;
-use super::Heap;
-use crate::segment::{self, Block, Page, Pushed, Segment};
+use super::{remote, Heap};
+use crate::segment::{self, Block, Page, Segment};
 use crate::size_class::CLASSES;
 use crate::{misuse, thread};
 use core::ptr::null_mut;
@@ -71,8 +70,10 @@ pub unsafe fn dealloc(ptr: *mut u8) {
     }
 }
 
-/// Frees a block of a page this thread does not own: onto the page's
-/// `thread_free`, or under the abandoned lists' lock if it is abandoned.
+/// Frees a block of a page this thread does not own: into this thread's
+/// remote-free buffer (`remote`), which pushes it onto the page's
+/// `thread_free` with others of the same page; at once if the thread has
+/// no heap (it is exiting).
 ///
 /// # Safety
 /// `block` is a block of `p` that the caller is freeing, once, still
@@ -80,53 +81,29 @@ pub unsafe fn dealloc(ptr: *mut u8) {
 #[cold]
 #[inline(never)]
 unsafe fn dealloc_remote(p: &Page, block: *mut Block, heap: *mut Heap) {
-    // Read now: once pushed, the block may empty the page (S4). From the
-    // line we push on, not the owner's.
-    let size = p.remote_size.get() as i64;
-    // Read before the push, while our block keeps the page out of the pool
-    // (S4). Relaxed: only a hint of whom to tell.
-    let owner = p.heap.load(Ordering::Relaxed);
-    loop {
-        // The push is our last access to the page (S4).
-        // SAFETY: the caller's contract: a block of `p` being freed.
-        match unsafe { p.push_remote(block) } {
-            // Only the push that finds the page without remote frees tells
-            // the owner: a counter every remote free incremented was one
-            // line shared by all the heap's freers (45 % of the samples in
-            // `dealloc_remote` on lock-free larson at 8 threads).
-            Pushed::First => {
-                if !owner.is_null() {
-                    // SAFETY: heaps are never freed, only recycled: the
-                    // pointer is always a valid Heap, and the counter is
-                    // only a hint.
-                    unsafe { (*owner).remote_frees.0.fetch_add(1, Ordering::Relaxed) };
-                }
-                break;
-            }
-            Pushed::More => break,
-            Pushed::Abandoned => {
-                // SAFETY: as above; the push failed, so the block is still
-                // ours and counted.
-                if unsafe { free_abandoned(p, block) } {
-                    break;
-                }
-            }
-        }
-    }
+    // Read now, from the line a push writes, not the owner's: the block may
+    // be pushed below, after which the page may empty (S4).
+    let size = p.remote_size.get();
     let mut heap = heap;
     if thread::is_unset(heap) {
         // A thread that frees before it ever allocated (a consumer of
         // another thread's blocks) gets its heap now, as its first
         // allocation would give it one: else each of its frees would be a
         // locked add on `FALLBACK_FREED` (39 % of `dealloc_remote`'s samples
-        // on the hand-off benchmark, whose consumer never allocates).
+        // on the hand-off benchmark, whose consumer never allocates), and
+        // it would have no buffer to batch its frees in.
         heap = thread::heap_init().unwrap_or(heap);
     }
     if thread::is_live(heap) {
         // SAFETY: this thread's heap.
-        unsafe { (*heap).add_allocated(-size) };
+        let h = unsafe { &*heap };
+        h.add_allocated(-(size as i64));
+        // SAFETY: the caller's contract; `h` is this thread's live heap.
+        unsafe { remote::buffer(h, p, block, size as usize) };
     } else {
-        FALLBACK_FREED.fetch_add(size, Ordering::Relaxed);
+        // SAFETY: the caller's contract.
+        unsafe { remote::push_one(p, block) };
+        FALLBACK_FREED.fetch_add(size as i64, Ordering::Relaxed);
     }
 }
 

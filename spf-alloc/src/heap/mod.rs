@@ -6,16 +6,19 @@
 //! lists — `free` (the owner allocates from it and pushes its own frees on
 //! it, so a freed block is reused while it is still in cache) and
 //! `thread_free` (other threads' frees, an atomic stack) — so the owner
-//! allocates and frees with no atomic operation and no lock, and another
-//! thread frees with one CAS. (mimalloc keeps a third, `local_free`, so that
-//! the owner's fast path runs dry now and then and collects; here the
-//! collection happens when `free` runs dry, and remote frees waiting in a
-//! page are bounded by the page's size.)
+//! allocates and frees with no atomic operation and no lock, and other
+//! threads free with one CAS per page for a batch of frees (`remote`).
+//! (mimalloc keeps a third, `local_free`, so that the owner's fast path
+//! runs dry now and then and collects; here the collection happens when
+//! `free` runs dry, and remote frees waiting in a page are bounded by the
+//! page's size.)
 //!
 //! The work on a heap is split by concern, as mimalloc splits it:
 //! - `alloc`: the allocation fast path and slow path (collecting, carving,
 //!   taking pages from the pool), and the fallback heap's use;
 //! - `free`: local and remote frees, pages that empty, sweeping;
+//! - `remote`: each thread's remote-free buffer, which pushes its frees
+//!   into other threads' pages as one chain per page;
 //! - `abandon`: thread exit (abandoning pages) and adopting abandoned pages;
 //! - `reclaim`: giving memory back — the owner's decay of its own pages,
 //!   and the reclaim of other heaps' remotely freed pages.
@@ -31,6 +34,7 @@ mod abandon;
 mod alloc;
 mod free;
 mod reclaim;
+mod remote;
 
 pub use abandon::{abandon, fork_lock_abandoned, fork_unlock_abandoned};
 pub use alloc::alloc;
@@ -71,6 +75,11 @@ pub struct Heap {
     /// blocks of the chains it took whole or linked): written by the owner
     /// only, with a plain load and store; read by `stats`.
     pub remote_collected: AtomicU64,
+    /// Chains this thread's remote-free buffer pushed (`remote`), and the
+    /// blocks in them: written by the owner only, with a plain load and
+    /// store; read by `stats`.
+    pub remote_batches: AtomicU64,
+    pub remote_batched: AtomicU64,
     /// Pages in `queues`: written under `lock`, by the owner (`take`,
     /// `unqueue_and_free`, `abandon` after detaching every queue) and by a
     /// thread handing one of its free pages over (`hand_over_free_pages`);
@@ -103,6 +112,9 @@ pub struct Heap {
     /// Set by another thread's reclaim tick when the owner is active and
     /// has remote frees waiting: its next slow path sweeps (and clears it).
     sweep_requested: AtomicBool,
+    /// This thread's frees into other threads' pages, waiting to be pushed
+    /// per page (`remote`). Owner-only.
+    remote: remote::RemoteBuffer,
     /// Pages of this heap that newly hold remote frees since the last
     /// sweep: incremented by the freer whose push finds a page's
     /// `thread_free` empty (a hint; one RMW per page and collection, not
@@ -168,6 +180,8 @@ impl Heap {
             queues: [const { Cell::new(PageList::new()) }; CLASSES],
             allocated: AtomicI64::new(0),
             remote_collected: AtomicU64::new(0),
+            remote_batches: AtomicU64::new(0),
+            remote_batched: AtomicU64::new(0),
             pages: AtomicUsize::new(0),
             slow_paths: Cell::new(0),
             last_release: Cell::new(0),
@@ -176,6 +190,7 @@ impl Heap {
             lock: SpinLock::new(()),
             active: AtomicBool::new(false),
             sweep_requested: AtomicBool::new(false),
+            remote: remote::RemoteBuffer::new(),
             remote_frees: OwnLine(AtomicUsize::new(0)),
         }
     }
@@ -192,6 +207,18 @@ impl Heap {
     fn count_collected(&self, n: u32) {
         let v = self.remote_collected.load(Ordering::Relaxed);
         self.remote_collected
+            .store(v.wrapping_add(n as u64), Ordering::Relaxed);
+    }
+
+    /// Counts one chain of `n` blocks pushed from the remote-free buffer
+    /// (owner only).
+    #[inline]
+    fn count_batch(&self, n: u32) {
+        let v = self.remote_batches.load(Ordering::Relaxed);
+        self.remote_batches
+            .store(v.wrapping_add(1), Ordering::Relaxed);
+        let v = self.remote_batched.load(Ordering::Relaxed);
+        self.remote_batched
             .store(v.wrapping_add(n as u64), Ordering::Relaxed);
     }
 

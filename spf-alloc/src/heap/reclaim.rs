@@ -46,6 +46,9 @@ pub fn release_own() {
     }
     // SAFETY: this thread's live heap (R2: consistent between calls).
     let h = unsafe { &*heap };
+    // Our buffered frees into other threads' pages go to them, so that
+    // the reclaim pass after us can give back pages they empty.
+    super::remote::flush(h);
     while !sweep(h, Keep::None) {}
     purge_free_runs(h);
     h.last_release.set(spf_core::monotonic_ns());
