@@ -167,12 +167,12 @@ fn rows() -> Vec<Row> {
             .per_item(8 * ops)
             .rss(),
         Row::new("hand-off 10k Strings, per block", "ns", 30, handoff).per_item(HANDOFF),
-        Row::new("larson lock-free T=2, per op", "ns", 4, |a, n| {
+        Row::new("larson lock-free T=2, per op", "ns", 40, |a, n| {
             larson_free(a, 2, n)
         })
         .per_item(2 * LARSON_FREE_OPS)
         .rss(),
-        Row::new("larson lock-free T=8, per op", "ns", 2, |a, n| {
+        Row::new("larson lock-free T=8, per op", "ns", 16, |a, n| {
             larson_free(a, 8, n)
         })
         .per_item(8 * LARSON_FREE_OPS)
