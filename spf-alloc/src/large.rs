@@ -24,6 +24,10 @@
 //! takes no fault at all. Past the decay time a cached block is purged
 //! (`MADV_DONTNEED`: still committed, no longer resident, reads as zero);
 //! past the cache's size limits the oldest blocks go back to spf-core.
+//! Ages are read on the decay clock (`decay`), which does not count idle
+//! stretches past 100 ms: a block freed before the program paused is not
+//! purged by the first free after the pause, just as the program comes
+//! back to reuse it, but after the decay time of activity.
 //!
 //! A request takes the smallest cached block that holds it, up to four
 //! times its size (`FIT_MAX_RATIO`): the block's region is split at the
@@ -101,6 +105,7 @@ const HUGE_PAGE: usize = 2 << 20;
 struct Cached {
     ptr: usize,
     len: usize,
+    /// When it was freed, on the decay clock (`decay::now`).
     freed_at: u64,
     dirty: bool,
     lazy: bool,
@@ -415,7 +420,7 @@ pub fn dealloc(ptr: *mut u8, size: usize, lazy: bool) {
     check_live(ptr, len);
     LIVE_BYTES.fetch_sub(len as u64, Relaxed);
     LIVE_BLOCKS.fetch_sub(1, Relaxed);
-    let now = spf_core::monotonic_ns();
+    let now = crate::decay::now();
     let decay = options::decay_ns();
     let mut entry = Cached {
         ptr: ptr as usize,
@@ -570,7 +575,7 @@ fn absorb(entry: &mut Cached, c: &Cached) {
 /// paths, so an active program sheds them even when it frees no large block.
 pub fn maybe_decay() {
     let decay = options::decay_ns();
-    let now = spf_core::monotonic_ns();
+    let now = crate::decay::now();
     if decay == 0 || CACHED_BYTES.load(Relaxed) == 0 {
         return;
     }
@@ -716,7 +721,7 @@ pub fn realloc(
         let like = Cached {
             ptr: ptr as usize,
             len: old_len,
-            freed_at: spf_core::monotonic_ns(),
+            freed_at: crate::decay::now(),
             dirty: true,
             lazy,
         };

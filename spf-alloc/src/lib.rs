@@ -25,6 +25,7 @@
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 mod arena;
+mod decay;
 mod global;
 mod heap;
 mod large;

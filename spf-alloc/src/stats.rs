@@ -1,5 +1,6 @@
 //! `AllocStats`: what the allocator holds, beside spf-core's fault counters.
 
+use crate::decay;
 use crate::heap::{self, ALL_HEAPS};
 use crate::large;
 use crate::segment::{MEDIUM_PAGES_IN_USE, MEDIUM_PAGE_SIZE, SMALL_PAGES_IN_USE, SMALL_PAGE_SIZE};
@@ -43,6 +44,11 @@ pub struct AllocStats {
     /// Cached large blocks purged before their decay time because the
     /// cache's resident bytes passed its cap (ever).
     pub large_purged_over_cap: u64,
+    /// Idle stretches (more than 100 ms between two readings of the decay
+    /// clock) that decay did not count past 100 ms (ever): memory freed
+    /// before one is purged after the decay time of activity, not at the
+    /// first allocator call after it.
+    pub decay_idle_stretches: u64,
     /// Thread heaps ever made (they are recycled when threads exit).
     pub heaps: u64,
     /// Pages of thread heaps given back to the kernel by another thread,
@@ -116,6 +122,7 @@ pub fn stats() -> AllocStats {
         large_merged: large::MERGED.load(Relaxed),
         large_realloc_into_cached: large::REALLOC_INTO_CACHED.load(Relaxed),
         large_purged_over_cap: large::PURGED_OVER_CAP.load(Relaxed),
+        decay_idle_stretches: decay::IDLE_STRETCHES.load(Relaxed),
         heaps,
         pages_reclaimed: heap::PAGES_RECLAIMED.load(Relaxed),
         pages_handed_over: heap::PAGES_HANDED_OVER.load(Relaxed),
@@ -146,6 +153,7 @@ impl AllocStats {
             (self.large_merged, "large_merged"),
             (self.large_realloc_into_cached, "large_realloc_into_cached"),
             (self.large_purged_over_cap, "large_purged_over_cap"),
+            (self.decay_idle_stretches, "decay_idle_stretches"),
             (self.heaps, "heaps"),
             (self.pages_reclaimed, "pages_reclaimed"),
             (self.pages_handed_over, "pages_handed_over"),

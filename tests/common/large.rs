@@ -15,3 +15,16 @@ pub fn region_len(p: *mut u8) -> usize {
     assert_eq!(r.start, p as usize, "a large block starts its region");
     r.len
 }
+
+/// How many of the 4 KiB pages of `[p, p + len)` are resident (`mincore`
+/// reads only the page tables: `p` need not be a live block, only inside a
+/// mapping).
+pub fn resident_pages(p: *mut u8, len: usize) -> usize {
+    let pages = len.div_ceil(4096);
+    let mut v = vec![0u8; pages];
+    // SAFETY: `v` has one byte per page of the range; mincore writes only
+    // those and reads no memory of the range.
+    let rc = unsafe { libc::mincore(p.cast(), len, v.as_mut_ptr()) };
+    assert_eq!(rc, 0, "mincore: {}", std::io::Error::last_os_error());
+    v.iter().filter(|&&b| b & 1 != 0).count()
+}
