@@ -198,3 +198,67 @@ fn an_idle_threads_buffered_frees_come_back_at_its_exit() {
     let _serial = serial();
     hand_to_idle_thread(|| {}, true);
 }
+
+/// Resident bytes of `len` bytes at `start` (`mincore`).
+fn resident(start: usize, len: usize) -> usize {
+    let mut map = vec![0u8; len / 4096];
+    // SAFETY: `map` has one byte per 4 KiB page of the range, which lies
+    // in a segment spf keeps mapped (reserved) for the process's life.
+    let rc = unsafe { libc::mincore(start as *mut libc::c_void, len, map.as_mut_ptr()) };
+    assert_eq!(rc, 0, "mincore: {}", std::io::Error::last_os_error());
+    map.iter().filter(|&&b| b & 1 != 0).count() * 4096
+}
+
+/// A thread fills one page with `n` blocks of `size` bytes and exits (the
+/// page is abandoned with every block out); another thread frees them all
+/// and goes idle without allocating again; then `spf::purge()` runs on
+/// the main thread. Returns the page's resident bytes after it.
+fn abandoned_page_freed_by_an_idle_thread(size: usize, n: usize, page_len: usize) -> usize {
+    let blocks: Vec<Vec<u8>> =
+        std::thread::spawn(move || (0..n).map(|i| vec![i as u8; size]).collect())
+            .join()
+            .unwrap();
+    let page = blocks[0].as_ptr() as usize & !(page_len - 1);
+    assert!(
+        blocks
+            .iter()
+            .all(|b| b.as_ptr() as usize & !(page_len - 1) == page),
+        "the blocks did not come from one page"
+    );
+    for (i, b) in blocks.iter().enumerate() {
+        assert!(b.iter().all(|&x| x == i as u8), "block {i} lost its bytes");
+    }
+    let state = Arc::new(AtomicUsize::new(0));
+    let s = state.clone();
+    let freer = std::thread::spawn(move || {
+        drop(blocks);
+        s.store(1, SeqCst);
+        wait(&s, 2); // idle, alive: nothing flushes its buffer
+    });
+    wait(&state, 1);
+    spf::purge();
+    let left = resident(page, page_len);
+    state.store(2, SeqCst);
+    freer.join().unwrap();
+    left
+}
+
+/// Blocks of a page abandoned by its exited owner are not buffered (B4 in
+/// `remote`): the idle freer's last free gives the page back, and
+/// `spf::purge()` from another thread purges it. When the last block
+/// waited in the idle freer's buffer, the page stayed resident (a whole
+/// 1 MiB medium page, 1,032,192 bytes, in the review that found it).
+#[test]
+fn an_idle_freer_holds_no_block_of_an_abandoned_page() {
+    let _serial = serial();
+    // A medium page: 21 blocks of 48 KiB in 1 MiB; a small page: 21
+    // blocks of 3,000 bytes (3,072-byte class) in 64 KiB.
+    for (size, n, page_len) in [(48 << 10, 21, 1 << 20), (3000, 21, 64 << 10)] {
+        let left = abandoned_page_freed_by_an_idle_thread(size, n, page_len);
+        assert_eq!(
+            left, 0,
+            "{size}-byte blocks: {left} bytes of their abandoned page stayed resident \
+             after every block was freed and spf::purge() ran"
+        );
+    }
+}

@@ -61,9 +61,10 @@ pub use stats::{stats, AllocStats};
 /// empty page a class keeps for reuse is one); free memory inside other
 /// threads' partly used pages; 4 KiB runs that a live block, or a block
 /// freed by another thread and not yet collected by the page's owner,
-/// overlaps; the remote-free buffers of other threads (each gives its
-/// blocks back on its own allocation slow path, its own `purge()`, or its
-/// exit).
+/// overlaps; the remote-free buffers of other threads (each holds less
+/// than 64 KiB of blocks of small pages, which keeps those pages, at most
+/// 64 a thread, from being given back, and gives its blocks back on its
+/// own allocation slow path, its own `purge()`, or its exit).
 /// Each thread gives those back itself, from its allocation slow path,
 /// once a decay time has passed. Decay otherwise runs only when the
 /// allocator is used, so an idle program can call this to shed freed

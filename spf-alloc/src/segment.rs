@@ -480,7 +480,8 @@ impl Page {
     /// that starts a class queue (`alloc_slow`). A heap's first page of a
     /// class often holds a few blocks for the thread's whole life; taken
     /// dirty, all of its 64 KiB stayed resident. Returns whether it
-    /// purged (false for a purged page, or a class whose blocks fill it).
+    /// purged (false for a purged or fresh page, a class whose blocks fill
+    /// it, or a purge the kernel refused).
     ///
     /// # Safety
     /// The caller owns the page (S1), fresh from `page_alloc`: no block
@@ -495,8 +496,7 @@ impl Page {
         // SAFETY: the caller's contract: a page of a live segment that we
         // own with no block carved, so nothing in it will be read before
         // `extend` carves (and writes) blocks afresh; page aligned.
-        let _ = unsafe { spf_core::purge_pages(self.area.get().add(keep), len - keep) };
-        true
+        unsafe { spf_core::purge_pages(self.area.get().add(keep), len - keep) }.is_ok()
     }
 
     /// Whether the page has holes (`holes`) to fill.
@@ -1090,6 +1090,9 @@ fn segment_new(kind: PageKind) -> Option<*mut Page> {
         unsafe { pool.lists[kind as usize].push_back(page as *const Page as *mut Page) };
         pool.free[kind as usize] += 1;
     }
+    // The page handed out is fresh too (`alloc_slow` purges no dirty tail
+    // of it); `page_free` clears the flag when it comes back.
+    pages[first].purged.set(true);
     Some(&pages[first] as *const Page as *mut Page)
 }
 

@@ -22,8 +22,7 @@
 pub const SMALL_CLASSES: usize = 32;
 /// Number of small and medium classes.
 pub const CLASSES: usize = 52;
-/// The largest small block.
-#[cfg(test)]
+/// The largest small block (the test below checks it against the table).
 pub const SMALL_MAX: usize = 8 << 10;
 /// The largest medium block; above this, requests are large.
 pub const MEDIUM_MAX: usize = 256 << 10;

@@ -7,7 +7,9 @@
 //! allocations (other destructors may still allocate) go to a shared
 //! fallback heap under a lock (`alloc`).
 //!
-//! Abandoned pages always hold live blocks, are tagged `ABANDONED` in
+//! Abandoned pages always hold blocks counted in `used` (live, or freed
+//! into a thread's remote-free buffer and not pushed yet, `remote` B1),
+//! are tagged `ABANDONED` in
 //! their `thread_free` exactly while they are listed, and are changed only
 //! under the abandoned lists' lock (S1, S4 in `segment`; the protocol is
 //! at `put_abandoned`).
@@ -79,8 +81,8 @@ pub fn abandon(h: &Heap) {
 /// the page is listed before the lock is released. A freer's CAS either
 /// came before the swap (its block is collected here) or fails on the tag;
 /// then it frees under the lock (`free_abandoned`), where tag and listing
-/// agree. Abandoned pages always hold live blocks: the free that empties
-/// one gives it back. Returns a segment to destroy with no lock held (R1).
+/// agree. Abandoned pages always hold blocks counted in `used`: the free
+/// (or pushed chain) that empties one gives it back. Returns a segment to destroy with no lock held (R1).
 ///
 /// # Safety
 /// `page` is a page of the caller's heap (S1), taken out of its queue (in

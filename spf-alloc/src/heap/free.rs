@@ -13,8 +13,8 @@
 //! producer's pages with amortised O(1) work.
 
 use super::{remote, Heap};
-use crate::segment::{self, Block, Page, Segment};
-use crate::size_class::CLASSES;
+use crate::segment::{self, Block, Page, Segment, ABANDONED};
+use crate::size_class::{CLASSES, SMALL_MAX};
 use crate::{misuse, thread};
 use core::ptr::null_mut;
 use core::sync::atomic::{AtomicI64, Ordering};
@@ -98,8 +98,17 @@ unsafe fn dealloc_remote(p: &Page, block: *mut Block, heap: *mut Heap) {
         // SAFETY: this thread's heap.
         let h = unsafe { &*heap };
         h.add_allocated(-(size as i64));
-        // SAFETY: the caller's contract; `h` is this thread's live heap.
-        unsafe { remote::buffer(h, p, block, size as usize) };
+        // Relaxed: a hint; a page abandoned after this read still takes a
+        // chain (`remote::push` frees it under the lists' lock).
+        if size as usize <= SMALL_MAX && p.thread_free.load(Ordering::Relaxed) != ABANDONED {
+            // SAFETY: the caller's contract; `h` is this thread's live heap.
+            unsafe { remote::buffer(h, p, block, size as usize) };
+        } else {
+            // B4 in `remote`: a medium block, or a block of an abandoned
+            // page, goes at once.
+            // SAFETY: the caller's contract.
+            unsafe { remote::push_one(p, block) };
+        }
     } else {
         // SAFETY: the caller's contract.
         unsafe { remote::push_one(p, block) };

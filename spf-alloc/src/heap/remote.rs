@@ -18,8 +18,9 @@
 //! longer of their chains first, as snmalloc evicts its longest: the most
 //! blocks per CAS, and the shorter chain may still grow; two ways rather
 //! than one took lock-free larson from 1.6 to 2.1 blocks per CAS at
-//! 2 threads, 1.6 to 1.8 at 8), and a count of the bytes they hold. Owner-only: the buffer is
-//! part of its thread's [`Heap`] and only that thread touches it.
+//! 2 threads, 1.6 to 1.8 at 8), and a count of the bytes they hold.
+//! Owner-only: the buffer is part of its thread's [`Heap`] and only that
+//! thread touches it.
 //!
 //! Invariants:
 //! - B1: a buffered block is still counted in its page's `used` (S2), so no
@@ -28,21 +29,33 @@
 //!   is as safe as it was at the free (S4). The push is the last access.
 //! - B2: the buffer holds less than `BUDGET` (64 KiB) of blocks (at their
 //!   class sizes) between calls: the free that reaches it pushes every
-//!   chain, so a medium block of 64 KiB or more is pushed at once. An idle
-//!   thread thus holds back less than 64 KiB of other threads' blocks, in
-//!   at most `SLOTS` (64) pages, of which at most 7 medium pages (their
-//!   blocks are over 8 KiB); those pages cannot go back to the pool
-//!   meanwhile, but their owners' decay still purges the rest of their
-//!   free memory (holes). Its own allocation slow path (every 64th, and
-//!   whenever it is about to adopt or take a page), `spf::purge()` on that
-//!   thread and the thread's exit push everything.
+//!   chain. Only blocks of small pages (8 KiB or less, B4) are buffered,
+//!   so an idle thread holds back less than 64 KiB of other threads'
+//!   blocks, in at most `SLOTS` (64) small pages of 64 KiB. Those pages
+//!   cannot go back to the pool meanwhile — neither when their owner
+//!   empties them, nor by another thread's reclaim, hand-over or
+//!   `spf::purge()` — though their owners' decay still purges the free
+//!   runs of them the owners hold (holes). Its own allocation slow path
+//!   (every 64th, and whenever it is about to adopt or take a page),
+//!   `spf::purge()` on that thread and the thread's exit push everything;
+//!   nothing else can, since only the thread touches its buffer.
 //! - B3: a slot is emptied before its chain is pushed, so a free that
 //!   re-enters the allocator during a push (giving an abandoned page back
 //!   may destroy a segment, which may allocate and free) finds the buffer
 //!   consistent.
-//! - Abandoned destinations: a chain whose page turns out abandoned (its
-//!   `thread_free` holds the tag) is freed block by block under the
-//!   abandoned lists' lock, as a single remote free is (`free_abandoned`).
+//! - B4: a block of a medium page (over 8 KiB: one buffered block would
+//!   keep a 1 MiB page from the pool) and a block of a page found
+//!   abandoned when it is freed (no owner's decay reaches it, and its last
+//!   free gives it back) are not buffered but pushed at once
+//!   (`push_one`, from `dealloc_remote`).
+//! - Abandoned destinations: a chain whose page was abandoned after its
+//!   blocks were buffered (its `thread_free` holds the tag) is freed block
+//!   by block under the abandoned lists' lock, as a single remote free is
+//!   (`free_abandoned`).
+//!
+//! After `fork()`, the child's copies of the other threads' buffers are
+//! never pushed (those threads do not exist there): up to 64 KiB of
+//! blocks per such thread stay counted, as the rest of their pages do.
 //!
 //! The buffer never allocates, and blocks wait in no shared structure: a
 //! page's owner sees buffered blocks only once they are pushed, and a
