@@ -36,13 +36,6 @@
 //! (`decay_pool`); segments whose pages are all free go back to spf-core
 //! once the pool holds more than two free segments' worth of that kind.
 //!
-//! A page taken dirty from the pool to start a heap's queue of a class
-//! keeps only its first `TAIL_KEEP_BLOCKS` blocks' worth resident: the rest
-//! is purged before any block is carved (`Page::purge_dirty_tail`), since
-//! most threads use a few blocks of most classes (on larson-like at 8
-//! threads, with threads made afresh each round, the first pages of the
-//! queues held 6 MiB of such memory, a sixth of all).
-//!
 //! Free memory inside a page still in use goes back at 4 KiB granularity:
 //! the owner's decay turns every 4 KiB run covered only by free blocks
 //! into a *hole* (`Page::holes`, `purge_free_runs`) — its blocks leave the
@@ -286,14 +279,6 @@ pub const HOLE_WORDS: usize = MEDIUM_PAGE_SIZE / HOLE_RUN / 64;
 /// the page with the most blocks (64 KiB of 16-byte blocks).
 const MAX_BLOCKS: usize = SMALL_PAGE_SIZE / 16;
 
-/// Blocks' worth of a dirty page kept resident when it starts a class
-/// queue (`Page::purge_dirty_tail`).
-pub const TAIL_KEEP_BLOCKS: usize = 16;
-
-/// Pages taken dirty from the pool to start a class queue whose part past
-/// `TAIL_KEEP_BLOCKS` blocks was purged, for statistics.
-pub static DIRTY_TAILS_PURGED: AtomicU64 = AtomicU64::new(0);
-
 /// The tag `thread_free` holds, alone, while its page is abandoned: blocks
 /// are at least 16-byte aligned, so no chain's word has this bit.
 pub const ABANDONED: usize = 1;
@@ -472,31 +457,6 @@ impl Page {
         }
         self.free.set(head);
         self.capacity.set((start + n) as u32);
-    }
-
-    /// Gives back to the kernel the part of a page just taken dirty from
-    /// the pool that its class will not reach soon: all but the first
-    /// `TAIL_KEEP_BLOCKS` blocks' worth (rounded up to 4 KiB), for a page
-    /// that starts a class queue (`alloc_slow`). A heap's first page of a
-    /// class often holds a few blocks for the thread's whole life; taken
-    /// dirty, all of its 64 KiB stayed resident. Returns whether it
-    /// purged (false for a purged or fresh page, a class whose blocks fill
-    /// it, or a purge the kernel refused).
-    ///
-    /// # Safety
-    /// The caller owns the page (S1), fresh from `page_alloc`: no block
-    /// carved yet.
-    pub unsafe fn purge_dirty_tail(&self) -> bool {
-        debug_assert_eq!(self.capacity.get(), 0, "a page with blocks carved");
-        let keep = (TAIL_KEEP_BLOCKS * self.size.get() as usize).next_multiple_of(HOLE_RUN);
-        let len = self.bytes();
-        if self.purged.get() || keep >= len {
-            return false;
-        }
-        // SAFETY: the caller's contract: a page of a live segment that we
-        // own with no block carved, so nothing in it will be read before
-        // `extend` carves (and writes) blocks afresh; page aligned.
-        unsafe { spf_core::purge_pages(self.area.get().add(keep), len - keep) }.is_ok()
     }
 
     /// Whether the page has holes (`holes`) to fill.
@@ -1090,9 +1050,6 @@ fn segment_new(kind: PageKind) -> Option<*mut Page> {
         unsafe { pool.lists[kind as usize].push_back(page as *const Page as *mut Page) };
         pool.free[kind as usize] += 1;
     }
-    // The page handed out is fresh too (`alloc_slow` purges no dirty tail
-    // of it); `page_free` clears the flag when it comes back.
-    pages[first].purged.set(true);
     Some(&pages[first] as *const Page as *mut Page)
 }
 

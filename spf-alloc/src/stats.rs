@@ -68,10 +68,6 @@ pub struct AllocStats {
     /// pages that were given back whole, abandoned or reclaimed are not
     /// counted.
     pub remote_collected: u64,
-    /// Pages taken dirty from the page pool to start a thread's queue of a
-    /// class, whose memory past their first 16 blocks went back to the
-    /// kernel (ever).
-    pub dirty_tails_purged: u64,
     /// Chains of remote frees that threads' remote-free buffers sent to
     /// their pages, each pushed with one CAS (or, when its page had been
     /// abandoned, freed block by block under the abandoned lists' lock)
@@ -128,7 +124,6 @@ pub fn stats() -> AllocStats {
         pages_handed_over: heap::PAGES_HANDED_OVER.load(Relaxed),
         page_runs_purged: heap::PAGE_RUNS_PURGED.load(Relaxed),
         remote_collected,
-        dirty_tails_purged: crate::segment::DIRTY_TAILS_PURGED.load(Relaxed),
         remote_batches,
         remote_batched,
         core,
@@ -159,7 +154,6 @@ impl AllocStats {
             (self.pages_handed_over, "pages_handed_over"),
             (self.page_runs_purged, "page_runs_purged"),
             (self.remote_collected, "remote_collected"),
-            (self.dirty_tails_purged, "dirty_tails_purged"),
             (self.remote_batches, "remote_batches"),
             (self.remote_batched, "remote_batched"),
         ] {

@@ -134,14 +134,9 @@ fn alloc_slow(h: &Heap, class: usize) -> *mut u8 {
                 if !segment::pool_has_dirty(PageKind::of_class(class)) {
                     hand_over_free_pages(h);
                 }
-                let starts_queue = h.queue(class).get().first.is_null();
                 let p = segment::page_alloc(class);
                 if p.is_null() {
                     return null_mut();
-                }
-                // SAFETY: fresh from the pool: ours, nothing carved.
-                if starts_queue && unsafe { (*p).purge_dirty_tail() } {
-                    segment::DIRTY_TAILS_PURGED.fetch_add(1, Ordering::Relaxed);
                 }
                 // SAFETY: fresh from the pool: ours, in no list.
                 unsafe { take(h, p) };
