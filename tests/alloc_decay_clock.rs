@@ -136,27 +136,7 @@ fn blocks_freed_before_a_pause_are_reused_resident_after_it() {
     );
     // The threads take blocks of their sizes back at once, from the cache
     // (the blocks above, or their merges and splits), and use them.
-    let start = Barrier::new(THREADS);
-    let filled = Barrier::new(THREADS);
-    std::thread::scope(|s| {
-        for t in 0..THREADS {
-            let (start, filled) = (&start, &filled);
-            s.spawn(move || {
-                let l = layout(size_of(t));
-                start.wait();
-                // SAFETY: a valid layout; every access inside the block.
-                unsafe {
-                    let p = std::hint::black_box(alloc(l));
-                    assert!(!p.is_null());
-                    fill(p, l.size(), 0xa5 ^ t as u8);
-                    // Every thread reaches the barrier (assertions after it).
-                    filled.wait();
-                    check(p, l.size(), 0xa5 ^ t as u8);
-                    dealloc(p, l);
-                }
-            });
-        }
-    });
+    free_blocks_on_threads(0xa5);
     let after = spf::alloc_stats();
     // Not necessarily one each: blocks freed side by side merge, and a
     // thread may find the merged block shrunk for another.
