@@ -33,7 +33,7 @@ static ABANDONED: SpinLock<AbandonedLists> =
 pub fn abandon(h: &Heap) {
     // Frees this thread buffered for other threads' pages go to them first:
     // the heap is recycled with its buffer empty (B2 in `remote`).
-    super::remote::flush(h);
+    super::foreign::release_all(h);
     for class in 0..CLASSES {
         // Detach the class's pages under the lock: from then on no
         // reclaimer can reach them (S5), and they are ours to hand on with

@@ -14,7 +14,7 @@
 
 use super::free::{sweep, sweep_due, Keep};
 use super::reclaim::{hand_over_free_pages, reclaim_tick, release_on_decay};
-use super::{abandon::adopt, link, remote, Heap, FALLBACK, FALLBACK_HEAP};
+use super::{abandon::adopt, foreign, link, remote, Heap, FALLBACK, FALLBACK_HEAP};
 use crate::segment::{self, Page, PageKind};
 use crate::size_class::CLASSES;
 use crate::{large, misuse, thread};
@@ -120,6 +120,13 @@ fn alloc_slow(h: &Heap, class: usize) -> *mut u8 {
             // fallback lock.
             large::maybe_decay();
         }
+    }
+    // Blocks of other threads' pages we freed, before our own pages'
+    // remote frees: they are here, and their owners may not come back soon.
+    // SAFETY: `h` is this thread's heap, or the fallback heap under its lock.
+    let b = unsafe { foreign::take(h, class) };
+    if !b.is_null() {
+        return b;
     }
     if let Some(b) = alloc_from_queue(h, class) {
         return b;

@@ -12,9 +12,9 @@
 //! owns pages (`sweep_due`), so memory freed by consumers returns to a
 //! producer's pages with amortised O(1) work.
 
-use super::{remote, Heap};
+use super::{foreign, remote, Heap};
 use crate::segment::{self, Block, Page, Segment, ABANDONED};
-use crate::size_class::{CLASSES, SMALL_MAX};
+use crate::size_class::{class_of, CLASSES, SMALL_MAX};
 use crate::{misuse, thread};
 use core::ptr::null_mut;
 use core::sync::atomic::{AtomicI64, Ordering};
@@ -101,8 +101,13 @@ unsafe fn dealloc_remote(p: &Page, block: *mut Block, heap: *mut Heap) {
         // Relaxed: a hint; a page abandoned after this read still takes a
         // chain (`remote::push` frees it under the lists' lock).
         if size as usize <= SMALL_MAX && p.thread_free.load(Ordering::Relaxed) != ABANDONED {
-            // SAFETY: the caller's contract; `h` is this thread's live heap.
-            unsafe { remote::buffer(h, p, block, size as usize) };
+            let size = size as usize;
+            // SAFETY: the caller's contract; `h` is this thread's live
+            // heap; a small page's class is a small class.
+            if unsafe { !foreign::keep(h, block, class_of(size), size) } {
+                // SAFETY: as above.
+                unsafe { remote::buffer(h, p, block, size) };
+            }
         } else {
             // B4 in `remote`: a medium block, or a block of an abandoned
             // page, goes at once.

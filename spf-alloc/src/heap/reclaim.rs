@@ -32,6 +32,7 @@ pub(super) fn release_on_decay(h: &Heap) {
         return;
     }
     h.last_release.set(now);
+    super::foreign::trim(h);
     sweep(h, Keep::None);
     purge_free_runs(h);
 }
@@ -46,9 +47,9 @@ pub fn release_own() {
     }
     // SAFETY: this thread's live heap (R2: consistent between calls).
     let h = unsafe { &*heap };
-    // Our buffered frees into other threads' pages go to them, so that
-    // the reclaim pass after us can give back pages they empty.
-    super::remote::flush(h);
+    // Our kept and buffered frees into other threads' pages go to them, so
+    // that the reclaim pass after us can give back pages they empty.
+    super::foreign::release_all(h);
     while !sweep(h, Keep::None) {}
     purge_free_runs(h);
     h.last_release.set(spf_core::monotonic_ns());
