@@ -23,7 +23,7 @@
 //!   block out again changes nothing in its page. Whoever frees it next
 //!   frees it as any block of that page (locally if it owns the page).
 //! - F2: the stacks hold at most `BUDGET` (64 KiB) of blocks and each at
-//!   most `per_class_cap` of its class; a free that finds its class's stack
+//!   most `CAP` of its class; a free that finds its class's stack
 //!   full goes to the remote-free buffer (`remote`). Only blocks of small
 //!   pages whose page was not abandoned when freed are kept (as B4).
 //! - F3: every block is taken off its stack (the stack written back)
@@ -50,12 +50,25 @@ use core::ptr::null_mut;
 /// Bytes the stacks may hold in all (F2).
 pub const BUDGET: usize = 256 << 10;
 
-/// The most blocks of `class` a stack keeps: 64, or fewer so that one
-/// class holds at most 16 KiB (at least 2).
-#[inline]
-fn per_class_cap(size: usize) -> u32 {
-    ((32 << 10) / size).clamp(2, 64) as u32
-}
+/// The most blocks of each class a stack keeps: 64, or fewer so that one
+/// class holds at most 32 KiB (at least 2). A table: the free path does
+/// not divide.
+static CAP: [u32; SMALL_CLASSES] = {
+    let mut t = [0u32; SMALL_CLASSES];
+    let mut c = 0;
+    while c < SMALL_CLASSES {
+        let n = (32 << 10) / crate::size_class::compute_block_size(c);
+        t[c] = if n < 2 {
+            2
+        } else if n > 64 {
+            64
+        } else {
+            n as u32
+        };
+        c += 1;
+    }
+    t
+};
 
 /// One class's kept blocks.
 #[derive(Clone, Copy)]
@@ -107,7 +120,8 @@ pub(super) unsafe fn keep(h: &Heap, block: *mut Block, class: usize, size: usize
     let slot = unsafe { f.stacks.get_unchecked(class) };
     let mut s = slot.get();
     let bytes = f.bytes.get() + size;
-    if s.n >= per_class_cap(size) || bytes > BUDGET {
+    // SAFETY: as above.
+    if s.n >= unsafe { *CAP.get_unchecked(class) } || bytes > BUDGET {
         return false;
     }
     // SAFETY: the caller's contract: the block is being freed, ours to link.
