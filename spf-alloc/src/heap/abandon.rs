@@ -7,8 +7,9 @@
 //! allocations (other destructors may still allocate) go to a shared
 //! fallback heap under a lock (`alloc`).
 //!
-//! Abandoned pages always hold blocks counted in `used` (live, or freed
-//! into a thread's remote-free buffer and not pushed yet, `remote` B1),
+//! Abandoned pages always hold blocks counted in `used` (live, or freed by
+//! a thread that keeps them to reuse or buffers them and has not given
+//! them back yet, `foreign` F1, `remote` B1),
 //! are tagged `ABANDONED` in
 //! their `thread_free` exactly while they are listed, and are changed only
 //! under the abandoned lists' lock (S1, S4 in `segment`; the protocol is
@@ -31,8 +32,9 @@ static ABANDONED: SpinLock<AbandonedLists> =
 
 /// A thread is exiting: give its pages to the pool or the abandoned lists.
 pub fn abandon(h: &Heap) {
-    // Frees this thread buffered for other threads' pages go to them first:
-    // the heap is recycled with its buffer empty (B2 in `remote`).
+    // Blocks of other threads' pages this thread kept or buffered go to
+    // them first: the heap is recycled with its stacks and buffer empty
+    // (F4 in `foreign`, B2 in `remote`).
     super::foreign::release_all(h);
     for class in 0..CLASSES {
         // Detach the class's pages under the lock: from then on no

@@ -2,7 +2,10 @@
 //! frees (onto its `thread_free`), pages that empty going back to the
 //! pool, and sweeping — collecting remote frees on every page of a heap.
 //!
-//! Cross-thread frees go into the freeing thread's remote-free buffer
+//! A cross-thread free of a small block is kept by the freeing thread to
+//! serve its own allocations of the class (`foreign`); what its stacks have
+//! no room for, and medium blocks, go to the page's owner: into the
+//! freeing thread's remote-free buffer
 //! (`remote`), which pushes them onto the page's `thread_free` as a chain,
 //! with one CAS per page — the last access to the page (S4 in `segment`),
 //! after reading the owner from the same line; the push that finds the
@@ -70,10 +73,12 @@ pub unsafe fn dealloc(ptr: *mut u8) {
     }
 }
 
-/// Frees a block of a page this thread does not own: into this thread's
-/// remote-free buffer (`remote`), which pushes it onto the page's
-/// `thread_free` with others of the same page; at once if the thread has
-/// no heap (it is exiting).
+/// Frees a block of a page this thread does not own: a small block into
+/// this thread's foreign-block stack of its class (`foreign`), which its
+/// next allocations of the class take; else into its remote-free buffer
+/// (`remote`), which pushes it onto the page's `thread_free` with others of
+/// the same page; at once if the thread has no heap (it is exiting), the
+/// block is medium, or its page abandoned.
 ///
 /// # Safety
 /// `block` is a block of `p` that the caller is freeing, once, still
