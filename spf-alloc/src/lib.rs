@@ -50,7 +50,8 @@ pub use stats::{stats, AllocStats};
 /// committed, and reads as zero), instead of waiting for the decay time:
 /// every page in the page pool, every cached large block, the calling
 /// thread's empty pages (the one each class keeps for reuse too), every
-/// 4 KiB run of its partly used pages that only free blocks cover, and
+/// 4 KiB run of its partly used pages and of abandoned pages (pages of
+/// exited threads still holding blocks) that only free blocks cover, and
 /// every page of another thread's heap whose blocks were all freed by
 /// other threads. Before that, the blocks of other threads' pages that the
 /// calling thread freed and holds — kept to serve its own allocations (at
