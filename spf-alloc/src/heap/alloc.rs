@@ -1,7 +1,8 @@
 //! Allocation: the fast path (pop the first page's free list), the slow
-//! path (collect remote frees, carve new blocks, sweep, adopt an abandoned
-//! page or take one from the pool), and the fallback heap of threads whose
-//! own heap is gone.
+//! path (hand out a kept block of another thread's page, collect remote
+//! frees, carve new blocks, sweep, adopt an abandoned page or take one
+//! from the pool), and the fallback heap of threads whose own heap is
+//! gone.
 //!
 //! Fast path budget: `alloc` is a thread-local load, two loads to reach the
 //! class queue's first page, a pop from its `free` list and two stores; no
@@ -90,8 +91,10 @@ unsafe fn alloc_without_heap(heap: *mut Heap, class: usize) -> *mut u8 {
     unsafe { alloc_from(h, class) }
 }
 
-/// Finds a page with a free block: collect frees on the first pages of the
-/// queue, carve new blocks, sweep when remote frees piled up, adopt an
+/// Hands out a block of another thread's page that this thread freed and
+/// kept (`foreign`), or finds a page with a free block: collect frees on
+/// the first pages of the queue, carve new blocks, sweep when remote frees
+/// piled up, adopt an
 /// abandoned page, or take a page from the pool — after handing other
 /// heaps' pages whose blocks were all freed remotely to the pool, if it
 /// holds no resident page of the kind.
@@ -131,8 +134,10 @@ fn alloc_slow(h: &Heap, class: usize) -> *mut u8 {
     if let Some(b) = alloc_from_queue(h, class) {
         return b;
     }
-    // About to adopt or take a page: first send the blocks we hold of
-    // other threads' pages, which may spare them a fresh page in turn.
+    // About to adopt or take a page: first send the blocks of other
+    // threads' pages waiting in our buffer, which may spare them a fresh
+    // page in turn (kept blocks stay: none is of this class, or we would
+    // have taken it).
     remote::flush(h);
     loop {
         let page = match adopt(h, class) {

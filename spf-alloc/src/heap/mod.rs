@@ -8,6 +8,10 @@
 //! `thread_free` (other threads' frees, an atomic stack) — so the owner
 //! allocates and frees with no atomic operation and no lock, and other
 //! threads free with one CAS per page for a batch of frees (`remote`).
+//! Before that, a thread freeing another thread's small block keeps it to
+//! hand out to its own next allocation of the class, as jemalloc's thread
+//! cache does (`foreign`): under churn the owner is often descheduled, and
+//! a block waiting for it is memory nobody can use.
 //! (mimalloc keeps a third, `local_free`, so that the owner's fast path
 //! runs dry now and then and collects; here the collection happens when
 //! `free` runs dry, and remote frees waiting in a page are bounded by the

@@ -63,7 +63,8 @@
 //! The buffer never allocates, and blocks wait in no shared structure: a
 //! page's owner sees buffered blocks only once they are pushed, and a
 //! thread that frees but never allocates again keeps up to `BUDGET` bytes
-//! until its exit or its `spf::purge()`.
+//! here (and what its foreign-block stacks keep, F4 in `foreign`) until
+//! its exit or its `spf::purge()`.
 
 use super::abandon::free_abandoned;
 use super::Heap;
