@@ -3,6 +3,8 @@
 //! pages that were used and freed before — while the segments around them
 //! stay alive because of a few live blocks.
 
+mod common;
+
 use spf::SpfAlloc;
 
 #[global_allocator]
@@ -163,6 +165,58 @@ fn purge_gives_back_free_blocks_inside_partly_used_medium_pages() {
     );
     for (i, b) in &keep {
         assert!(b.iter().all(|&x| x == *i as u8), "kept block {i}");
+    }
+}
+
+/// A thread fills four small pages with 2,000-byte blocks (the 2 KiB
+/// class, 32 to a page) and exits, each page holding one block still in
+/// use (here), so the pages are abandoned. No owner's decay reaches them;
+/// decay ticks purge their free 4 KiB runs. Without that, all 64 KiB of
+/// each page stayed resident (64 of 64 4 KiB pages, the test's first run).
+#[test]
+fn decay_gives_back_free_runs_of_abandoned_pages() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    spf::set_decay_ms(60_000);
+    let kept: Vec<Vec<u8>> = std::thread::spawn(|| {
+        let mut v: Vec<Vec<u8>> = (0..4 * 32).map(|i| vec![i as u8; 2000]).collect();
+        // One block of each page stays in use (each is a page's first).
+        v.drain(..).step_by(32).collect()
+    })
+    .join()
+    .unwrap();
+    let pages: Vec<usize> = kept.iter().map(|b| b.as_ptr() as usize & !0xffff).collect();
+    let resident = |pages: &[usize]| -> usize {
+        pages
+            .iter()
+            .map(|&p| common::large::resident_pages(p as *mut u8, 64 << 10))
+            .sum()
+    };
+    let before = resident(&pages);
+    // A short decay time, then slow paths on another thread: its reclaim
+    // ticks purge the abandoned pages.
+    spf::set_decay_ms(20);
+    std::thread::spawn(|| {
+        let start = std::time::Instant::now();
+        while start.elapsed() < std::time::Duration::from_millis(500) {
+            let churn: Vec<Vec<u8>> = (0..64).map(|_| vec![1u8; 8 << 10]).collect();
+            drop(std::hint::black_box(churn));
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    })
+    .join()
+    .unwrap();
+    spf::set_decay_ms(1000);
+    let after = resident(&pages);
+    eprintln!("abandoned pages: {before} resident 4 KiB pages, {after} after decay");
+    assert!(before >= 4 * 15, "the pages were not written: {before}");
+    // One run each: the block in use.
+    assert!(
+        after <= 2 * pages.len(),
+        "decay left {after} 4 KiB pages of {} abandoned pages resident",
+        pages.len()
+    );
+    for (i, b) in kept.iter().enumerate() {
+        assert!(b.iter().all(|&x| x == (i * 32) as u8), "kept block {i}");
     }
 }
 

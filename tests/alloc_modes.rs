@@ -56,6 +56,11 @@ fn run(mode: &str, commit: &str) -> (Counts, Counts) {
         stderr.contains("Allocator stats for spf:"),
         "SPF_STATS=1 printed nothing: {stderr}"
     );
+    // The table's last row: the table is not cut short.
+    assert!(
+        stderr.contains("foreign_reused\n"),
+        "SPF_STATS=1 printed the allocator's table cut short: {stderr}"
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{mode}/{commit}: {out:?}");
     let counts = |prefix: &str| -> Counts {

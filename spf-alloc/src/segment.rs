@@ -55,7 +55,9 @@
 //!   be in the pool, or back with spf-core), and its last access is the one
 //!   CAS that pushes the block on `thread_free` — or a chain of blocks of
 //!   the page that the thread freed and buffered (`heap::remote`), every
-//!   one of them counted in `used` until that CAS. Whether the page is
+//!   one of them counted in `used` until that CAS. A freed block that the
+//!   freeing thread keeps to hand out again (`heap::foreign`) stays
+//!   counted too, and reaches the page only through such a push. Whether the page is
 //!   abandoned is read from that same word (the `ABANDONED` tag): a freer
 //!   that sees the tag does not push but frees under the abandoned lists'
 //!   lock, still holding its block. So no freer can be reading a page that
@@ -222,7 +224,9 @@ pub struct Page {
     pub prev: Cell<*mut Page>,
     /// When the page went to the pool (`monotonic_ns`): written by
     /// `page_free` (by the page's last owner) and `segment_new`; read by
-    /// the pool's decay under the pool lock.
+    /// the pool's decay under the pool lock. While the page is abandoned:
+    /// when it was (written by `put_abandoned`, read by
+    /// `purge_abandoned`, both under the abandoned lists' lock).
     pub freed_at: Cell<u64>,
     /// Pooled and purged: its memory reads as zero. Set by `purge` (the
     /// pool's decay, on pages it took off the lists) and `segment_new`,
@@ -505,8 +509,9 @@ impl Page {
     /// already holes are not purged again. Returns the runs purged.
     ///
     /// # Safety
-    /// The caller is the page's owner (S1) and holds its heap's lock; no
-    /// other code walks `free` meanwhile.
+    /// The caller is the page's owner (S1) and holds its heap's lock, or
+    /// the page is abandoned and the caller holds the abandoned lists'
+    /// lock; no other code walks `free` meanwhile.
     pub unsafe fn purge_free_runs(&self) -> usize {
         if self.free.get().is_null() {
             return 0;

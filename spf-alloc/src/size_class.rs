@@ -67,7 +67,7 @@ pub fn class_of(size: usize) -> usize {
     }
 }
 
-const fn compute_block_size(c: usize) -> usize {
+pub(crate) const fn compute_block_size(c: usize) -> usize {
     if c < 8 {
         (c + 1) * 16
     } else {

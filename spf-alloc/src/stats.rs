@@ -76,6 +76,13 @@ pub struct AllocStats {
     /// Blocks in those chains (ever): over `remote_batches`, the blocks
     /// pushed per CAS.
     pub remote_batched: u64,
+    /// Small blocks of other threads' pages that the thread freeing them
+    /// kept for its own allocations instead of sending them back (ever).
+    pub foreign_kept: u64,
+    /// Kept blocks handed out again by the thread that kept them (ever);
+    /// the rest went back to their pages (on a decay trim, `spf::purge()`
+    /// or the thread's exit) or are still kept.
+    pub foreign_reused: u64,
     /// spf-core's fault counters.
     pub core: spf_core::Stats,
 }
@@ -87,6 +94,7 @@ pub fn stats() -> AllocStats {
     let mut heaps = 0;
     let mut remote_collected = 0u64;
     let (mut remote_batches, mut remote_batched) = (0u64, 0u64);
+    let (mut foreign_kept, mut foreign_reused) = (0u64, 0u64);
     let mut h = ALL_HEAPS.load(core::sync::atomic::Ordering::Acquire);
     while !h.is_null() {
         // SAFETY: heaps are never freed.
@@ -95,6 +103,8 @@ pub fn stats() -> AllocStats {
             remote_collected = remote_collected.wrapping_add((*h).remote_collected.load(Relaxed));
             remote_batches = remote_batches.wrapping_add((*h).remote_batches.load(Relaxed));
             remote_batched = remote_batched.wrapping_add((*h).remote_batched.load(Relaxed));
+            foreign_kept = foreign_kept.wrapping_add((*h).foreign_kept.load(Relaxed));
+            foreign_reused = foreign_reused.wrapping_add((*h).foreign_reused.load(Relaxed));
             h = (*h).next_all.load(Relaxed);
         }
         heaps += 1;
@@ -126,6 +136,8 @@ pub fn stats() -> AllocStats {
         remote_collected,
         remote_batches,
         remote_batched,
+        foreign_kept,
+        foreign_reused,
         core,
     }
 }
@@ -133,7 +145,15 @@ pub fn stats() -> AllocStats {
 impl AllocStats {
     fn fmt_own(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, " Allocator stats for spf:")?;
-        for (v, name) in [
+        for (v, name) in self.rows() {
+            writeln!(f, "{v:>16}      {name}")?;
+        }
+        Ok(())
+    }
+
+    /// The allocator's own figures with their names, in print order.
+    fn rows(&self) -> [(u64, &'static str); 24] {
+        [
             (self.allocated, "bytes_allocated"),
             (self.active, "bytes_active"),
             (self.committed, "bytes_committed"),
@@ -156,10 +176,9 @@ impl AllocStats {
             (self.remote_collected, "remote_collected"),
             (self.remote_batches, "remote_batches"),
             (self.remote_batched, "remote_batched"),
-        ] {
-            writeln!(f, "{v:>16}      {name}")?;
-        }
-        Ok(())
+            (self.foreign_kept, "foreign_kept"),
+            (self.foreign_reused, "foreign_reused"),
+        ]
     }
 }
 
@@ -173,12 +192,13 @@ impl fmt::Display for AllocStats {
 
 /// Registered with `atexit` when `SPF_STATS=1`; spf-core prints its own
 /// counters next to these.
+///
+/// One write per line: `spf_core::report` formats into a fixed 512-byte
+/// buffer, which the whole table overflows (it was cut after 14 rows).
 pub(crate) extern "C" fn print_at_exit() {
-    struct Own(AllocStats);
-    impl fmt::Display for Own {
-        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            self.0.fmt_own(f)
-        }
+    let s = stats();
+    spf_core::report(format_args!("\n Allocator stats for spf:\n"));
+    for (v, name) in s.rows() {
+        spf_core::report(format_args!("{v:>16}      {name}\n"));
     }
-    spf_core::report(format_args!("\n{}", Own(stats())));
 }

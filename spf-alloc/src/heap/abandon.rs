@@ -7,8 +7,9 @@
 //! allocations (other destructors may still allocate) go to a shared
 //! fallback heap under a lock (`alloc`).
 //!
-//! Abandoned pages always hold blocks counted in `used` (live, or freed
-//! into a thread's remote-free buffer and not pushed yet, `remote` B1),
+//! Abandoned pages always hold blocks counted in `used` (live, or freed by
+//! a thread that keeps them to reuse or buffers them and has not given
+//! them back yet, `foreign` F1, `remote` B1),
 //! are tagged `ABANDONED` in
 //! their `thread_free` exactly while they are listed, and are changed only
 //! under the abandoned lists' lock (S1, S4 in `segment`; the protocol is
@@ -31,9 +32,10 @@ static ABANDONED: SpinLock<AbandonedLists> =
 
 /// A thread is exiting: give its pages to the pool or the abandoned lists.
 pub fn abandon(h: &Heap) {
-    // Frees this thread buffered for other threads' pages go to them first:
-    // the heap is recycled with its buffer empty (B2 in `remote`).
-    super::remote::flush(h);
+    // Blocks of other threads' pages this thread kept or buffered go to
+    // them first: the heap is recycled with its stacks and buffer empty
+    // (F4 in `foreign`, B2 in `remote`).
+    super::foreign::release_all(h);
     for class in 0..CLASSES {
         // Detach the class's pages under the lock: from then on no
         // reclaimer can reach them (S5), and they are ours to hand on with
@@ -101,9 +103,59 @@ unsafe fn put_abandoned(page: *mut Page) -> Option<*mut Segment> {
         return unsafe { segment::page_free(page) };
     }
     p.abandoned.set(true);
+    p.freed_at.set(spf_core::monotonic_ns());
     // SAFETY: the page is in no list.
     unsafe { lists.0[p.class.get() as usize].push_front(page) };
     None
+}
+
+/// Abandoned pages a decay tick looks at, at most (each walk of a free
+/// list is under the abandoned lists' lock, which remote freers of
+/// abandoned pages and adopters wait for).
+pub(super) const PURGE_ABANDONED_BUDGET: usize = 64;
+
+/// Gives the kernel back the free memory inside abandoned pages abandoned
+/// at least `min_age_ns` ago, at 4 KiB granularity, as an owner's decay
+/// does for its own pages (`purge_free_runs`): no owner's decay reaches
+/// them, and one may hold a single block for a long time — a block of an
+/// exited thread still in use, or one another thread freed and keeps to
+/// reuse (`foreign`) or buffers — while its other 60 KiB stay resident.
+/// Looks at `budget` pages at most; each page it looks at goes to the back
+/// of its list, so the next call starts with others (and an adopter takes
+/// the pages purged last). Returns the runs purged.
+pub(super) fn purge_abandoned(budget: usize, min_age_ns: u64) -> usize {
+    let now = spf_core::monotonic_ns();
+    let mut lists = ABANDONED.lock();
+    let (mut looked, mut runs) = (0, 0);
+    for list in lists.0.iter_mut() {
+        // The pages listed when we came: those moved to the back are not
+        // looked at twice.
+        let last = list.last;
+        let mut page = list.first;
+        while !page.is_null() && looked < budget {
+            // SAFETY: a listed page, under the lists' lock.
+            let p = unsafe { &*page };
+            let next = p.next.get();
+            if now.saturating_sub(p.freed_at.get()) >= min_age_ns {
+                looked += 1;
+                // SAFETY: the lists own the page (S1) and we hold their
+                // lock: no other code walks its `free` meanwhile.
+                runs += unsafe { p.purge_free_runs() };
+                if !next.is_null() {
+                    // SAFETY: the page is on this list.
+                    unsafe {
+                        list.remove(page);
+                        list.push_back(page);
+                    }
+                }
+            }
+            if page == last {
+                break;
+            }
+            page = next;
+        }
+    }
+    runs
 }
 
 /// A remote free found its page tagged abandoned: free the block into the

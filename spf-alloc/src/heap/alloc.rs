@@ -1,7 +1,8 @@
 //! Allocation: the fast path (pop the first page's free list), the slow
-//! path (collect remote frees, carve new blocks, sweep, adopt an abandoned
-//! page or take one from the pool), and the fallback heap of threads whose
-//! own heap is gone.
+//! path (hand out a kept block of another thread's page, collect remote
+//! frees, carve new blocks, sweep, adopt an abandoned page or take one
+//! from the pool), and the fallback heap of threads whose own heap is
+//! gone.
 //!
 //! Fast path budget: `alloc` is a thread-local load, two loads to reach the
 //! class queue's first page, a pop from its `free` list and two stores; no
@@ -14,7 +15,7 @@
 
 use super::free::{sweep, sweep_due, Keep};
 use super::reclaim::{hand_over_free_pages, reclaim_tick, release_on_decay};
-use super::{abandon::adopt, link, remote, Heap, FALLBACK, FALLBACK_HEAP};
+use super::{abandon::adopt, foreign, link, remote, Heap, FALLBACK, FALLBACK_HEAP};
 use crate::segment::{self, Page, PageKind};
 use crate::size_class::CLASSES;
 use crate::{large, misuse, thread};
@@ -90,8 +91,10 @@ unsafe fn alloc_without_heap(heap: *mut Heap, class: usize) -> *mut u8 {
     unsafe { alloc_from(h, class) }
 }
 
-/// Finds a page with a free block: collect frees on the first pages of the
-/// queue, carve new blocks, sweep when remote frees piled up, adopt an
+/// Hands out a block of another thread's page that this thread freed and
+/// kept (`foreign`), or finds a page with a free block: collect frees on
+/// the first pages of the queue, carve new blocks, sweep when remote frees
+/// piled up, adopt an
 /// abandoned page, or take a page from the pool — after handing other
 /// heaps' pages whose blocks were all freed remotely to the pool, if it
 /// holds no resident page of the kind.
@@ -121,11 +124,20 @@ fn alloc_slow(h: &Heap, class: usize) -> *mut u8 {
             large::maybe_decay();
         }
     }
+    // Blocks of other threads' pages we freed, before our own pages'
+    // remote frees: they are here, and their owners may not come back soon.
+    // SAFETY: `h` is this thread's heap, or the fallback heap under its lock.
+    let b = unsafe { foreign::take(h, class) };
+    if !b.is_null() {
+        return b;
+    }
     if let Some(b) = alloc_from_queue(h, class) {
         return b;
     }
-    // About to adopt or take a page: first send the blocks we hold of
-    // other threads' pages, which may spare them a fresh page in turn.
+    // About to adopt or take a page: first send the blocks of other
+    // threads' pages waiting in our buffer, which may spare them a fresh
+    // page in turn (kept blocks stay: none is of this class, or we would
+    // have taken it).
     remote::flush(h);
     loop {
         let page = match adopt(h, class) {

@@ -2,7 +2,10 @@
 //! frees (onto its `thread_free`), pages that empty going back to the
 //! pool, and sweeping — collecting remote frees on every page of a heap.
 //!
-//! Cross-thread frees go into the freeing thread's remote-free buffer
+//! A cross-thread free of a small block is kept by the freeing thread to
+//! serve its own allocations of the class (`foreign`); what its stacks have
+//! no room for, and medium blocks, go to the page's owner: into the
+//! freeing thread's remote-free buffer
 //! (`remote`), which pushes them onto the page's `thread_free` as a chain,
 //! with one CAS per page — the last access to the page (S4 in `segment`),
 //! after reading the owner from the same line; the push that finds the
@@ -12,9 +15,9 @@
 //! owns pages (`sweep_due`), so memory freed by consumers returns to a
 //! producer's pages with amortised O(1) work.
 
-use super::{remote, Heap};
+use super::{foreign, remote, Heap};
 use crate::segment::{self, Block, Page, Segment, ABANDONED};
-use crate::size_class::{CLASSES, SMALL_MAX};
+use crate::size_class::{class_of, CLASSES, SMALL_MAX};
 use crate::{misuse, thread};
 use core::ptr::null_mut;
 use core::sync::atomic::{AtomicI64, Ordering};
@@ -70,10 +73,12 @@ pub unsafe fn dealloc(ptr: *mut u8) {
     }
 }
 
-/// Frees a block of a page this thread does not own: into this thread's
-/// remote-free buffer (`remote`), which pushes it onto the page's
-/// `thread_free` with others of the same page; at once if the thread has
-/// no heap (it is exiting).
+/// Frees a block of a page this thread does not own: a small block into
+/// this thread's foreign-block stack of its class (`foreign`), which its
+/// next allocations of the class take; else into its remote-free buffer
+/// (`remote`), which pushes it onto the page's `thread_free` with others of
+/// the same page; at once if the thread has no heap (it is exiting), the
+/// block is medium, or its page abandoned.
 ///
 /// # Safety
 /// `block` is a block of `p` that the caller is freeing, once, still
@@ -101,8 +106,13 @@ unsafe fn dealloc_remote(p: &Page, block: *mut Block, heap: *mut Heap) {
         // Relaxed: a hint; a page abandoned after this read still takes a
         // chain (`remote::push` frees it under the lists' lock).
         if size as usize <= SMALL_MAX && p.thread_free.load(Ordering::Relaxed) != ABANDONED {
-            // SAFETY: the caller's contract; `h` is this thread's live heap.
-            unsafe { remote::buffer(h, p, block, size as usize) };
+            let size = size as usize;
+            // SAFETY: the caller's contract; `h` is this thread's live
+            // heap; a small page's class is a small class.
+            if unsafe { !foreign::keep(h, block, class_of(size), size) } {
+                // SAFETY: as above.
+                unsafe { remote::buffer(h, p, block, size) };
+            }
         } else {
             // B4 in `remote`: a medium block, or a block of an abandoned
             // page, goes at once.

@@ -8,6 +8,10 @@
 //! `thread_free` (other threads' frees, an atomic stack) — so the owner
 //! allocates and frees with no atomic operation and no lock, and other
 //! threads free with one CAS per page for a batch of frees (`remote`).
+//! Before that, a thread freeing another thread's small block keeps it to
+//! hand out to its own next allocation of the class, as jemalloc's thread
+//! cache does (`foreign`): under churn the owner is often descheduled, and
+//! a block waiting for it is memory nobody can use.
 //! (mimalloc keeps a third, `local_free`, so that the owner's fast path
 //! runs dry now and then and collects; here the collection happens when
 //! `free` runs dry, and remote frees waiting in a page are bounded by the
@@ -17,6 +21,8 @@
 //! - `alloc`: the allocation fast path and slow path (collecting, carving,
 //!   taking pages from the pool), and the fallback heap's use;
 //! - `free`: local and remote frees, pages that empty, sweeping;
+//! - `foreign`: blocks of other threads' pages this thread freed and
+//!   keeps to serve its own allocations of their class;
 //! - `remote`: each thread's remote-free buffer, which pushes its frees
 //!   into other threads' pages as one chain per page;
 //! - `abandon`: thread exit (abandoning pages) and adopting abandoned pages;
@@ -32,6 +38,7 @@
 
 mod abandon;
 mod alloc;
+mod foreign;
 mod free;
 mod reclaim;
 mod remote;
@@ -80,6 +87,11 @@ pub struct Heap {
     /// store; read by `stats`.
     pub remote_batches: AtomicU64,
     pub remote_batched: AtomicU64,
+    /// Other threads' blocks this thread freed and kept (`foreign`), and
+    /// those it handed out again: written by the owner only, with a plain
+    /// load and store; read by `stats`.
+    pub foreign_kept: AtomicU64,
+    pub foreign_reused: AtomicU64,
     /// Pages in `queues`: written under `lock`, by the owner (`take`,
     /// `unqueue_and_free`, `abandon` after detaching every queue) and by a
     /// thread handing one of its free pages over (`hand_over_free_pages`);
@@ -115,6 +127,9 @@ pub struct Heap {
     /// This thread's frees into other threads' pages, waiting to be pushed
     /// per page (`remote`). Owner-only.
     remote: remote::RemoteBuffer,
+    /// Blocks of other threads' pages this thread freed and keeps for its
+    /// own allocations (`foreign`). Owner-only.
+    foreign: foreign::ForeignBlocks,
     /// Pages of this heap that newly hold remote frees since the last
     /// sweep: incremented by the freer whose push finds a page's
     /// `thread_free` empty (a hint; one RMW per page and collection, not
@@ -182,6 +197,8 @@ impl Heap {
             remote_collected: AtomicU64::new(0),
             remote_batches: AtomicU64::new(0),
             remote_batched: AtomicU64::new(0),
+            foreign_kept: AtomicU64::new(0),
+            foreign_reused: AtomicU64::new(0),
             pages: AtomicUsize::new(0),
             slow_paths: Cell::new(0),
             last_release: Cell::new(0),
@@ -191,6 +208,7 @@ impl Heap {
             active: AtomicBool::new(false),
             sweep_requested: AtomicBool::new(false),
             remote: remote::RemoteBuffer::new(),
+            foreign: foreign::ForeignBlocks::new(),
             remote_frees: OwnLine(AtomicUsize::new(0)),
         }
     }
@@ -220,6 +238,22 @@ impl Heap {
         let v = self.remote_batched.load(Ordering::Relaxed);
         self.remote_batched
             .store(v.wrapping_add(n as u64), Ordering::Relaxed);
+    }
+
+    /// Counts one block kept by `foreign` (owner only).
+    #[inline]
+    fn count_kept(&self) {
+        let v = self.foreign_kept.load(Ordering::Relaxed);
+        self.foreign_kept
+            .store(v.wrapping_add(1), Ordering::Relaxed);
+    }
+
+    /// Counts one kept block handed out again (owner only).
+    #[inline]
+    fn count_reused(&self) {
+        let v = self.foreign_reused.load(Ordering::Relaxed);
+        self.foreign_reused
+            .store(v.wrapping_add(1), Ordering::Relaxed);
     }
 
     fn queue(&self, class: usize) -> &Cell<PageList> {

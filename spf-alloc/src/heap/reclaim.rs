@@ -1,7 +1,9 @@
 //! Giving memory back: the owner's decay of its own pages (empty pages to
 //! the pool, every 4 KiB run of a partly used page that only free blocks
-//! cover purged in place as a hole;
-//! the calling thread's part of `spf::purge()`), and the reclaim of other
+//! cover purged in place as a hole; the blocks of other threads' pages it
+//! keeps and did not need, back to their pages, `foreign`;
+//! the calling thread's part of `spf::purge()`), the purge of free runs of
+//! abandoned pages (on decay ticks and by `spf::purge()`), and the reclaim of other
 //! heaps' pages whose blocks were all freed by other threads — by any
 //! thread's decay tick for heaps whose owner took no slow path since the
 //! last tick (an active owner is asked to sweep instead), by
@@ -12,6 +14,7 @@
 //! the first page of a class queue (S5 in `segment`), one heap's lock at a
 //! time, with nothing under it that may allocate (R1).
 
+use super::abandon::{purge_abandoned, PURGE_ABANDONED_BUDGET};
 use super::free::{sweep, Keep};
 use super::{Heap, ALL_HEAPS};
 use crate::segment::{self, Segment};
@@ -24,7 +27,9 @@ use core::sync::atomic::{AtomicU64, Ordering};
 /// the last run: every empty page goes to the pool — the one kept at the
 /// front of each class queue too — where the pool's decay purges it, and
 /// every 4 KiB run of a partly used page that only free blocks cover is
-/// purged in place (`purge_free_runs`).
+/// purged in place (`purge_free_runs`); before that, the kept blocks of
+/// other threads' pages that its allocations did not need since the last
+/// run go back to their pages (`foreign::trim`).
 /// A thread that stops allocating keeps what it held at its last run.
 pub(super) fn release_on_decay(h: &Heap) {
     let now = spf_core::monotonic_ns();
@@ -32,6 +37,7 @@ pub(super) fn release_on_decay(h: &Heap) {
         return;
     }
     h.last_release.set(now);
+    super::foreign::trim(h);
     sweep(h, Keep::None);
     purge_free_runs(h);
 }
@@ -46,9 +52,9 @@ pub fn release_own() {
     }
     // SAFETY: this thread's live heap (R2: consistent between calls).
     let h = unsafe { &*heap };
-    // Our buffered frees into other threads' pages go to them, so that
-    // the reclaim pass after us can give back pages they empty.
-    super::remote::flush(h);
+    // Our kept and buffered frees into other threads' pages go to them, so
+    // that the reclaim pass after us can give back pages they empty.
+    super::foreign::release_all(h);
     while !sweep(h, Keep::None) {}
     purge_free_runs(h);
     h.last_release.set(spf_core::monotonic_ns());
@@ -89,9 +95,10 @@ pub static PAGES_RECLAIMED: AtomicU64 = AtomicU64::new(0);
 static LAST_RECLAIM: AtomicU64 = AtomicU64::new(0);
 
 /// Runs, at most every half decay time in the whole process, a reclaim
-/// pass over the other threads' heaps (`reclaim_heap`): called from slow
-/// paths, so an idle thread's pages are given back by threads that are
-/// still working.
+/// pass over the other threads' heaps (`reclaim_heap`) and the purge of
+/// free runs of up to `PURGE_ABANDONED_BUDGET` pages abandoned a decay
+/// time ago or more: called from slow paths, so an idle thread's pages,
+/// and exited threads' pages, are given back by threads still working.
 pub(super) fn reclaim_tick(own: &Heap) {
     let decay = options::decay_ns();
     let now = spf_core::monotonic_ns();
@@ -104,6 +111,10 @@ pub(super) fn reclaim_tick(own: &Heap) {
         return;
     }
     reclaim_others(own, Reclaim::Tick);
+    let runs = purge_abandoned(PURGE_ABANDONED_BUDGET, decay);
+    if runs > 0 {
+        PAGE_RUNS_PURGED.fetch_add(runs as u64, Ordering::Relaxed);
+    }
 }
 
 /// How a reclaim pass treats a heap.
@@ -290,7 +301,12 @@ fn hand_over_heap(h: &Heap, budget: &mut usize, doomed: &mut [*mut Segment; 4]) 
 }
 
 /// `spf::purge()`'s part for other threads' heaps: every page whose blocks
-/// were all freed by other threads, but the first of each class queue.
+/// were all freed by other threads, but the first of each class queue;
+/// and the free 4 KiB runs of every abandoned page (`purge_abandoned`).
 pub fn reclaim_all() {
     reclaim_others(thread::heap(), Reclaim::All);
+    let runs = purge_abandoned(usize::MAX, 0);
+    if runs > 0 {
+        PAGE_RUNS_PURGED.fetch_add(runs as u64, Ordering::Relaxed);
+    }
 }
