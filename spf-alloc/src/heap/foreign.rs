@@ -144,25 +144,16 @@ pub(super) unsafe fn keep(h: &Heap, block: *mut Block, class: usize, size: usize
 /// `h` is this thread's heap (or the fallback heap under its lock).
 #[inline]
 pub(super) unsafe fn take(h: &Heap, class: usize) -> *mut u8 {
-    let f = &h.foreign;
-    let Some(slot) = f.stacks.get(class) else {
+    if class >= SMALL_CLASSES {
         return null_mut();
-    };
-    let mut s = slot.get();
-    let b = s.head;
+    }
+    let b = pop(&h.foreign, class);
     if b.is_null() {
         return null_mut();
     }
-    // SAFETY: a kept block: ours, linked through its first word.
-    s.head = unsafe { (*b).next };
-    s.n -= 1;
-    s.low = s.low.min(s.n);
-    slot.set(s);
-    let size = block_size(class);
-    f.bytes.set(f.bytes.get() - size);
     // SAFETY: F1: the block's page lives while the block is counted.
     misuse::on_alloc(unsafe { &*segment::page_of(b as *mut u8) }, b as *const u8);
-    h.add_allocated(size as i64);
+    h.add_allocated(block_size(class) as i64);
     h.count_reused();
     b as *mut u8
 }
@@ -205,26 +196,36 @@ pub(super) fn release_all(h: &Heap) {
 /// # Safety
 /// `h` is this thread's live heap (its owner calls).
 unsafe fn give_back(h: &Heap, class: usize, n: u32) {
-    let f = &h.foreign;
-    let slot = &f.stacks[class];
     let size = block_size(class);
     for _ in 0..n {
-        let mut s = slot.get();
-        let b = s.head;
+        // F3: off the stack before `remote` may re-enter the allocator.
+        let b = pop(&h.foreign, class);
         if b.is_null() {
             return;
         }
-        // F3: off the stack before `remote` may re-enter the allocator.
-        // SAFETY: a kept block, linked through its first word.
-        s.head = unsafe { (*b).next };
-        s.n -= 1;
-        s.low = s.low.min(s.n);
-        slot.set(s);
-        f.bytes.set(f.bytes.get() - size);
         // SAFETY: F1: the block's page lives while the block is counted.
         let p: &Page = unsafe { &*segment::page_of(b as *mut u8) };
         // SAFETY: a block of `p` being freed (it was, and is again), once,
         // still counted; `h` is this thread's live heap.
         unsafe { remote::buffer(h, p, b, size) };
     }
+}
+
+/// Takes the top block off `class`'s stack (`class < SMALL_CLASSES`), the
+/// stack and the byte count written back before it returns (F3), or null
+/// if the stack is empty.
+fn pop(f: &ForeignBlocks, class: usize) -> *mut Block {
+    let slot = &f.stacks[class];
+    let mut s = slot.get();
+    let b = s.head;
+    if b.is_null() {
+        return null_mut();
+    }
+    // SAFETY: a kept block: ours, linked through its first word.
+    s.head = unsafe { (*b).next };
+    s.n -= 1;
+    s.low = s.low.min(s.n);
+    slot.set(s);
+    f.bytes.set(f.bytes.get() - block_size(class));
+    b
 }
