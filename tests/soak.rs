@@ -818,6 +818,7 @@ fn wait_child(pid: libc::pid_t) -> i32 {
             return status;
         }
         if since.elapsed() > CHILD_LIMIT {
+            print_stacks(pid);
             // SAFETY: our child.
             unsafe { libc::kill(pid, libc::SIGKILL) };
             // SAFETY: as above.
@@ -825,6 +826,30 @@ fn wait_child(pid: libc::pid_t) -> i32 {
             panic!("fork child {pid} hung for {CHILD_LIMIT:?}");
         }
         std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Prints a hung child's stacks, where `gdb` is installed: a hang is
+/// rare and, without them, leaves nothing to go on.
+fn print_stacks(pid: libc::pid_t) {
+    let out = std::process::Command::new("timeout")
+        .args([
+            "30",
+            "gdb",
+            "-p",
+            &pid.to_string(),
+            "-batch",
+            "-ex",
+            "thread apply all bt",
+        ])
+        .output();
+    match out {
+        Ok(o) => eprintln!(
+            "stacks of the hung child {pid}:\n{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(e) => eprintln!("no stacks of the hung child {pid} (gdb: {e})"),
     }
 }
 

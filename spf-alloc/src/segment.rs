@@ -33,8 +33,27 @@
 //! then is purged with `MADV_DONTNEED` (it stays committed and reads as
 //! zero) — with the lock released: the pages being purged are off the
 //! lists meanwhile and counted in their segments as pages in use
-//! (`decay_pool`); segments whose pages are all free go back to spf-core
-//! once the pool holds more than two free segments' worth of that kind.
+//! (`decay_pool`). A segment whose pages are all free goes back to
+//! spf-core once they are all purged too, if the pool holds more than two
+//! free segments' worth of that kind (S6).
+//!
+//! The pool is how memory passes from one thread generation to the next:
+//! a thread's exit pools its empty pages, and the threads after it take
+//! them. Two rules keep that memory in use rather than faulting in fresh
+//! pages beside it (on the mixed torture, 8 threads × 4 waves, they took
+//! page faults per repetition from about 140k to 95k):
+//! - a page is taken dirty, most recently freed first, and among the
+//!   first `SAME_CLASS_SCAN` dirty pages one that last served the class
+//!   asked for is preferred: its resident memory is exactly where the new
+//!   owner carves its blocks again, where a page of another class has its
+//!   resident bytes at other offsets (a 1 MiB medium page with two 200 KiB
+//!   blocks touched serves a 20 KiB class from its start, and faults in
+//!   again past 400 KiB);
+//! - a free segment is not returned while its memory is dirty. Returning
+//!   it at once (as before) made the next generation of threads fault in
+//!   fresh segments — about 180 medium segments made and destroyed per
+//!   torture repetition — while memory freed a moment earlier was
+//!   discarded.
 //!
 //! Free memory inside a page still in use goes back at 4 KiB granularity:
 //! the owner's decay turns every 4 KiB run covered only by free blocks
@@ -50,6 +69,10 @@
 //!   free can still arrive for it.
 //! - S3: segments are destroyed only when all their pages are in the pool,
 //!   and never while the pool lock is held (R1 in `heap`).
+//! - S6: a wholly free segment is destroyed only when all its pages are
+//!   purged: freed memory stays for the decay time whether its page or its
+//!   whole segment is free, and no longer (`spf::purge()` purges every
+//!   pooled page, so it returns every free segment beyond the two kept).
 //! - S4: a thread freeing into a page it does not own reads the page only
 //!   while its block is still counted in `used` (so by S2 the page cannot
 //!   be in the pool, or back with spf-core), and its last access is the one
@@ -105,8 +128,12 @@ const MEDIUM_PAGES: [usize; 3] = [PER_MEDIUM, 2 * PER_MEDIUM, 3 * PER_MEDIUM];
 pub const HEADER_PAGES: usize = core::mem::size_of::<Segment>().div_ceil(SMALL_PAGE_SIZE);
 const SMALL_PAGES: core::ops::Range<usize> = HEADER_PAGES..PAGES_PER_SEGMENT;
 pub const MAGIC: usize = 0x5350_4653_4547_4d54; // "SPFSEGMT"
-/// Free segments of each kind kept (not returned to spf-core) for reuse.
+/// Free segments' worth of pages of each kind the pool keeps, purged,
+/// rather than return whole free segments to spf-core.
 const KEEP_SEGMENTS: usize = 2;
+/// Pooled pages that `page_alloc` looks through for one that last served
+/// the requested class (see the module docs, "The pool").
+const SAME_CLASS_SCAN: usize = 32;
 
 /// The two kinds of pages. A segment holds pages of one kind only, so it
 /// has the same kind; the pool keeps one list of each.
@@ -903,6 +930,31 @@ impl PageList {
         self.last = p;
     }
 
+    /// The first of the list's leading pages that are not purged (a pool
+    /// list: pages freed within the decay time come first) whose last
+    /// class was `class`, looking at most `SAME_CLASS_SCAN` pages.
+    ///
+    /// # Safety
+    /// The caller owns the list's pages (a pool list, under the pool lock).
+    unsafe fn dirty_of_class(&self, class: usize) -> Option<*mut Page> {
+        let mut p = self.first;
+        for _ in 0..SAME_CLASS_SCAN {
+            if p.is_null() {
+                break;
+            }
+            // SAFETY: a member of the list, which the caller owns.
+            let page = unsafe { &*p };
+            if page.purged.get() {
+                break;
+            }
+            if page.class.get() as usize == class {
+                return Some(p);
+            }
+            p = page.next.get();
+        }
+        None
+    }
+
     /// # Safety
     /// `p` is in this list.
     pub unsafe fn remove(&mut self, p: *mut Page) {
@@ -997,7 +1049,8 @@ pub fn page_alloc(class: usize) -> *mut Page {
     let taken = {
         let mut pool = POOL.lock();
         let list = &mut pool.lists[kind as usize];
-        let p = list.first;
+        // SAFETY: under the pool lock, which owns the list's pages (S1).
+        let p = unsafe { list.dirty_of_class(class) }.unwrap_or(list.first);
         if !p.is_null() {
             // SAFETY: p is the head of a pool list (S1: the pool owns it).
             unsafe { list.remove(p) };
@@ -1117,10 +1170,15 @@ unsafe fn page_free_with(page: *mut Page, run_decay: bool) -> Option<*mut Segmen
         }
         (doomed, due)
     };
-    if due {
-        decay_pool(now, decay);
+    let decayed = if due { decay_pool(now, decay) } else { None };
+    match (doomed, decayed) {
+        (Some(seg), Some(other)) => {
+            // SAFETY: `decay_pool` handed `other` to us to destroy, once.
+            unsafe { defer_destroy(other) };
+            Some(seg)
+        }
+        (doomed, decayed) => doomed.or(decayed),
     }
-    doomed
 }
 
 /// Which end of a pool list a page goes to.
@@ -1133,9 +1191,11 @@ enum End {
 }
 
 /// Puts a page into the pool and counts it out of its segment; returns the
-/// segment if that made it wholly free and the pool keeps enough of its
-/// kind already: its pages are then off the list, and the caller destroys
-/// it once no lock is held (R1, S3).
+/// segment if that made it wholly free, all its pages are purged (S6) and
+/// the pool keeps enough of its kind already: its pages are then off the
+/// list, and the caller destroys it once no lock is held (R1, S3). With a
+/// decay time that is a page put back purged by `decay_pool`; with none,
+/// any page (`page_free` purges at once).
 ///
 /// # Safety
 /// The caller holds the pool lock (`pool`) and owns `page`, which is empty
@@ -1165,7 +1225,9 @@ unsafe fn pool_put(pool: &mut Pool, page: *mut Page, end: End) -> Option<*mut Se
     let per_segment = kind.spans().count();
     let mut free = pool.free[kind as usize] + 1;
     let mut doomed = None;
-    if used == 0 && free > KEEP_SEGMENTS * per_segment {
+    // SAFETY: the segment is live and, with `used == 0`, all its pages
+    // are pooled: their `purged` flags are the pool lock's.
+    if used == 0 && free > KEEP_SEGMENTS * per_segment && unsafe { all_purged(seg, kind) } {
         // SAFETY: all of this segment's pages are in the pool list.
         unsafe {
             let pages = &(*seg).pages;
@@ -1179,6 +1241,19 @@ unsafe fn pool_put(pool: &mut Pool, page: *mut Page, end: End) -> Option<*mut Se
     }
     pool.free[kind as usize] = free;
     doomed
+}
+
+/// Whether every page of a wholly free segment is purged: its memory
+/// decayed, so that destroying it discards no memory freed less than a
+/// decay time ago (S6).
+///
+/// # Safety
+/// `seg` is a live segment of `kind` whose pages are all pooled; the
+/// caller holds the pool lock.
+unsafe fn all_purged(seg: *mut Segment, kind: PageKind) -> bool {
+    // SAFETY: the caller's contract.
+    let pages = unsafe { &(*seg).pages };
+    kind.spans().all(|i| pages[i].purged.get())
 }
 
 /// Runs a decay sweep if one is due; called from allocation slow paths so
@@ -1196,7 +1271,12 @@ pub fn maybe_decay() {
         }
         pool.last_sweep = now;
     }
-    decay_pool(now, decay);
+    if let Some(seg) = decay_pool(now, decay) {
+        // SAFETY: handed to us to destroy, once. R1: no allocator lock is
+        // held here (under the fallback heap's lock, `segment_destroy`
+        // queues it).
+        unsafe { segment_destroy(seg) };
+    }
 }
 
 /// Pages purged per round of `decay_pool`.
@@ -1209,10 +1289,14 @@ const PURGE_BATCH: usize = 16;
 /// destroyed meanwhile: S3), purges them, and puts them back at the old
 /// end. The lists are most-recent-first, so the oldest are at the tail.
 ///
-/// A segment that putting them back leaves wholly free is destroyed later
-/// (queued for the next `segment_destroy`): the callers may be in the
-/// middle of walking a heap, which destroying could re-enter (R2).
-fn decay_pool(now: u64, decay: u64) {
+/// Putting them back is what returns wholly free segments (their pages
+/// all purged now) to spf-core. The first such segment is returned for
+/// the caller to destroy where it holds no allocator lock; any others are
+/// queued for the next `segment_destroy` (`page_free`'s callers may be in
+/// the middle of walking a heap, which destroying could re-enter: R2).
+#[must_use]
+fn decay_pool(now: u64, decay: u64) -> Option<*mut Segment> {
+    let mut first_doomed = None;
     loop {
         let mut batch = [null_mut::<Page>(); PURGE_BATCH];
         let mut n = 0;
@@ -1248,7 +1332,7 @@ fn decay_pool(now: u64, decay: u64) {
             }
         }
         if n == 0 {
-            return;
+            return first_doomed;
         }
         let mut failed = false;
         for &p in &batch[..n] {
@@ -1270,14 +1354,18 @@ fn decay_pool(now: u64, decay: u64) {
             }
         }
         for &seg in &doomed[..d] {
-            // SAFETY: `pool_put` took this segment's pages off the lists
-            // and handed it to us to destroy, once.
-            unsafe { defer_destroy(seg) };
+            if first_doomed.is_none() {
+                first_doomed = Some(seg);
+            } else {
+                // SAFETY: `pool_put` took this segment's pages off the
+                // lists and handed it to us to destroy, once.
+                unsafe { defer_destroy(seg) };
+            }
         }
         // A page whose purge failed is still due: the next sweep retries
         // it, this one must not take it again and again.
         if n < PURGE_BATCH || failed {
-            return;
+            return first_doomed;
         }
     }
 }
@@ -1285,7 +1373,11 @@ fn decay_pool(now: u64, decay: u64) {
 /// Purges every page pooled by now, whatever its age (pages freed while it
 /// runs are left to decay, so that a stream of frees cannot keep it going).
 pub fn purge_all() {
-    decay_pool(spf_core::monotonic_ns(), 0);
+    if let Some(seg) = decay_pool(spf_core::monotonic_ns(), 0) {
+        // SAFETY: handed to us to destroy, once; `spf::purge()` holds no
+        // allocator lock (R1).
+        unsafe { segment_destroy(seg) };
+    }
 }
 
 fn purge(page: &Page) {

@@ -1,0 +1,164 @@
+//! The page pool between thread generations: a thread that exits leaves
+//! its empty pages in the pool with their memory (for the decay time), and
+//! the threads after it reuse that memory instead of faulting in fresh
+//! pages — a page goes back to the class it last served where one is
+//! pooled, and a wholly free segment stays until its memory has decayed.
+
+mod common;
+
+use common::{child_scenario, run_child, serial};
+use spf::SpfAlloc;
+
+#[global_allocator]
+static GLOBAL: SpfAlloc = SpfAlloc::new();
+
+/// Medium pages are 1 MiB, 1 MiB-aligned.
+const MEDIUM_PAGE: usize = 1 << 20;
+
+/// Resident bytes of `len` bytes at `start` (`mincore`).
+fn resident(start: usize, len: usize) -> usize {
+    let mut map = vec![0u8; len.div_ceil(4096)];
+    // SAFETY: `map` has one byte per 4 KiB page of the range, which lies
+    // in a segment: spf keeps its address space mapped (reserved) for the
+    // process's life, so `mincore` never sees an unmapped page.
+    let rc = unsafe { libc::mincore(start as *mut libc::c_void, len, map.as_mut_ptr()) };
+    assert_eq!(rc, 0, "mincore: {}", std::io::Error::last_os_error());
+    map.iter().filter(|&&b| b & 1 != 0).count() * 4096
+}
+
+/// Page faults this thread has taken so far.
+fn thread_faults() -> i64 {
+    // SAFETY: a zeroed rusage is a valid out-parameter.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a valid rusage to fill.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
+    assert_eq!(rc, 0, "getrusage: {}", std::io::Error::last_os_error());
+    ru.ru_minflt
+}
+
+/// Writes every byte of `b` (so that all its memory is resident).
+fn fill(b: &mut [u8], value: u8) {
+    for x in b.iter_mut() {
+        *x = value;
+    }
+    std::hint::black_box(b);
+}
+
+#[test]
+fn a_pooled_page_goes_back_to_the_class_it_served() {
+    // In a process of its own, whose pool holds only the pages this test
+    // frees: none of them is taken or returned by another test meanwhile.
+    if child_scenario().is_none() {
+        let _serial = serial();
+        let out = run_child("a_pooled_page_goes_back_to_the_class_it_served", "alone");
+        let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+        eprintln!("{text}");
+        assert!(out.status.success(), "the child failed: {}", out.status);
+        return;
+    }
+    spf::set_decay_ms(60_000);
+    // Medium sizes of six classes; the first class's page is given back
+    // first when the thread exits (its heap is walked by class), so the
+    // five others lie before it in the pool, most recently freed first.
+    const SIZES: [usize; 6] = [
+        20 << 10,
+        40 << 10,
+        72 << 10,
+        100 << 10,
+        150 << 10,
+        200 << 10,
+    ];
+    let first = std::thread::spawn(|| {
+        let mut blocks: Vec<Vec<u8>> = SIZES.iter().map(|&n| vec![0u8; n]).collect();
+        for (i, b) in blocks.iter_mut().enumerate() {
+            fill(b, i as u8 + 1);
+        }
+        blocks[0].as_ptr() as usize
+    })
+    .join()
+    .unwrap();
+    let (second, faults) = std::thread::spawn(|| {
+        let mut b = vec![0u8; SIZES[0]];
+        let before = thread_faults();
+        fill(&mut b, 9);
+        (b.as_ptr() as usize, thread_faults() - before)
+    })
+    .join()
+    .unwrap();
+    spf::set_decay_ms(1000);
+    eprintln!("first block {first:#x}, the next thread's {second:#x}: {faults} faults filling it");
+    assert_eq!(
+        second & !(MEDIUM_PAGE - 1),
+        first & !(MEDIUM_PAGE - 1),
+        "the next thread's {} KiB block is not in the pooled page that served its class",
+        SIZES[0] >> 10
+    );
+    assert_eq!(
+        faults, 0,
+        "filling a block of a page whose memory is resident took {faults} faults"
+    );
+}
+
+#[test]
+fn a_free_segment_keeps_its_memory_until_it_decays() {
+    let _serial = serial();
+    spf::set_decay_ms(60_000);
+    // 64 blocks of 200 KiB: 16 medium pages, five or six segments, more
+    // than the two free segments' worth the pool keeps purged.
+    const SIZE: usize = 200 << 10;
+    const N: usize = 64;
+    let blocks: Vec<usize> = std::thread::spawn(|| {
+        let mut v: Vec<Vec<u8>> = (0..N).map(|_| vec![0u8; SIZE]).collect();
+        for b in v.iter_mut() {
+            fill(b, 5);
+        }
+        v.iter().map(|b| b.as_ptr() as usize).collect()
+    })
+    .join()
+    .unwrap();
+    // The thread freed every block and exited: all its pages are pooled.
+    let total = N * SIZE;
+    let freed = blocks.iter().map(|&b| resident(b, SIZE)).sum::<usize>();
+    let regions = spf::alloc_stats().live_regions;
+    eprintln!(
+        "{} of {} KiB still resident after the thread exited, {regions} regions",
+        freed >> 10,
+        total >> 10
+    );
+    assert!(
+        freed >= total * 9 / 10,
+        "only {} of {} KiB stayed resident: free segments went back before the decay time",
+        freed >> 10,
+        total >> 10
+    );
+
+    // A short decay time, which applies to what is pooled already; decay
+    // runs on allocator activity (small blocks: no medium page is reused).
+    spf::set_decay_ms(20);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    std::thread::spawn(|| {
+        for _ in 0..4 {
+            let churn: Vec<Box<[u8; 48]>> = (0..20_000).map(|_| Box::new([0u8; 48])).collect();
+            drop(std::hint::black_box(churn));
+        }
+    })
+    .join()
+    .unwrap();
+    let decayed = blocks.iter().map(|&b| resident(b, SIZE)).sum::<usize>();
+    let after = spf::alloc_stats().live_regions;
+    spf::set_decay_ms(1000);
+    eprintln!(
+        "{} KiB resident after the decay time, {after} regions (was {regions})",
+        decayed >> 10
+    );
+    assert!(
+        decayed <= total / 10,
+        "{} of {} KiB still resident after the decay time",
+        decayed >> 10,
+        total >> 10
+    );
+    assert!(
+        after < regions,
+        "free segments were not given back after their memory decayed: {regions} regions before, {after} after"
+    );
+}
