@@ -133,13 +133,16 @@ fn a_free_segment_keeps_its_memory_until_it_decays() {
     );
 
     // A short decay time, which applies to what is pooled already; decay
-    // runs on allocator activity (small blocks: no medium page is reused).
+    // runs on allocator activity: small blocks only (the vector holding
+    // them too), so that no medium page is taken back meanwhile.
     spf::set_decay_ms(20);
     std::thread::sleep(std::time::Duration::from_millis(100));
     std::thread::spawn(|| {
-        for _ in 0..4 {
-            let churn: Vec<Box<[u8; 48]>> = (0..20_000).map(|_| Box::new([0u8; 48])).collect();
-            drop(std::hint::black_box(churn));
+        let mut churn: Vec<Box<[u8; 48]>> = Vec::with_capacity(1000);
+        for _ in 0..80 {
+            churn.extend((0..1000).map(|_| Box::new([0u8; 48])));
+            std::hint::black_box(&churn);
+            churn.clear();
         }
     })
     .join()
@@ -161,4 +164,56 @@ fn a_free_segment_keeps_its_memory_until_it_decays() {
         after < regions,
         "free segments were not given back after their memory decayed: {regions} regions before, {after} after"
     );
+}
+
+#[test]
+fn a_thread_freeing_very_much_leaves_at_most_32_free_segments_resident() {
+    // A process of its own: no segment of another test in the pool.
+    if child_scenario().is_none() {
+        let _serial = serial();
+        let out = run_child(
+            "a_thread_freeing_very_much_leaves_at_most_32_free_segments_resident",
+            "alone",
+        );
+        let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+        eprintln!("{text}");
+        assert!(out.status.success(), "the child failed: {}", out.status);
+        return;
+    }
+    spf::set_decay_ms(60_000);
+    // 200 KiB blocks, four to a medium page, twelve to a segment: 64
+    // segments' worth, all freed as the thread exits.
+    const SIZE: usize = 200 << 10;
+    const PER_SEGMENT: usize = 12;
+    const N: usize = 64 * PER_SEGMENT;
+    let blocks: Vec<usize> = std::thread::spawn(|| {
+        let mut v: Vec<Vec<u8>> = (0..N).map(|_| vec![0u8; SIZE]).collect();
+        for b in v.iter_mut() {
+            fill(b, 3);
+        }
+        v.iter().map(|b| b.as_ptr() as usize).collect()
+    })
+    .join()
+    .unwrap();
+    let kept = blocks.iter().map(|&b| resident(b, SIZE)).sum::<usize>();
+    let segment_bytes = PER_SEGMENT * SIZE;
+    eprintln!(
+        "{} of {} MiB resident after the thread exited: {:.1} segments' worth",
+        kept >> 20,
+        (N * SIZE) >> 20,
+        kept as f64 / segment_bytes as f64
+    );
+    // 32 wholly free segments kept dirty, a little more for the two kept
+    // purged and for pages still partly used when the segment count hit 32.
+    assert!(
+        kept <= 36 * segment_bytes,
+        "{} MiB of freed segments stayed resident: more than 32 segments' worth",
+        kept >> 20
+    );
+    assert!(
+        kept >= 24 * segment_bytes,
+        "only {} MiB stayed resident: free segments went back before the decay time",
+        kept >> 20
+    );
+    spf::set_decay_ms(1000);
 }

@@ -775,6 +775,10 @@ fn forker(stop: &AtomicBool) {
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0, "fork failed");
         if pid == 0 {
+            // Lets `print_stacks` attach where Yama restricts ptrace to
+            // ancestors (an error elsewhere, ignored).
+            // SAFETY: prctl with integer arguments.
+            unsafe { libc::prctl(libc::PR_SET_PTRACER, libc::PR_SET_PTRACER_ANY) };
             let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 child_work(base, half, parent_seed, child_seed)
             }))

@@ -46,8 +46,10 @@ pub use lookup::block_layout;
 pub use options::set_decay_ms;
 pub use stats::{stats, AllocStats};
 
-/// Gives freed memory back to the kernel now (it stays reserved and
-/// committed, and reads as zero), instead of waiting for the decay time:
+/// Gives freed memory back to the kernel now (what spf keeps of it stays
+/// reserved and committed, and reads as zero; wholly free segments past
+/// two of each kind go back to spf-core), instead of waiting for the decay
+/// time:
 /// every page in the page pool, every cached large block, the calling
 /// thread's empty pages (the one each class keeps for reuse too), every
 /// 4 KiB run of its partly used pages and of abandoned pages (pages of

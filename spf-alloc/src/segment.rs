@@ -34,14 +34,17 @@
 //! zero) — with the lock released: the pages being purged are off the
 //! lists meanwhile and counted in their segments as pages in use
 //! (`decay_pool`). A segment whose pages are all free goes back to
-//! spf-core once they are all purged too, if the pool holds more than two
-//! free segments' worth of that kind (S6).
+//! spf-core once they are all purged too, or at once past
+//! `KEEP_FREE_SEGMENTS` wholly free segments of its kind — in either case
+//! only if the pool holds more than two free segments' worth of that kind
+//! (S6).
 //!
 //! The pool is how memory passes from one thread generation to the next:
 //! a thread's exit pools its empty pages, and the threads after it take
 //! them. Two rules keep that memory in use rather than faulting in fresh
 //! pages beside it (on the mixed torture, 8 threads × 4 waves, they took
-//! page faults per repetition from about 140k to 95k):
+//! page faults per repetition from about 141k to 103k, 10 runs each, with
+//! the same median peak RSS, 417 and 418 MiB):
 //! - a page is taken dirty, most recently freed first, and among the
 //!   first `SAME_CLASS_SCAN` dirty pages one that last served the class
 //!   asked for is preferred: its resident memory is exactly where the new
@@ -49,11 +52,14 @@
 //!   resident bytes at other offsets (a 1 MiB medium page with two 200 KiB
 //!   blocks touched serves a 20 KiB class from its start, and faults in
 //!   again past 400 KiB);
-//! - a free segment is not returned while its memory is dirty. Returning
-//!   it at once (as before) made the next generation of threads fault in
-//!   fresh segments — about 180 medium segments made and destroyed per
-//!   torture repetition — while memory freed a moment earlier was
-//!   discarded.
+//! - a free segment is not returned while its memory is dirty, up to 32
+//!   of them a kind (128 MiB). Returning it at once (as before) made the
+//!   next generation of threads fault in fresh segments — about 180
+//!   medium segments made and destroyed per torture repetition — while
+//!   memory freed a moment earlier was discarded. The cap bounds what a
+//!   program that frees a great deal and then stops calling the allocator
+//!   keeps (decay runs only on its calls); without it the torture took
+//!   97k faults, with 16 free segments 119k.
 //!
 //! Free memory inside a page still in use goes back at 4 KiB granularity:
 //! the owner's decay turns every 4 KiB run covered only by free blocks
@@ -69,10 +75,6 @@
 //!   free can still arrive for it.
 //! - S3: segments are destroyed only when all their pages are in the pool,
 //!   and never while the pool lock is held (R1 in `heap`).
-//! - S6: a wholly free segment is destroyed only when all its pages are
-//!   purged: freed memory stays for the decay time whether its page or its
-//!   whole segment is free, and no longer (`spf::purge()` purges every
-//!   pooled page, so it returns every free segment beyond the two kept).
 //! - S4: a thread freeing into a page it does not own reads the page only
 //!   while its block is still counted in `used` (so by S2 the page cannot
 //!   be in the pool, or back with spf-core), and its last access is the one
@@ -100,6 +102,16 @@
 //!   what it needs of the page before its Release store of `used`, and
 //!   touches the page after it only if that store made `used` 0 (then no
 //!   remote chain waits, S2, and no reclaimer takes the page).
+//! - S6: a wholly free segment is destroyed when all its pages are purged
+//!   (its memory decayed) or when the pool holds more than
+//!   `KEEP_FREE_SEGMENTS` wholly free segments of its kind, and only if
+//!   the pool keeps more than two free segments' worth of the kind:
+//!   freed memory stays for the decay time, whole segments' included,
+//!   within that cap. `spf::purge()` purges every pooled page, so it
+//!   returns every free segment past the two kept. (A page whose purge
+//!   failed, or that was pooled dirty before `SPF_DECAY_MS` was set to 0,
+//!   keeps its segment, within the cap, until `spf::purge()` — or, with a
+//!   decay time, a later sweep — purges it.)
 
 use crate::lock::SpinLock;
 use crate::options;
@@ -134,6 +146,11 @@ const KEEP_SEGMENTS: usize = 2;
 /// Pooled pages that `page_alloc` looks through for one that last served
 /// the requested class (see the module docs, "The pool").
 const SAME_CLASS_SCAN: usize = 32;
+/// Wholly free segments of each kind the pool keeps dirty, for the decay
+/// time, before it returns any more at once (S6): 128 MiB of each kind at
+/// most, for a program that frees a great deal and then stops calling the
+/// allocator (decay runs only on its calls).
+const KEEP_FREE_SEGMENTS: usize = 32;
 
 /// The two kinds of pages. A segment holds pages of one kind only, so it
 /// has the same kind; the pool keeps one list of each.
@@ -983,6 +1000,9 @@ struct Pool {
     lists: [PageList; 2],
     /// Pages on each of `lists`.
     free: [usize; 2],
+    /// Wholly free segments of each kind (`used == 0`: all their pages on
+    /// `lists`), dirty or purged.
+    free_segments: [usize; 2],
     /// When the last decay sweep of the pool started (`monotonic_ns`):
     /// sweeps run at most every half decay time.
     last_sweep: u64,
@@ -994,6 +1014,7 @@ unsafe impl Send for Pool {}
 static POOL: SpinLock<Pool> = SpinLock::new(Pool {
     lists: [PageList::new(); 2],
     free: [0; 2],
+    free_segments: [0; 2],
     last_sweep: 0,
 });
 
@@ -1048,16 +1069,17 @@ pub fn page_alloc(class: usize) -> *mut Page {
     let kind = PageKind::of_class(class);
     let taken = {
         let mut pool = POOL.lock();
+        let pool = &mut *pool;
         let list = &mut pool.lists[kind as usize];
         // SAFETY: under the pool lock, which owns the list's pages (S1).
         let p = unsafe { list.dirty_of_class(class) }.unwrap_or(list.first);
         if !p.is_null() {
-            // SAFETY: p is the head of a pool list (S1: the pool owns it).
+            // SAFETY: p is on a pool list (S1: the pool owns it).
             unsafe { list.remove(p) };
             pool.free[kind as usize] -= 1;
-            // SAFETY: p's segment is a live segment (S3); its count is
-            // guarded by the pool lock.
-            unsafe { (*(*p).segment()).used.set((*(*p).segment()).used.get() + 1) };
+            // SAFETY: p's segment is a live segment (S3), its pages'
+            // counts guarded by the pool lock.
+            unsafe { count_out_of_pool(&mut pool.free_segments, p) };
         }
         p
     };
@@ -1191,8 +1213,9 @@ enum End {
 }
 
 /// Puts a page into the pool and counts it out of its segment; returns the
-/// segment if that made it wholly free, all its pages are purged (S6) and
-/// the pool keeps enough of its kind already: its pages are then off the
+/// segment if that made it wholly free, all its pages are purged or the
+/// pool holds too many wholly free segments of its kind (S6), and the
+/// pool keeps enough of its kind already: its pages are then off the
 /// list, and the caller destroys it once no lock is held (R1, S3). With a
 /// decay time that is a page put back purged by `decay_pool`; with none,
 /// any page (`page_free` purges at once).
@@ -1225,9 +1248,19 @@ unsafe fn pool_put(pool: &mut Pool, page: *mut Page, end: End) -> Option<*mut Se
     let per_segment = kind.spans().count();
     let mut free = pool.free[kind as usize] + 1;
     let mut doomed = None;
-    // SAFETY: the segment is live and, with `used == 0`, all its pages
-    // are pooled: their `purged` flags are the pool lock's.
-    if used == 0 && free > KEEP_SEGMENTS * per_segment && unsafe { all_purged(seg, kind) } {
+    if used == 0 {
+        pool.free_segments[kind as usize] += 1;
+    }
+    // S6: past the purged ones kept, a wholly free segment goes when its
+    // memory has decayed, or at once when enough free segments are kept.
+    let goes = used == 0
+        && free > KEEP_SEGMENTS * per_segment
+        && (pool.free_segments[kind as usize] > KEEP_FREE_SEGMENTS
+            // SAFETY: the segment is live and, with `used == 0`, all its
+            // pages are pooled: their `purged` flags are the pool lock's.
+            || unsafe { all_purged(seg, kind) });
+    if goes {
+        pool.free_segments[kind as usize] -= 1;
         // SAFETY: all of this segment's pages are in the pool list.
         unsafe {
             let pages = &(*seg).pages;
@@ -1241,6 +1274,25 @@ unsafe fn pool_put(pool: &mut Pool, page: *mut Page, end: End) -> Option<*mut Se
     }
     pool.free[kind as usize] = free;
     doomed
+}
+
+/// Counts a page taken off a pool list (by `page_alloc`, or by the decay
+/// to purge it) back into its segment's `used`, and its segment out of
+/// `free_segments` if it was wholly free.
+///
+/// # Safety
+/// The caller holds the pool lock (`free_segments` is the pool's) and has
+/// just taken `page` off a pool list; its segment is live (S3).
+unsafe fn count_out_of_pool(free_segments: &mut [usize; 2], page: *mut Page) {
+    // SAFETY: the caller's contract.
+    let (seg, kind) = unsafe { ((*page).segment(), (*page).kind()) };
+    // SAFETY: as above; the count is guarded by the pool lock.
+    let used = unsafe { (*seg).used.get() };
+    if used == 0 {
+        free_segments[kind as usize] -= 1;
+    }
+    // SAFETY: as above.
+    unsafe { (*seg).used.set(used + 1) };
 }
 
 /// Whether every page of a wholly free segment is purged: its memory
@@ -1302,8 +1354,14 @@ fn decay_pool(now: u64, decay: u64) -> Option<*mut Segment> {
         let mut n = 0;
         {
             let mut pool = POOL.lock();
+            let Pool {
+                lists,
+                free,
+                free_segments,
+                ..
+            } = &mut *pool;
             for kind in PageKind::ALL {
-                let list = &mut pool.lists[kind as usize];
+                let list = &mut lists[kind as usize];
                 let mut p = list.last;
                 let mut taken = 0;
                 while !p.is_null() && n < PURGE_BATCH {
@@ -1319,8 +1377,7 @@ fn decay_pool(now: u64, decay: u64) -> Option<*mut Segment> {
                         // live (S3) and its count guarded by the lock.
                         unsafe {
                             list.remove(p);
-                            let seg = page.segment();
-                            (*seg).used.set((*seg).used.get() + 1);
+                            count_out_of_pool(free_segments, p);
                         }
                         batch[n] = p;
                         n += 1;
@@ -1328,7 +1385,7 @@ fn decay_pool(now: u64, decay: u64) -> Option<*mut Segment> {
                     }
                     p = prev;
                 }
-                pool.free[kind as usize] -= taken;
+                free[kind as usize] -= taken;
             }
         }
         if n == 0 {

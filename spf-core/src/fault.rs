@@ -52,7 +52,7 @@
 //! - its thread-local state is `const`-initialised and has no destructor, so
 //!   touching it never runs lazy initialisation;
 //! - its system calls (`mprotect`, `madvise`, `ioctl(UFFDIO_COPY)`,
-//!   `futex`, `sched_yield`, `sched_getcpu`, `gettid`, `write`) are
+//!   `futex`, `sched_yield`, `sched_getcpu`, `write`) are
 //!   async-signal-safe.
 
 use crate::backend;

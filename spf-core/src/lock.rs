@@ -9,27 +9,27 @@
 //!
 //! Invariants:
 //! - L1: `state` is 0 (free), 1 (held) or 2 (held, maybe waiters).
-//! - L2: `owner` is the holder's thread id while held, 0 otherwise (best
+//! - L2: `owner` names the holder (`sys::thread_id`) while held, 0 otherwise (best
 //!   effort: only read for the self-deadlock report).
 
 use crate::sys;
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 pub struct SpaceLock {
     state: AtomicU32,
-    owner: AtomicU32,
+    owner: AtomicUsize,
 }
 
 impl SpaceLock {
     pub const fn new() -> Self {
         SpaceLock {
             state: AtomicU32::new(0),
-            owner: AtomicU32::new(0),
+            owner: AtomicUsize::new(0),
         }
     }
 
-    /// Takes the lock. `tid` is the caller's thread id.
-    pub fn lock(&self, tid: u32) -> SpaceGuard<'_> {
+    /// Takes the lock. `tid` names the caller (`sys::thread_id`).
+    pub fn lock(&self, tid: usize) -> SpaceGuard<'_> {
         // Acquire pairs with the Release in `unlock`: the previous holder's
         // writes are visible to us.
         if self
@@ -72,7 +72,7 @@ impl SpaceLock {
     }
 
     /// Whether `tid` holds the lock now.
-    pub fn held_by(&self, tid: u32) -> bool {
+    pub fn held_by(&self, tid: usize) -> bool {
         self.state.load(Ordering::Relaxed) != 0 && self.owner.load(Ordering::Relaxed) == tid
     }
 
@@ -83,8 +83,9 @@ impl SpaceLock {
         }
     }
 
-    /// Releases a lock taken without a guard (the fork handlers). In a fork
-    /// child the holder's thread id is stale, which is why this exists.
+    /// Releases a lock taken without a guard: the fork handlers take it in
+    /// `prepare` and release it in the parent and in the child, which have
+    /// no guard to drop.
     ///
     /// # Safety
     /// The lock must be held by a `SpaceGuard` that was forgotten.

@@ -490,36 +490,23 @@ pub fn current_cpu() -> usize {
 }
 
 std::thread_local! {
-    /// This thread's kernel id, once read (0: not yet). std's TLS, not
-    /// loom's: a plain `#[thread_local]` word (const-initialised, no
-    /// destructor), which the fault handler may read.
-    static THREAD_ID: core::cell::Cell<u32> = const { core::cell::Cell::new(0) };
+    /// A byte whose address names this thread (see `thread_id`). std's
+    /// TLS, not loom's: a plain `#[thread_local]` (const-initialised, no
+    /// destructor), which the fault handler may reach.
+    static THREAD_MARK: u8 = const { 0 };
 }
 
-/// The kernel's id for this thread, read with `gettid` once per thread:
-/// the space lock records its holder's id on every acquisition, and a
-/// system call each time cost about 8,000 calls a repetition of the mixed
-/// torture. Async-signal-safe.
-#[inline]
-pub fn thread_id() -> u32 {
-    THREAD_ID.with(|cached| match cached.get() {
-        0 => {
-            // SAFETY: gettid has no preconditions.
-            let tid = unsafe { libc::syscall(libc::SYS_gettid) as u32 };
-            cached.set(tid);
-            tid
-        }
-        tid => tid,
-    })
-}
-
-/// Forgets this thread's cached id: for a `fork()` child, whose only
-/// thread has a new one. (A child made without the fork handlers, by a
-/// raw `clone`, keeps its parent thread's id until it execs; the space
-/// lock reads ids only to report a thread deadlocking on itself.)
+/// A non-zero number naming the calling thread among the process's live
+/// threads: the address of a thread-local byte, so no system call (the
+/// space lock records its holder on every acquisition, and a `gettid` each
+/// time cost about 8,000 calls a repetition of the mixed torture) and no
+/// cached state to go stale (a `vfork` child, or a fork child, shares or
+/// copies its parent thread's TLS: it names itself as that thread, which
+/// is suspended or absent meanwhile). Not the kernel's thread id.
 /// Async-signal-safe.
-pub fn forget_thread_id() {
-    THREAD_ID.with(|cached| cached.set(0));
+#[inline]
+pub fn thread_id() -> usize {
+    THREAD_MARK.with(|mark| mark as *const u8 as usize)
 }
 
 /// Gives the CPU to another thread. Async-signal-safe.
@@ -866,24 +853,20 @@ pub unsafe fn fault_is_write(context: *const libc::c_void) -> Option<bool> {
 mod tests {
     use super::*;
 
-    fn gettid() -> u32 {
-        // SAFETY: gettid has no preconditions.
-        unsafe { libc::syscall(libc::SYS_gettid) as u32 }
-    }
-
     #[test]
-    fn each_thread_reads_its_own_id_and_a_forgotten_one_again() {
+    fn each_thread_has_its_own_id() {
         let main = thread_id();
-        assert_eq!(main, gettid());
-        assert_eq!(thread_id(), main, "the cached id changed");
-        let other = std::thread::spawn(|| (thread_id(), gettid()))
-            .join()
-            .unwrap();
-        assert_eq!(other.0, other.1, "another thread read the wrong id");
-        assert_ne!(other.0, main, "another thread got this thread's id");
-        // What a fork child does: forget, then read its own id afresh.
-        forget_thread_id();
-        assert_eq!(THREAD_ID.with(core::cell::Cell::get), 0);
-        assert_eq!(thread_id(), gettid());
+        assert_ne!(main, 0);
+        assert_eq!(thread_id(), main, "the id changed");
+        let others: Vec<usize> = (0..4)
+            .map(|_| std::thread::spawn(thread_id))
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect();
+        for (i, &id) in others.iter().enumerate() {
+            assert_ne!(id, main, "thread {i} got the main thread's id");
+            assert_ne!(id, 0);
+        }
     }
 }

@@ -27,8 +27,6 @@ pub(crate) extern "C" fn parent() {
 }
 
 pub(crate) extern "C" fn child() {
-    // The parent thread's id, cached, is not ours (the lock records it).
-    crate::sys::forget_thread_id();
     // Threads pinned in the parent's collector do not exist here and would
     // hold its epoch back forever: the child starts a collector of its own.
     epoch::renew_after_fork();
