@@ -44,16 +44,40 @@ fn fill(b: &mut [u8], value: u8) {
     std::hint::black_box(b);
 }
 
+/// Runs the test `name` again in a process of its own, whose pool holds
+/// only the pages that test frees (none taken or returned by another test
+/// meanwhile), and checks that it passed: true here, in the test's first
+/// process; false in that child, which then plays the test.
+fn ran_in_own_process(name: &str) -> bool {
+    if child_scenario().is_some() {
+        return false;
+    }
+    let _serial = serial();
+    let out = run_child(name, "alone");
+    let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+    eprintln!("{text}");
+    assert!(out.status.success(), "the child failed: {}", out.status);
+    true
+}
+
+/// A thread allocates `n` blocks of `size` bytes, writes every byte, and
+/// exits having freed them all (its pages go to the pool). Returns where
+/// the blocks were.
+fn freed_by_an_exited_thread(n: usize, size: usize) -> Vec<usize> {
+    std::thread::spawn(move || {
+        let mut v: Vec<Vec<u8>> = (0..n).map(|_| vec![0u8; size]).collect();
+        for b in v.iter_mut() {
+            fill(b, 5);
+        }
+        v.iter().map(|b| b.as_ptr() as usize).collect()
+    })
+    .join()
+    .unwrap()
+}
+
 #[test]
 fn a_pooled_page_goes_back_to_the_class_it_served() {
-    // In a process of its own, whose pool holds only the pages this test
-    // frees: none of them is taken or returned by another test meanwhile.
-    if child_scenario().is_none() {
-        let _serial = serial();
-        let out = run_child("a_pooled_page_goes_back_to_the_class_it_served", "alone");
-        let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
-        eprintln!("{text}");
-        assert!(out.status.success(), "the child failed: {}", out.status);
+    if ran_in_own_process("a_pooled_page_goes_back_to_the_class_it_served") {
         return;
     }
     spf::set_decay_ms(60_000);
@@ -107,15 +131,7 @@ fn a_free_segment_keeps_its_memory_until_it_decays() {
     // than the two free segments' worth the pool keeps purged.
     const SIZE: usize = 200 << 10;
     const N: usize = 64;
-    let blocks: Vec<usize> = std::thread::spawn(|| {
-        let mut v: Vec<Vec<u8>> = (0..N).map(|_| vec![0u8; SIZE]).collect();
-        for b in v.iter_mut() {
-            fill(b, 5);
-        }
-        v.iter().map(|b| b.as_ptr() as usize).collect()
-    })
-    .join()
-    .unwrap();
+    let blocks = freed_by_an_exited_thread(N, SIZE);
     // The thread freed every block and exited: all its pages are pooled.
     let total = N * SIZE;
     let freed = blocks.iter().map(|&b| resident(b, SIZE)).sum::<usize>();
@@ -168,16 +184,7 @@ fn a_free_segment_keeps_its_memory_until_it_decays() {
 
 #[test]
 fn a_thread_freeing_very_much_leaves_at_most_32_free_segments_resident() {
-    // A process of its own: no segment of another test in the pool.
-    if child_scenario().is_none() {
-        let _serial = serial();
-        let out = run_child(
-            "a_thread_freeing_very_much_leaves_at_most_32_free_segments_resident",
-            "alone",
-        );
-        let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
-        eprintln!("{text}");
-        assert!(out.status.success(), "the child failed: {}", out.status);
+    if ran_in_own_process("a_thread_freeing_very_much_leaves_at_most_32_free_segments_resident") {
         return;
     }
     spf::set_decay_ms(60_000);
@@ -186,15 +193,7 @@ fn a_thread_freeing_very_much_leaves_at_most_32_free_segments_resident() {
     const SIZE: usize = 200 << 10;
     const PER_SEGMENT: usize = 12;
     const N: usize = 64 * PER_SEGMENT;
-    let blocks: Vec<usize> = std::thread::spawn(|| {
-        let mut v: Vec<Vec<u8>> = (0..N).map(|_| vec![0u8; SIZE]).collect();
-        for b in v.iter_mut() {
-            fill(b, 3);
-        }
-        v.iter().map(|b| b.as_ptr() as usize).collect()
-    })
-    .join()
-    .unwrap();
+    let blocks = freed_by_an_exited_thread(N, SIZE);
     let kept = blocks.iter().map(|&b| resident(b, SIZE)).sum::<usize>();
     let segment_bytes = PER_SEGMENT * SIZE;
     eprintln!(
