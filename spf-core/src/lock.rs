@@ -9,8 +9,8 @@
 //!
 //! Invariants:
 //! - L1: `state` is 0 (free), 1 (held) or 2 (held, maybe waiters).
-//! - L2: `owner` names the holder (`sys::thread_id`) while held, 0 otherwise (best
-//!   effort: only read for the self-deadlock report).
+//! - L2: `owner` names the holder (`sys::thread_id`) while held, 0
+//!   otherwise (best effort: only read for the self-deadlock report).
 
 use crate::sys;
 use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
