@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{child_scenario, run_child, serial};
+use common::{child_scenario, run_child_until, serial};
 use spf::SpfAlloc;
 
 #[global_allocator]
@@ -53,9 +53,10 @@ fn ran_in_own_process(name: &str) -> bool {
         return false;
     }
     let _serial = serial();
-    let out = run_child(name, "alone");
+    let (out, hung) = run_child_until(name, "alone", &[], std::time::Duration::from_secs(60));
     let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
     eprintln!("{text}");
+    assert!(!hung, "the child hung (a panic under an allocator lock?)");
     assert!(out.status.success(), "the child failed: {}", out.status);
     true
 }

@@ -1284,8 +1284,12 @@ unsafe fn pool_put(pool: &mut Pool, page: *mut Page, end: End) -> Option<*mut Se
 /// The caller holds the pool lock (`free_segments` is the pool's) and has
 /// just taken `page` off a pool list; its segment is live (S3).
 unsafe fn count_out_of_pool(free_segments: &mut [usize; 2], page: *mut Page) {
+    // The segment's kind, not the page's: a page never taken since its
+    // segment was made has class 0, a small class, in a medium segment too.
     // SAFETY: the caller's contract.
-    let (seg, kind) = unsafe { ((*page).segment(), (*page).kind()) };
+    let seg = unsafe { (*page).segment() };
+    // SAFETY: as above.
+    let kind = unsafe { kind_of_segment(seg) };
     // SAFETY: as above; the count is guarded by the pool lock.
     let used = unsafe { (*seg).used.get() };
     if used == 0 {
