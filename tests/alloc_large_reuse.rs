@@ -357,16 +357,9 @@ fn lazy_blocks_are_reused_shrunk_and_zeroed_when_asked() {
 /// fresh process has no such neighbour.
 #[test]
 fn a_larger_request_grows_a_cached_block_in_place() {
-    if common::child_scenario().is_none() {
-        let out = common::run_child("a_larger_request_grows_a_cached_block_in_place", "grow");
-        assert!(
-            out.status.success(),
-            "the child failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    if common::ran_alone("a_larger_request_grows_a_cached_block_in_place") {
         return;
     }
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     spf::set_decay_ms(60_000);
     let before = spf::alloc_stats();
     // Sizes past every other test of this file, so no cached block holds

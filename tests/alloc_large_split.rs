@@ -1,23 +1,22 @@
 //! The large-block cache keeps what it splits and merges what is freed
 //! side by side: the tail of a cached block shrunk for a smaller request is
 //! cached as a block of its own (its pages kept), and blocks freed next to
-//! each other merge back into one. A file of its own, so that the cache
-//! holds only this test's blocks.
+//! each other merge back into one. Each test runs in a process of its own
+//! (`ran_alone`), so that the cache holds only that test's blocks: a block
+//! another test left cached could be the better fit for a request, which
+//! then would not split the block the test means.
 
 mod common;
 
 use common::large::{layout, region_len};
+use common::ran_alone;
 
 use spf::SpfAlloc;
 use std::alloc::{alloc, dealloc, realloc, GlobalAlloc};
 use std::io::Read;
-use std::sync::Mutex;
 
 #[global_allocator]
 static GLOBAL: SpfAlloc = SpfAlloc::new();
-
-/// The tests read addresses the cache hands out: one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
 
 const MIB: usize = 1 << 20;
 
@@ -49,8 +48,9 @@ unsafe fn check(p: *mut u8, len: usize, tag: u8) {
 
 #[test]
 fn the_tail_of_a_shrunk_cached_block_serves_a_later_request_and_merges_back() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    spf::set_decay_ms(60_000);
+    if ran_alone("the_tail_of_a_shrunk_cached_block_serves_a_later_request_and_merges_back") {
+        return;
+    }
     spf::set_decay_ms(60_000);
     let before = spf::alloc_stats();
     // The only blocks in this process's cache are this test's.
@@ -113,7 +113,9 @@ fn minor_faults() -> i64 {
 
 #[test]
 fn a_fork_leaves_cached_blocks_unshared() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if ran_alone("a_fork_leaves_cached_blocks_unshared") {
+        return;
+    }
     spf::set_decay_ms(60_000);
     let l = layout(64 * MIB);
     // SAFETY: valid layouts; every access stays inside the blocks; the
@@ -149,9 +151,10 @@ fn a_fork_leaves_cached_blocks_unshared() {
 
 #[test]
 fn realloc_grows_into_and_shrinks_into_cached_neighbours() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if ran_alone("realloc_grows_into_and_shrinks_into_cached_neighbours") {
+        return;
+    }
     spf::set_decay_ms(60_000);
-    // Sizes no other test of this file uses.
     let (big, grown, shrunk) = (layout(72 * MIB), layout(45 * MIB), layout(9 * MIB));
     // SAFETY: valid layouts; every access stays inside the blocks.
     unsafe {
@@ -159,7 +162,7 @@ fn realloc_grows_into_and_shrinks_into_cached_neighbours() {
         assert!(!p.is_null());
         fill(p, big.size(), 0x21);
         dealloc(p, big);
-        // The cached block holding `p` (it may have merged with others).
+        // The cached block holding `p`.
         let cached = spf::region_at(p).unwrap();
         let p = cached.start as *mut u8;
         let small = layout(cached.len - 54 * MIB);
@@ -207,10 +210,11 @@ fn realloc_grows_into_and_shrinks_into_cached_neighbours() {
 /// other backends it passes either way.)
 #[test]
 fn a_cached_lazy_block_still_faults_in_a_fork_child() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if ran_alone("a_cached_lazy_block_still_faults_in_a_fork_child") {
+        return;
+    }
     spf::set_decay_ms(60_000);
     let lazy = SpfAlloc::lazy();
-    // A size no other test of this file uses.
     let l = layout(13 * MIB);
     // SAFETY: valid layouts; every access stays inside the blocks; the
     // child reports through its exit status only.

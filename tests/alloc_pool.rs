@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{child_scenario, run_child_until, serial};
+use common::{ran_alone, serial};
 use spf::SpfAlloc;
 
 #[global_allocator]
@@ -44,23 +44,6 @@ fn fill(b: &mut [u8], value: u8) {
     std::hint::black_box(b);
 }
 
-/// Runs the test `name` again in a process of its own, whose pool holds
-/// only the pages that test frees (none taken or returned by another test
-/// meanwhile), and checks that it passed: true here, in the test's first
-/// process; false in that child, which then plays the test.
-fn ran_in_own_process(name: &str) -> bool {
-    if child_scenario().is_some() {
-        return false;
-    }
-    let _serial = serial();
-    let (out, hung) = run_child_until(name, "alone", &[], std::time::Duration::from_secs(60));
-    let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
-    eprintln!("{text}");
-    assert!(!hung, "the child hung (a panic under an allocator lock?)");
-    assert!(out.status.success(), "the child failed: {}", out.status);
-    true
-}
-
 /// A thread allocates `n` blocks of `size` bytes, writes every byte, and
 /// exits having freed them all (its pages go to the pool). Returns where
 /// the blocks were.
@@ -78,7 +61,7 @@ fn freed_by_an_exited_thread(n: usize, size: usize) -> Vec<usize> {
 
 #[test]
 fn a_pooled_page_goes_back_to_the_class_it_served() {
-    if ran_in_own_process("a_pooled_page_goes_back_to_the_class_it_served") {
+    if ran_alone("a_pooled_page_goes_back_to_the_class_it_served") {
         return;
     }
     spf::set_decay_ms(60_000);
@@ -185,7 +168,7 @@ fn a_free_segment_keeps_its_memory_until_it_decays() {
 
 #[test]
 fn a_thread_freeing_very_much_leaves_at_most_32_free_segments_resident() {
-    if ran_in_own_process("a_thread_freeing_very_much_leaves_at_most_32_free_segments_resident") {
+    if ran_alone("a_thread_freeing_very_much_leaves_at_most_32_free_segments_resident") {
         return;
     }
     spf::set_decay_ms(60_000);

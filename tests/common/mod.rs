@@ -57,6 +57,25 @@ pub fn run_child_until(
     (child.wait_with_output().unwrap(), hung)
 }
 
+/// Runs the test `name` again in a process of its own, whose allocator
+/// holds only what that test frees (no block or page another test left
+/// cached or pooled, none taken by another test meanwhile), and checks that
+/// it passed within 60 s: true here, in the test's first process; false in
+/// that child, which then plays the test. The children run one at a time
+/// (`serial`).
+pub fn ran_alone(name: &str) -> bool {
+    if child_scenario().is_some() {
+        return false;
+    }
+    let _serial = serial();
+    let (out, hung) = run_child_until(name, "alone", &[], Duration::from_secs(60));
+    let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+    eprintln!("{text}");
+    assert!(!hung, "the child hung (a panic under an allocator lock?)");
+    assert!(out.status.success(), "the child failed: {}", out.status);
+    true
+}
+
 fn child_command(entry: &str, scenario: &str, env: &[(&str, &str)]) -> Command {
     let mut command = Command::new(std::env::current_exe().unwrap());
     command
