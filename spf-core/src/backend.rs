@@ -320,16 +320,29 @@ pub(crate) fn commit_call(addr: usize) -> &'static str {
     }
 }
 
-/// Makes a new region's range `[addr, addr + len)` ready for commits with
-/// protection `prot`: under `guard`, markers on every page, then access
-/// (one `mprotect` per region). Nothing to do elsewhere.
-pub(crate) fn prepare(addr: usize, len: usize, prot: Prot) -> Result<(), Errno> {
-    if at(addr) != Backend::Guard {
-        return Ok(());
+/// Makes a new region's range `[addr, addr + len)` — a new region, or the
+/// part a region grows by — ready for commits with protection `prot`:
+/// under `guard`, markers on every page, then access (one `mprotect` per
+/// region); under `uffd`, the zone's read-write protection changed to
+/// `prot` where it differs (a read-only region growing). Without that, the
+/// new part of a read-only region would be writable once committed, and
+/// the kernel would hold the region in two mappings, across which
+/// `UFFDIO_COPY` fails (`ENOENT`). Nothing to do in the protected zone,
+/// where each commit applies `prot`.
+pub(crate) fn prepare(addr: usize, len: usize, prot: Prot) -> Result<(), (&'static str, Errno)> {
+    match at(addr) {
+        Backend::Mprotect => Ok(()),
+        Backend::Uffd if prot == Prot::ReadWrite => Ok(()),
+        Backend::Uffd => {
+            stats::count(Counter::Mprotect);
+            sys::protect(addr, len, prot).map_err(|e| ("mprotect", e))
+        }
+        Backend::Guard => {
+            sys::guard_install(addr, len).map_err(|e| ("madvise (guard markers)", e))?;
+            stats::count(Counter::Mprotect);
+            sys::protect(addr, len, prot).map_err(|e| ("mprotect", e))
+        }
     }
-    sys::guard_install(addr, len)?;
-    stats::count(Counter::Mprotect);
-    sys::protect(addr, len, prot)
 }
 
 /// Makes `[addr, addr + len)` accessible with `prot` (step 7 of a fault,

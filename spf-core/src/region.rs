@@ -649,6 +649,54 @@ mod tests {
         assert!(region_at(p).is_none());
     }
 
+    /// A read-only region grown in place is read-only in its new part too,
+    /// and commits across the old and new parts. Under `uffd` the new part
+    /// once kept the zone's read-write protection: the kernel then held
+    /// the region in two mappings, `UFFDIO_COPY` refuses a range spanning
+    /// two (`ENOENT`), and once committed the new part was writable.
+    #[test]
+    fn a_read_only_region_grown_in_place_is_read_only_throughout() {
+        const G: usize = 64 << 10;
+        // Unit tests run in parallel: another test's region may take the
+        // range after ours, so try a few times.
+        let mut grown = None;
+        for _ in 0..16 {
+            let mut r = Region::reserve(10 * G + 1, RegionOptions::default().granule(G)).unwrap();
+            r.protect(Protection::ReadOnly).unwrap();
+            if r.grow(24 * G).is_ok() {
+                grown = Some(r);
+                break;
+            }
+        }
+        let r = grown.expect("no region could grow in place in 16 tries");
+        assert_eq!(r.len(), 24 * G);
+        r.commit(0..(11 * G + 4096))
+            .expect("a commit across the grown boundary");
+        r.commit(0..r.len()).unwrap();
+        let p = r.as_ptr();
+        for at in [0, 10 * G, 11 * G, 23 * G] {
+            // SAFETY: committed and readable.
+            assert_eq!(unsafe { p.add(at).read_volatile() }, 0);
+            // The kernel refuses to write into a read-only page.
+            assert_eq!(
+                read_into(p.wrapping_add(at), 4096),
+                Err(libc::EFAULT),
+                "byte {at} of a read-only region is writable"
+            );
+        }
+        // So is a region made read-only.
+        let opts = RegionOptions::default()
+            .granule(G)
+            .protection(Protection::ReadOnly);
+        let made = Region::reserve(4 * G, opts).unwrap();
+        made.commit(0..made.len()).unwrap();
+        assert_eq!(
+            read_into(made.as_ptr(), 4096),
+            Err(libc::EFAULT),
+            "a region made read-only is writable"
+        );
+    }
+
     #[test]
     fn split_and_merge_keep_pages_contents_and_committed_bytes() {
         const G: usize = 64 << 10;

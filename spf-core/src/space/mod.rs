@@ -232,11 +232,8 @@ impl Space {
                 // Only a hint: without THP the region still works with 4 KiB pages.
                 let _ = sys::advise_huge(start, len);
             }
-            let prepared =
-                backend::prepare(start, len, flags.prot()).map_err(|errno| Error::System {
-                    call: "madvise (guard markers)",
-                    errno,
-                });
+            let prepared = backend::prepare(start, len, flags.prot())
+                .map_err(|(call, errno)| Error::System { call, errno });
             let committed = if prepared.is_err() {
                 prepared
             } else if opts.eager {
@@ -424,12 +421,9 @@ impl Space {
         if !zone.contains(end) || !zone.extents(&held).take_at(zone.page_of(end), extra) {
             return Err(Error::CannotGrowInPlace { len, new_len });
         }
-        if let Err(errno) = backend::prepare(end, new_len - len, desc.flags().prot()) {
+        if let Err((call, errno)) = backend::prepare(end, new_len - len, desc.flags().prot()) {
             zone.extents(&held).free(zone.page_of(end), extra);
-            return Err(Error::System {
-                call: "madvise (guard markers)",
-                errno,
-            });
+            return Err(Error::System { call, errno });
         }
         let section = WriteSection::open(&held, desc, &self.granules, &self.map);
         desc.set_len(new_len);
