@@ -86,7 +86,7 @@ fn a_smaller_request_reuses_a_larger_cached_block() {
         let cached = spf::region_at(p).expect("a freed large block stays cached");
         // Within 128 KiB of the cached block's size, a window no other
         // test's blocks fall in, so only this block is the best fit. (Its
-        // 128 KiB tail is too small to keep: it is dropped.)
+        // 128 KiB tail is split off and cached.)
         let small = layout(cached.len - 3 * GRANULE + 1);
         let q = alloc(small);
         assert_eq!(

@@ -257,3 +257,56 @@ fn a_cached_lazy_block_still_faults_in_a_fork_child() {
         lazy.dealloc(q, l);
     }
 }
+
+/// A cached block shrunk for a request keeps even a tail smaller than any
+/// large request: split off with no system call and its pages resident, it
+/// merges back when the head is freed, and the whole block serves its size
+/// again without a fault. (Such tails used to be decommitted: an
+/// `mprotect` and two `madvise`s each, and the block came back short.)
+#[test]
+fn a_tail_too_small_for_any_request_is_kept_and_merges_back() {
+    if ran_alone("a_tail_too_small_for_any_request_is_kept_and_merges_back") {
+        return;
+    }
+    spf::set_decay_ms(60_000);
+    // Below 2 MiB: no huge-page advice to take back from the tail.
+    let (whole, head) = (layout(MIB), layout(MIB - 128 * 1024));
+    // SAFETY: valid layouts; every access stays inside the blocks.
+    unsafe {
+        let p = alloc(whole);
+        assert!(!p.is_null());
+        fill(p, whole.size(), 0x6e);
+        dealloc(p, whole);
+        let before = spf::stats().mprotect_calls;
+        let q = alloc(head);
+        assert_eq!(q, p, "the 896 KiB request did not reuse the 1 MiB block");
+        assert_eq!(region_len(q), head.size(), "L1");
+        let tail = q.add(head.size());
+        let kept = spf::region_at(tail).expect("the 128 KiB tail was given back");
+        assert_eq!((kept.start, kept.len), (tail as usize, 128 * 1024));
+        assert_eq!(
+            spf::stats().mprotect_calls,
+            before,
+            "shrinking the cached block took an mprotect"
+        );
+        assert_eq!(
+            common::large::resident_pages(tail, 128 * 1024),
+            32,
+            "the kept tail's pages are not resident"
+        );
+        dealloc(q, head);
+        let merged = spf::region_at(p).unwrap();
+        assert_eq!(
+            (merged.start, merged.len),
+            (p as usize, whole.size()),
+            "the freed head did not merge with its tail"
+        );
+        let faults = minor_faults();
+        let again = alloc(whole);
+        assert_eq!(again, p, "the merged block did not serve its whole size");
+        fill(again, whole.size(), 0x6f);
+        assert_eq!(minor_faults() - faults, 0, "the merged block faulted");
+        check(again, whole.size(), 0x6f);
+        dealloc(again, whole);
+    }
+}
