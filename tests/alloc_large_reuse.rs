@@ -406,3 +406,97 @@ fn a_larger_request_grows_a_cached_block_in_place() {
     let after = spf::alloc_stats();
     assert!(after.large_reused_grown > before.large_reused_grown);
 }
+
+/// Resident bytes of the blocks at `ps`, `len` bytes each.
+fn resident_of(ps: &[*mut u8], len: usize) -> usize {
+    ps.iter()
+        .map(|&p| common::large::resident_pages(p, len) * 4096)
+        .sum()
+}
+
+/// The cache yields to live blocks: live large blocks and dirty cached
+/// ones hold at most 256 MiB together, the cache keeping at least 64 MiB.
+/// Checked when blocks are freed beside many live ones, and when a block
+/// is made (not taken from the cache) while the cache holds dirty blocks.
+/// Under a fixed 256 MiB cap every freed block here stayed resident.
+#[test]
+fn the_cache_yields_its_resident_bytes_to_live_blocks() {
+    if common::ran_alone("the_cache_yields_its_resident_bytes_to_live_blocks") {
+        return;
+    }
+    spf::set_decay_ms(60_000);
+    let (l, gap) = (layout(32 * MIB), layout(MIB));
+    // Blocks of 32 MiB, each followed by a live 1 MiB block so that freed
+    // ones do not merge (a merged block is purged whole).
+    let mut gaps = Vec::new();
+    let mut make = |n: usize, tag: u8| -> Vec<*mut u8> {
+        (0..n)
+            .map(|_| {
+                // SAFETY: valid layouts; the fill stays inside the block.
+                unsafe {
+                    let p = alloc(l);
+                    assert!(!p.is_null());
+                    fill(p, 0, l.size(), tag);
+                    gaps.push(alloc(gap));
+                    p
+                }
+            })
+            .collect()
+    };
+    let freed = make(4, 1);
+    let live = make(6, 2);
+    let before = spf::alloc_stats();
+    // 1. Freed beside 192 MiB (and 10 MiB) of live blocks: the cache may
+    //    keep 64 MiB dirty of the 128 freed.
+    for &p in &freed {
+        // SAFETY: live blocks of this layout.
+        unsafe { dealloc(p, l) };
+    }
+    let kept = resident_of(&freed, l.size());
+    assert!(
+        kept <= 64 * MIB,
+        "{} MiB of the 128 freed stayed resident beside 202 MiB of live blocks",
+        kept >> 20
+    );
+    // 2. Three more freed: up to 150 MiB dirty may stay beside 106 MiB
+    //    live...
+    for &p in &live[..3] {
+        // SAFETY: live blocks of this layout.
+        unsafe { dealloc(p, l) };
+    }
+    let cached: Vec<*mut u8> = freed.iter().chain(&live[..3]).copied().collect();
+    let dirty = resident_of(&cached, l.size());
+    assert!(
+        dirty > 96 * MIB,
+        "only {} MiB stayed cached dirty beside 106 MiB of live blocks",
+        dirty >> 20
+    );
+    // ...until a block no cached one can serve is made: with 106 + 150
+    // MiB live, the cache keeps 64.
+    let big = layout(150 * MIB);
+    // SAFETY: a valid layout; the fill stays inside the block.
+    unsafe {
+        let p = alloc(big);
+        assert!(!p.is_null());
+        assert!(!cached.contains(&p), "a cached block served the request");
+        let kept = resident_of(&cached, l.size());
+        assert!(
+            kept <= 64 * MIB,
+            "{} MiB stayed cached dirty beside a new 150 MiB block",
+            kept >> 20
+        );
+        fill(p, 0, big.size(), 3);
+        check(p, big.size(), 3);
+        dealloc(p, big);
+    }
+    for p in live[3..].iter().copied() {
+        // SAFETY: live blocks of this layout.
+        unsafe { dealloc(p, l) };
+    }
+    for p in gaps {
+        // SAFETY: live blocks of this layout.
+        unsafe { dealloc(p, gap) };
+    }
+    let after = spf::alloc_stats();
+    assert!(after.large_purged_over_cap > before.large_purged_over_cap);
+}
