@@ -36,7 +36,10 @@
 //! fault and the tail's serve a later one (a tail smaller than any large
 //! request merges back with the head when that is freed; on the mixed
 //! torture workload, giving such tails back instead cost 700 `mprotect`s
-//! and 1,400 `madvise`s a repetition and a third of its time). A block freed
+//! and 1,400 `madvise`s a repetition and a third of its time). A block
+//! that `realloc` shrinks keeps only a tail a large request could use: a
+//! smaller one is given back, so that the block can grow into its range
+//! again in place. A block freed
 //! next to cached blocks (its own split-off tail, or a region carved beside
 //! it) merges with them into one block, so freed neighbours serve a larger
 //! request in place instead of a new region faulted in page by page (on
@@ -53,11 +56,12 @@
 //! cached ones hold at most 256 MiB together (`LARGE_RESIDENT_BUDGET`),
 //! the cache keeping at least 64 MiB (`DIRTY_MIN_BYTES`). Past the cap the
 //! oldest dirty blocks are purged at once instead of after the decay time
-//! — when a block is freed, and when one is made without taking a cached
-//! block — so the cache bounds resident memory as well as address space,
-//! and yields it to live blocks when those peak (on the mixed torture, 14
-//! cold runs: a fixed 256 MiB cap gave a peak of 406 MiB median, 443 at
-//! worst; the budget 383 and 412, at the same speed).
+//! — when a block is freed, when one is made without taking a cached
+//! block, and when `realloc` resizes one in place — so the cache bounds
+//! resident memory as well as address space, and yields it to live blocks
+//! when those peak (on the mixed torture, 14 cold runs: a fixed 256 MiB
+//! cap gave a peak of 406 MiB median, 443 at worst; the budget 383 and
+//! 412, at the same wall time, with 82k page faults against 79k).
 //!
 //! `realloc` resizes in place where it can: it grows into free address
 //! space after the block or into the cached block there (a tail split off
@@ -91,7 +95,11 @@ const CACHE_MAX_BYTES: usize = 1 << 30;
 /// may hold together: the cache yields its dirty bytes to live blocks, so
 /// that a program whose large blocks peak holds less idle memory at that
 /// peak. Enough for a few of the largest blocks a program cycles through,
-/// so hot reuse stays fault-free.
+/// so hot reuse stays fault-free. Live blocks count at their length, even
+/// lazy ones not yet touched (their resident bytes are not tracked): a
+/// program holding 192 MiB or more of large blocks, however sparse, leaves
+/// the cache `DIRTY_MIN_BYTES`, and a larger block it frees and takes
+/// again is purged in between and faults in again.
 const LARGE_RESIDENT_BUDGET: usize = 256 << 20;
 /// Dirty bytes the cache may keep whatever the live blocks hold.
 const DIRTY_MIN_BYTES: usize = 64 << 20;
@@ -203,10 +211,10 @@ impl Cache {
     }
 
     /// The next dirty block to purge: one past its decay time, or, while
-    /// dirty bytes are over the cap (`dirty_cap`), the oldest dirty one.
-    fn purge_candidate(&self, now: u64, decay: u64) -> Option<usize> {
+    /// dirty bytes are over `cap` (`dirty_cap`), the oldest dirty one.
+    fn purge_candidate(&self, now: u64, decay: u64, cap: usize) -> Option<usize> {
         let dirty = (0..self.n).filter(|&i| self.entries[i].dirty);
-        if self.dirty_bytes > dirty_cap() {
+        if self.dirty_bytes > cap {
             return dirty.min_by_key(|&i| self.entries[i].freed_at);
         }
         let mut dirty = dirty;
@@ -302,29 +310,50 @@ fn grow_cached(len: usize, align: usize, lazy: bool, zeroed: bool) -> Option<usi
     None
 }
 
-/// Shrinks block `r` to `len` (L1). The tail is split off and cached as a
-/// block of its own (merged with a cached block after it), with `like`'s
-/// age, state and commit mode, its pages kept: a tail a large request can
-/// use serves one without a fault, and any tail merges back with the block
-/// when that is freed, so the block returns whole. Splitting costs no
-/// system call; giving the tail back would cost an `mprotect` (a TLB
-/// shootdown on every CPU the process runs on) and two `madvise`s under the
-/// space lock. Only a tail that finds no descriptor is decommitted.
-fn shrink_keeping_tail(r: &mut Region, len: usize, like: &Cached) {
+/// Which tails of a shrunk block are kept (cached) rather than given back.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tails {
+    /// Every tail: the head is a cached block taken for a new request,
+    /// which is not expected to grow again in place.
+    All,
+    /// Tails a large request could use (`MIN_TAIL` and up); a smaller one
+    /// is given back, so that its range is free address space again after
+    /// a grace period and the block (shrunk by `realloc`, or grown into a
+    /// neighbour) can grow into it in place. A small kept tail would stand
+    /// there, too short for `grow_into_next`.
+    Usable,
+}
+
+/// The smallest tail `Tails::Usable` keeps: the smallest large block (a
+/// 256 KiB + 1 B request rounds to it).
+const MIN_TAIL: usize = (256 << 10) + GRANULE;
+
+/// Shrinks block `r` to `len` (L1). A tail that `keep` keeps is split off
+/// and cached as a block of its own (merged with a cached block after it),
+/// with `like`'s age, state and commit mode, its pages kept: a tail a large
+/// request can use serves one without a fault, and any tail merges back
+/// with the block when that is freed, so the block returns whole.
+/// Splitting costs no system call; giving the tail back costs an
+/// `mprotect` (a TLB shootdown on every CPU the process runs on) and two
+/// `madvise`s under the space lock. A tail that finds no descriptor is
+/// given back too.
+fn shrink_keeping_tail(r: &mut Region, len: usize, like: &Cached, keep: Tails) {
     let tail_len = r.len() - len;
-    if let Ok(tail) = r.split_off(len) {
-        SPLIT_TAILS.fetch_add(1, Relaxed);
-        let mut tail = Cached {
-            ptr: tail.into_raw() as usize,
-            len: tail_len,
-            ..*like
-        };
-        coalesce(&mut tail);
-        // Past the cache's limits the tail is destroyed (R1: no lock).
-        if tail.len > CACHE_MAX_BYTES || !CACHE.lock().insert(tail) {
-            destroy(&tail);
+    if keep == Tails::All || tail_len >= MIN_TAIL {
+        if let Ok(tail) = r.split_off(len) {
+            SPLIT_TAILS.fetch_add(1, Relaxed);
+            let mut tail = Cached {
+                ptr: tail.into_raw() as usize,
+                len: tail_len,
+                ..*like
+            };
+            coalesce(&mut tail);
+            // Past the cache's limits the tail is destroyed (R1: no lock).
+            if tail.len > CACHE_MAX_BYTES || !CACHE.lock().insert(tail) {
+                destroy(&tail);
+            }
+            return;
         }
-        return;
     }
     // The tail is decommitted: its pages leave now.
     unadvise_huge(r.as_ptr() as usize + len, tail_len, like.lazy);
@@ -361,7 +390,7 @@ fn grow_into_next(r: &mut Region, new_len: usize, lazy: bool) -> bool {
         return false;
     }
     if r.len() > new_len {
-        shrink_keeping_tail(r, new_len, &n);
+        shrink_keeping_tail(r, new_len, &n, Tails::Usable);
     }
     true
 }
@@ -385,7 +414,7 @@ fn alloc_fit(size: usize, align: usize, lazy: bool, zeroed: bool, fit: Fit) -> *
                 REUSED_SHRUNK.fetch_add(1, Relaxed);
                 // SAFETY: the cache gave us the only handle (L2).
                 if let Some(mut r) = unsafe { Region::from_raw(c.ptr as *mut u8) } {
-                    shrink_keeping_tail(&mut r, len, &c);
+                    shrink_keeping_tail(&mut r, len, &c, Tails::All);
                     r.into_raw();
                 }
             }
@@ -480,9 +509,12 @@ pub fn dealloc(ptr: *mut u8, size: usize, lazy: bool) {
             evicted[n_evicted] = entry;
             n_evicted += 1;
         }
+        // One reading of the cap for the whole pass, so that a block is
+        // counted as purged over the cap exactly when it was chosen so.
+        let cap = dirty_cap();
         while n_stale < stale.len() {
-            let over_cap = cache.dirty_bytes > dirty_cap();
-            let Some(i) = cache.purge_candidate(now, decay) else {
+            let over_cap = cache.dirty_bytes > cap;
+            let Some(i) = cache.purge_candidate(now, decay, cap) else {
                 break;
             };
             if over_cap {
@@ -692,11 +724,13 @@ fn unadvise_huge(ptr: usize, len: usize, lazy: bool) {
 }
 
 /// Purges the oldest dirty cached blocks while the cache holds more dirty
-/// bytes than its cap (a few at most: the next call goes on). Called when a
-/// large block is made without taking a cached one, which shrinks the cap;
-/// frees check the cap themselves.
+/// bytes than its cap (16 blocks at most — the oldest are often small kept
+/// tails — the next call goes on). Called when live bytes grow without a
+/// cached block leaving (a block made, or grown in place by `realloc`),
+/// which shrinks the cap, and when `realloc` caches a tail; frees check the
+/// cap themselves.
 fn purge_over_cap() {
-    for _ in 0..4 {
+    for _ in 0..16 {
         let mut c = {
             let mut cache = CACHE.lock();
             if cache.dirty_bytes <= dirty_cap() {
@@ -778,9 +812,11 @@ pub fn realloc(
             dirty: true,
             lazy,
         };
-        shrink_keeping_tail(&mut region, new_len, &like);
+        shrink_keeping_tail(&mut region, new_len, &like, Tails::Usable);
         region.into_raw();
         LIVE_BYTES.fetch_sub((old_len - new_len) as u64, Relaxed);
+        // A kept tail added dirty bytes.
+        purge_over_cap();
         return ptr;
     }
     if region.grow(new_len).is_ok() {
@@ -789,6 +825,8 @@ pub fn realloc(
         }
         region.into_raw();
         LIVE_BYTES.fetch_add((new_len - old_len) as u64, Relaxed);
+        // Live bytes grew without a cached block leaving: the cap shrank.
+        purge_over_cap();
         return ptr;
     }
     // Keep L1: a failed eager grow may have grown the region lazily.
@@ -799,6 +837,7 @@ pub fn realloc(
         region.into_raw();
         REALLOC_INTO_CACHED.fetch_add(1, Relaxed);
         LIVE_BYTES.fetch_add((new_len - old_len) as u64, Relaxed);
+        purge_over_cap();
         return ptr;
     }
     region.into_raw();

@@ -28,8 +28,7 @@ pub struct AllocStats {
     /// Large allocations served by a cached block (ever).
     pub large_reused: u64,
     /// Of those, served by a larger cached block shrunk in place to the
-    /// request (its tail split off and cached, or given back to the kernel
-    /// when too small for a large block).
+    /// request (its tail split off and cached, however small).
     pub large_reused_shrunk: u64,
     /// Tails of shrunk cached blocks split off and cached as blocks of
     /// their own (ever).

@@ -335,7 +335,17 @@ pub(crate) fn prepare(addr: usize, len: usize, prot: Prot) -> Result<(), (&'stat
         Backend::Uffd if prot == Prot::ReadWrite => Ok(()),
         Backend::Uffd => {
             stats::count(Counter::Mprotect);
-            sys::protect(addr, len, prot).map_err(|e| ("mprotect", e))
+            sys::protect(addr, len, prot).map_err(|errno| {
+                // The caller frees the range, and the next region there
+                // (read-write, which `prepare` leaves alone) must find
+                // the zone's protection: a partly applied mprotect is
+                // undone. If even that fails, the zone's protection could
+                // no longer be trusted.
+                if let Err(again) = sys::protect(addr, len, Prot::ReadWrite) {
+                    fatal_zone_protection(addr, len, again);
+                }
+                ("mprotect", errno)
+            })
         }
         Backend::Guard => {
             sys::guard_install(addr, len).map_err(|e| ("madvise (guard markers)", e))?;
@@ -490,6 +500,16 @@ pub(crate) fn drop_pages(addr: usize, len: usize) {
             }
         }
     }
+}
+
+#[cold]
+fn fatal_zone_protection(addr: usize, len: usize, errno: Errno) -> ! {
+    report!(
+        "spf: fatal: cannot make [{addr:#x}, {:#x}) read-write again after a failed \
+         mprotect: {errno}; the kernel's vm.max_map_count may be exhausted\n",
+        addr + len
+    );
+    sys::abort();
 }
 
 #[cold]

@@ -73,6 +73,11 @@ pub fn ran_alone(name: &str) -> bool {
     eprintln!("{text}");
     assert!(!hung, "the child hung (a panic under an allocator lock?)");
     assert!(out.status.success(), "the child failed: {}", out.status);
+    // A child that ran no test (a misspelt name) also succeeds.
+    assert!(
+        text.contains(&format!("test {name} ... ok")),
+        "the child did not run {name}"
+    );
     true
 }
 
