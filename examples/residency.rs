@@ -1,16 +1,19 @@
-//! Where spf's resident memory sits on the larson rows of `alloc_bench`:
-//! the same workloads (larson-like, a mutex per slot and threads made
-//! afresh each round; lock-free larson, long-lived threads), paused at
-//! checkpoints — every thread parked at a barrier — while the main thread
-//! maps every page (`spf::residency`). Prints the map taken when the
-//! process's resident memory was highest.
+//! Where spf's resident memory sits on the larson rows of `alloc_bench`
+//! and on its mixed torture: the same workloads (larson-like, a mutex per
+//! slot and threads made afresh each round; lock-free larson, long-lived
+//! threads; the torture, 1 B – 32 MiB with `realloc`, blocks handed
+//! between threads and threads made afresh each wave, without its `fork`),
+//! paused at checkpoints — every thread parked at a barrier — while the
+//! main thread maps every page (`spf::residency`). Prints the map taken
+//! when the process's resident memory was highest (`SERIES=1`: a line per
+//! checkpoint too).
 //!
 //! ```text
-//! cargo run --release --example residency -- [larson|free] [threads]
+//! cargo run --release --example residency -- [larson|free|torture] [threads]
 //! ```
 
 use spf::residency::{residency, Residency, PLACES};
-use std::alloc::{alloc, dealloc, Layout};
+use std::alloc::{alloc, dealloc, realloc, Layout};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Barrier, Mutex};
 
@@ -145,6 +148,113 @@ fn larson_free(threads: usize, best: &Mutex<Option<(String, Residency)>>) {
     });
 }
 
+/// The mixed torture of `alloc_bench` (sizes 1 B – 32 MiB, a quarter
+/// resized by `realloc`, a quarter handed to other threads through a
+/// lock-free table, threads made afresh each wave), without its `fork`.
+fn torture(threads: usize, best: &Mutex<Option<(String, Residency)>>) {
+    const SLOTS: usize = 256;
+    const SHARED: usize = 1024;
+    const OPS: usize = 20_000;
+    fn size_of(rng: &mut Rng) -> usize {
+        let r = rng.next();
+        let span = |lo: usize, hi: usize, x: u64| lo + (x as usize % (hi - lo));
+        match r % 4096 {
+            0 => span(4 << 20, 32 << 20, r >> 12),
+            1..=16 => span(256 << 10, 4 << 20, r >> 12),
+            17..=272 => span(1 << 10, 256 << 10, r >> 12),
+            _ => span(1, 1 << 10, r >> 12),
+        }
+    }
+    fn touch(p: *mut u8, from: usize, to: usize) {
+        let mut off = from;
+        while off < to {
+            // SAFETY: inside a live block of at least `to` bytes.
+            unsafe { p.add(off).write_volatile(1) };
+            off += 4096;
+        }
+        if to > from {
+            // SAFETY: as above.
+            unsafe { p.add(to - 1).write_volatile(1) };
+        }
+    }
+    let free_sized = |p: usize| {
+        if p != 0 {
+            // SAFETY: a block put in the table with its size in its first
+            // word, taken out by exactly one swap.
+            unsafe { dealloc(p as *mut u8, layout((p as *const usize).read())) };
+        }
+    };
+    let shared: Vec<AtomicUsize> = (0..SHARED).map(|_| AtomicUsize::new(0)).collect();
+    for wave in 0..4u64 {
+        let barrier = Barrier::new(threads + 1);
+        std::thread::scope(|s| {
+            for t in 0..threads {
+                let (shared, barrier) = (&shared, &barrier);
+                s.spawn(move || {
+                    let mut rng = Rng((wave * 100 + t as u64) * 7919 + 17);
+                    let mut held = vec![(0usize, 0usize); SLOTS];
+                    for op in 0..OPS {
+                        let i = (rng.next() % SLOTS as u64) as usize;
+                        let (p, size) = held[i];
+                        let mut replace = true;
+                        if p != 0 {
+                            match rng.next() % 4 {
+                                0 => {
+                                    let new = size_of(&mut rng);
+                                    // SAFETY: a live block of this layout.
+                                    let q = unsafe { realloc(p as *mut u8, layout(size), new) };
+                                    assert!(!q.is_null());
+                                    touch(q, size.min(new), new);
+                                    held[i] = (q as usize, new);
+                                    replace = false;
+                                }
+                                1 if size >= 8 => {
+                                    // SAFETY: a live block of ≥ 8 bytes.
+                                    unsafe { (p as *mut usize).write(size) };
+                                    let k = (rng.next() % SHARED as u64) as usize;
+                                    free_sized(shared[k].swap(p, Ordering::AcqRel));
+                                }
+                                // SAFETY: a live block of this layout.
+                                _ => unsafe { dealloc(p as *mut u8, layout(size)) },
+                            }
+                        }
+                        if replace {
+                            let size = size_of(&mut rng);
+                            // SAFETY: a valid layout.
+                            let q = unsafe { alloc(layout(size)) };
+                            assert!(!q.is_null());
+                            touch(q, 0, size);
+                            held[i] = (q as usize, size);
+                        }
+                        if (op + 1) % (OPS / checks()) == 0 {
+                            barrier.wait();
+                            barrier.wait();
+                        }
+                    }
+                    for (k, (p, size)) in held.into_iter().enumerate() {
+                        if p != 0 && size >= 8 && k % 2 == 0 {
+                            // SAFETY: as above.
+                            unsafe { (p as *mut usize).write(size) };
+                            free_sized(shared[k].swap(p, Ordering::AcqRel));
+                        } else if p != 0 {
+                            // SAFETY: a live block of this layout.
+                            unsafe { dealloc(p as *mut u8, layout(size)) };
+                        }
+                    }
+                });
+            }
+            for c in 0..checks() {
+                barrier.wait();
+                snapshot(best, format!("wave {wave}, checkpoint {c}"));
+                barrier.wait();
+            }
+        });
+    }
+    for slot in &shared {
+        free_sized(slot.swap(0, Ordering::Acquire));
+    }
+}
+
 fn mib(b: u64) -> f64 {
     b as f64 / (1 << 20) as f64
 }
@@ -156,6 +266,7 @@ fn main() {
     let best = Mutex::new(None);
     match which.as_str() {
         "free" => larson_free(threads, &best),
+        "torture" => torture(threads, &best),
         _ => larson(threads, &best),
     }
     let (at, r) = best.into_inner().unwrap().expect("a snapshot");

@@ -145,9 +145,9 @@ fn decay_gives_back_a_live_threads_empty_pages() {
 #[test]
 fn purge_gives_back_free_blocks_inside_partly_used_medium_pages() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    // 120 KiB blocks (the 128 KiB class: 8 to a 1 MiB page), written
+    // 30 KiB blocks (the 32 KiB class: 8 to a 256 KiB page), written
     // whole; one in 8 kept, so every page stays partly used.
-    let mut v: Vec<Vec<u8>> = (0..64).map(|i| vec![i as u8; 120 << 10]).collect();
+    let mut v: Vec<Vec<u8>> = (0..256).map(|i| vec![i as u8; 30 << 10]).collect();
     let keep: Vec<(usize, Vec<u8>)> = v.drain(..).enumerate().step_by(8).collect();
     let before = resident();
     spf::purge();
@@ -157,7 +157,8 @@ fn purge_gives_back_free_blocks_inside_partly_used_medium_pages() {
         before >> 10,
         after >> 10
     );
-    // 56 free blocks of 128 KiB, each purged but its first 4 KiB.
+    // 224 free blocks of 32 KiB (4 KiB-aligned, 30 KiB of each written):
+    // about 6.5 MiB.
     assert!(
         before.saturating_sub(after) > 5 << 20,
         "purge gave back only {} KiB of free medium blocks",

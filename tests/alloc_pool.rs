@@ -12,8 +12,8 @@ use spf::SpfAlloc;
 #[global_allocator]
 static GLOBAL: SpfAlloc = SpfAlloc::new();
 
-/// Medium pages are 1 MiB, 1 MiB-aligned.
-const MEDIUM_PAGE: usize = 1 << 20;
+/// Medium pages are 256 KiB, 256 KiB-aligned.
+const MEDIUM_PAGE: usize = 256 << 10;
 
 /// Resident bytes of `len` bytes at `start` (`mincore`).
 fn resident(start: usize, len: usize) -> usize {
@@ -111,8 +111,9 @@ fn a_pooled_page_goes_back_to_the_class_it_served() {
 fn a_free_segment_keeps_its_memory_until_it_decays() {
     let _serial = serial();
     spf::set_decay_ms(60_000);
-    // 64 blocks of 200 KiB: 16 medium pages, five or six segments, more
-    // than the two free segments' worth the pool keeps purged.
+    // 64 blocks of 200 KiB: 64 medium pages (one block each), five
+    // segments, more than the two free segments' worth the pool keeps
+    // purged.
     const SIZE: usize = 200 << 10;
     const N: usize = 64;
     let blocks = freed_by_an_exited_thread(N, SIZE);
@@ -172,10 +173,10 @@ fn a_thread_freeing_very_much_leaves_at_most_32_free_segments_resident() {
         return;
     }
     spf::set_decay_ms(60_000);
-    // 200 KiB blocks, four to a medium page, twelve to a segment: 64
+    // 200 KiB blocks, one to a medium page, fifteen to a segment: 64
     // segments' worth, all freed as the thread exits.
     const SIZE: usize = 200 << 10;
-    const PER_SEGMENT: usize = 12;
+    const PER_SEGMENT: usize = 15;
     const N: usize = 64 * PER_SEGMENT;
     let blocks = freed_by_an_exited_thread(N, SIZE);
     let kept = blocks.iter().map(|&b| resident(b, SIZE)).sum::<usize>();

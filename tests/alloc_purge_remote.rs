@@ -11,8 +11,8 @@ static GLOBAL: SpfAlloc = SpfAlloc::new();
 
 #[test]
 fn purge_gives_back_medium_blocks_other_threads_freed() {
-    // 120 KiB blocks (the 128 KiB class: 8 to a 1 MiB page), written whole.
-    let mut v: Vec<Option<Vec<u8>>> = (0..64).map(|i| Some(vec![i as u8; 120 << 10])).collect();
+    // 30 KiB blocks (the 32 KiB class: 8 to a 256 KiB page), written whole.
+    let mut v: Vec<Option<Vec<u8>>> = (0..256).map(|i| Some(vec![i as u8; 30 << 10])).collect();
     // Per page of 8: one freed here (the page's own list is not empty),
     // one kept (the page stays partly used), six handed to another thread.
     let mut remote = Vec::new();
@@ -32,8 +32,8 @@ fn purge_gives_back_medium_blocks_other_threads_freed() {
         before >> 10,
         after >> 10
     );
-    // 48 remotely freed blocks of 128 KiB and 8 local ones, each purged
-    // but its first 4 KiB: about 6.7 MiB.
+    // 192 remotely freed blocks of 32 KiB and 32 local ones (4 KiB-aligned,
+    // 30 KiB of each written): about 6.5 MiB.
     assert!(
         before.saturating_sub(after) > 5 << 20,
         "purge gave back only {} KiB of free medium blocks",

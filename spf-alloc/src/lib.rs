@@ -9,7 +9,7 @@
 //!
 //! Small (≤ 8 KiB) and medium (≤ 256 KiB) blocks come from thread heaps in
 //! the style of mimalloc: size classes (`size_class`), small pages of
-//! 64 KiB and medium pages of 1 MiB in 4 MiB segments that are spf-core
+//! 64 KiB and medium pages of 256 KiB in 4 MiB segments that are spf-core
 //! regions committed when made (`segment`, `PageKind`), a local free list
 //! per page so the owning thread allocates and frees without atomics or
 //! locks and a remote one (`thread_free`) that other threads push to with

@@ -11,8 +11,8 @@
 //!   and never at its start, since the segment's first 64 KiB are the
 //!   header; its page descriptor (masking, as in `segment::page_of`) gives the
 //!   class. A medium segment is recognised by the medium class of the
-//!   descriptor at the 1 MiB boundary below the pointer (descriptors 16,
-//!   32, 48); a small segment's descriptors there hold small classes.
+//!   descriptor at the 256 KiB boundary below the pointer (descriptors 4,
+//!   8, …, 60); a small segment's descriptors there hold small classes.
 //!
 //! A segment's header page and a large block both start their region; the
 //! segment magic in the first word tells them apart (see [`block_layout`]

@@ -85,7 +85,7 @@ pub const PLACES: [&str; 6] = [
 ];
 
 /// Resident bytes of `len` bytes at `addr` (a multiple of 4 KiB, at most
-/// 1 MiB).
+/// a medium page).
 fn resident(addr: *mut u8, len: usize) -> u64 {
     let mut v = [0u8; segment::MEDIUM_PAGE_SIZE / HOLE_RUN];
     let n = len / HOLE_RUN;

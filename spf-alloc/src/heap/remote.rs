@@ -47,7 +47,7 @@
 //!   may destroy a segment, which may allocate and free) finds the buffer
 //!   consistent.
 //! - B4: a block of a medium page (over 8 KiB: one buffered block would
-//!   keep a 1 MiB page from the pool) and a block of a page found
+//!   keep a 256 KiB page from the pool) and a block of a page found
 //!   abandoned when it is freed (no owner's decay reaches it, and its last
 //!   free gives it back) are not buffered but pushed at once
 //!   (`push_one`, from `dealloc_remote`).
