@@ -59,7 +59,7 @@ fn snapshot(best: &Mutex<Option<(String, Residency)>>, at: String) {
             sum(|e| e.remote),
             sum(|e| e.free),
             sum(|e| e.pages) * (1 << 20) as f64,
-            r.pages[4][0].resident as f64 / (1 << 20) as f64,
+            (r.pages[4][0].resident + r.pages[4][1].resident) as f64 / (1 << 20) as f64,
         );
     }
     let mut b = best.lock().unwrap();
@@ -165,10 +165,14 @@ fn torture(threads: usize, best: &Mutex<Option<(String, Residency)>>) {
             _ => span(1, 1 << 10, r >> 12),
         }
     }
-    fn touch(p: *mut u8, from: usize, to: usize) {
+    /// Writes one byte per 4 KiB page of `[p + from, p + to)` and the last.
+    ///
+    /// # Safety
+    /// `p` is a live block of at least `to` bytes.
+    unsafe fn touch(p: *mut u8, from: usize, to: usize) {
         let mut off = from;
         while off < to {
-            // SAFETY: inside a live block of at least `to` bytes.
+            // SAFETY: inside the block (the caller's contract).
             unsafe { p.add(off).write_volatile(1) };
             off += 4096;
         }
@@ -201,10 +205,12 @@ fn torture(threads: usize, best: &Mutex<Option<(String, Residency)>>) {
                             match rng.next() % 4 {
                                 0 => {
                                     let new = size_of(&mut rng);
-                                    // SAFETY: a live block of this layout.
+                                    // SAFETY: a live block of this layout;
+                                    // `new` is at least 1.
                                     let q = unsafe { realloc(p as *mut u8, layout(size), new) };
                                     assert!(!q.is_null());
-                                    touch(q, size.min(new), new);
+                                    // SAFETY: q holds `new` bytes.
+                                    unsafe { touch(q, size.min(new), new) };
                                     held[i] = (q as usize, new);
                                     replace = false;
                                 }
@@ -220,10 +226,11 @@ fn torture(threads: usize, best: &Mutex<Option<(String, Residency)>>) {
                         }
                         if replace {
                             let size = size_of(&mut rng);
-                            // SAFETY: a valid layout.
+                            // SAFETY: a layout of at least 1 byte.
                             let q = unsafe { alloc(layout(size)) };
                             assert!(!q.is_null());
-                            touch(q, 0, size);
+                            // SAFETY: a fresh block of `size` bytes.
+                            unsafe { touch(q, 0, size) };
                             held[i] = (q as usize, size);
                         }
                         if (op + 1) % (OPS / checks()) == 0 {

@@ -158,7 +158,7 @@ fn purge_gives_back_free_blocks_inside_partly_used_medium_pages() {
         after >> 10
     );
     // 224 free blocks of 32 KiB (4 KiB-aligned, 30 KiB of each written):
-    // about 6.5 MiB.
+    // about 7 MiB.
     assert!(
         before.saturating_sub(after) > 5 << 20,
         "purge gave back only {} KiB of free medium blocks",

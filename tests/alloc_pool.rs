@@ -201,3 +201,92 @@ fn a_thread_freeing_very_much_leaves_at_most_32_free_segments_resident() {
     );
     spf::set_decay_ms(1000);
 }
+
+/// A medium page can hold a single block (160–256 KiB classes), so a
+/// thread whose live blocks of a class fill several pages empties one on
+/// every free. The heap keeps one empty page a class at the front of its
+/// queue: replacing a block (free one, allocate one) then takes no page
+/// from the pool. Before it did, every free gave the page to the pool and
+/// every allocation took one back (one page taken per replacement).
+#[test]
+fn replacing_a_one_block_page_takes_no_page_from_the_pool() {
+    if ran_alone("replacing_a_one_block_page_takes_no_page_from_the_pool") {
+        return;
+    }
+    const SIZE: usize = 200 << 10; // the 224 KiB class: one a page
+    const LIVE: usize = 8;
+    const ROUNDS: usize = 1000;
+    std::thread::spawn(|| {
+        let mut live: Vec<Vec<u8>> = (0..LIVE).map(|i| vec![i as u8; SIZE]).collect();
+        let pages: std::collections::HashSet<usize> = live
+            .iter()
+            .map(|b| b.as_ptr() as usize & !(MEDIUM_PAGE - 1))
+            .collect();
+        assert_eq!(pages.len(), LIVE, "{SIZE}-byte blocks share pages");
+        let before = spf::alloc_stats().pages_taken;
+        for round in 0..ROUNDS {
+            let i = round % LIVE;
+            drop(std::mem::take(&mut live[i]));
+            live[i] = vec![round as u8; SIZE];
+        }
+        let taken = spf::alloc_stats().pages_taken - before;
+        eprintln!("{ROUNDS} replacements took {taken} pages");
+        assert!(
+            taken <= 2,
+            "{ROUNDS} replacements of a {SIZE}-byte block took {taken} pages from the pool"
+        );
+        for (i, b) in live.iter().enumerate() {
+            let round = ROUNDS - LIVE + i;
+            assert!(
+                b.iter().all(|&x| x == round as u8),
+                "block {i} lost its bytes"
+            );
+        }
+    })
+    .join()
+    .unwrap();
+}
+
+/// An abandoned medium page of one block is full until that block is
+/// freed (its last free gives the page back): another thread's allocation
+/// of the class takes a page from the pool rather than adopt it. Before,
+/// it adopted every full abandoned page of the class first, moving each to
+/// its own queue for nothing.
+#[test]
+fn a_full_abandoned_page_is_not_adopted() {
+    if ran_alone("a_full_abandoned_page_is_not_adopted") {
+        return;
+    }
+    const SIZE: usize = 200 << 10; // the 224 KiB class: one a page
+    let abandoned_medium = || {
+        // SAFETY: the only other live thread is parked on a channel.
+        let r = unsafe { spf::residency::residency() };
+        r.pages[3][1].pages
+    };
+    let kept = std::thread::spawn(|| vec![7u8; SIZE]).join().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<usize>();
+    let other = std::thread::spawn(move || {
+        let b = vec![9u8; SIZE];
+        done_tx.send(b.as_ptr() as usize).unwrap();
+        rx.recv().unwrap();
+        assert!(b.iter().all(|&x| x == 9));
+    });
+    let taken = done_rx.recv().unwrap();
+    let abandoned = abandoned_medium();
+    tx.send(()).unwrap();
+    other.join().unwrap();
+    eprintln!(
+        "kept block {:#x}, the other thread's {taken:#x}, {abandoned} abandoned medium pages",
+        kept.as_ptr() as usize
+    );
+    assert_ne!(
+        taken & !(MEDIUM_PAGE - 1),
+        kept.as_ptr() as usize & !(MEDIUM_PAGE - 1)
+    );
+    assert_eq!(
+        abandoned, 1,
+        "the full abandoned page holding the kept block was adopted by a thread that could not use it"
+    );
+    assert!(kept.iter().all(|&x| x == 7));
+}

@@ -65,7 +65,7 @@ pub struct Residency {
     /// Segments found.
     pub segments: u64,
     /// Resident bytes of segment headers (and, in medium segments, of the
-    /// rest of the first MiB).
+    /// rest of the first medium page's worth, before the first page).
     pub headers: u64,
     /// By class: resident bytes of pages not holding live blocks (resident
     /// − live, summed over the class's pages in heaps and abandoned).

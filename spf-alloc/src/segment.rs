@@ -62,9 +62,9 @@
 //!   first `SAME_CLASS_SCAN` dirty pages one that last served the class
 //!   asked for is preferred: its resident memory is exactly where the new
 //!   owner carves its blocks again, where a page of another class has its
-//!   resident bytes at other offsets (a medium page whose 100 KiB and
-//!   200 KiB blocks were touched serves a 20 KiB class from its start, and
-//!   faults in again past where they ended);
+//!   resident bytes at other offsets (a page that served the 128 KiB
+//!   class with only its second block touched serves a 20 KiB class from
+//!   its start, and faults in there);
 //! - a free segment is not returned while its memory is dirty, up to 32
 //!   of them a kind (128 MiB). Returning it at once (as before) made the
 //!   next generation of threads fault in fresh segments — about 180
@@ -434,8 +434,9 @@ pub struct Segment {
     /// memory at `segment + i × 64 KiB`. Only the descriptors of the
     /// segment's kind are pages (`PageKind::spans`); the others — the
     /// first, which describes the header, and in a medium segment those
-    /// inside a medium page — are never used (the first links deferred
-    /// destruction). Their fields are written as `Page` says.
+    /// inside a medium page or, like 1–3, beside the header before the
+    /// first — are never used (the first links deferred destruction).
+    /// Their fields are written as `Page` says.
     pub pages: [Page; PAGES_PER_SEGMENT],
     /// Pointer to descriptor: `(offset >> 16) & index_mask` is the index of
     /// the page holding `segment + offset` — 63 in a small segment, 0x3c in
@@ -449,7 +450,14 @@ pub struct Segment {
     index_mask: usize,
 }
 
-const _: () = assert!(MEDIUM_PAGE_SIZE % SMALL_PAGE_SIZE == 0);
+// A medium page holds at least one block of the largest medium class, is
+// a power-of-two number of descriptors (the mask), and has hole bits.
+const _: () = assert!(
+    MEDIUM_PAGE_SIZE % SMALL_PAGE_SIZE == 0
+        && MEDIUM_PAGE_SIZE >= crate::size_class::MEDIUM_MAX
+        && PER_MEDIUM.is_power_of_two()
+        && HOLE_WORDS >= 1
+);
 
 /// The descriptor of the page holding `ptr`.
 ///
@@ -1033,6 +1041,8 @@ static POOL: SpinLock<Pool> = SpinLock::new(Pool {
 /// Pages owned by heaps or abandoned, for statistics.
 pub static SMALL_PAGES_IN_USE: AtomicU64 = AtomicU64::new(0);
 pub static MEDIUM_PAGES_IN_USE: AtomicU64 = AtomicU64::new(0);
+/// Pages `page_alloc` handed out (ever), for statistics.
+pub static PAGES_TAKEN: AtomicU64 = AtomicU64::new(0);
 
 /// The kind of a segment's pages (from its header's mask).
 ///
@@ -1106,6 +1116,7 @@ pub fn page_alloc(class: usize) -> *mut Page {
     // SAFETY: the page is now ours alone (S1).
     unsafe { (*page).init(class) };
     kind.in_use().fetch_add(1, Ordering::Relaxed);
+    PAGES_TAKEN.fetch_add(1, Ordering::Relaxed);
     page
 }
 

@@ -5,7 +5,7 @@
 //! |---|---|---|---|
 //! | 0–7   | 16, 32, …, 128 | 16 B | small page, 64 KiB |
 //! | 8–31  | 160 … 8 KiB | 4 per doubling | small page, 64 KiB |
-//! | 32–51 | 10 KiB … 256 KiB | 4 per doubling | medium page, 256 KiB (25 down to 1 block) |
+//! | 32–51 | 10 KiB … 256 KiB | 4 per doubling | medium page, 256 KiB (25 down to 1 block; a page's uncarved tail, up to 96 KiB in the 160 KiB class, is never touched) |
 //! | —     | above 256 KiB, or alignment above 64 KiB | — | a large block: its own spf-core region |
 //!
 //! Past 128 B, the four classes of each doubling `(2^k, 2^(k+1)]` are

@@ -3,7 +3,9 @@
 use crate::decay;
 use crate::heap::{self, ALL_HEAPS};
 use crate::large;
-use crate::segment::{MEDIUM_PAGES_IN_USE, MEDIUM_PAGE_SIZE, SMALL_PAGES_IN_USE, SMALL_PAGE_SIZE};
+use crate::segment::{
+    self, MEDIUM_PAGES_IN_USE, MEDIUM_PAGE_SIZE, SMALL_PAGES_IN_USE, SMALL_PAGE_SIZE,
+};
 use core::fmt;
 use core::sync::atomic::Ordering::Relaxed;
 
@@ -58,6 +60,10 @@ pub struct AllocStats {
     /// threads, handed to the page pool by a thread about to touch fresh
     /// memory, whatever their owner was doing (ever).
     pub pages_handed_over: u64,
+    /// Pages thread heaps took from the page pool or from new segments
+    /// (ever): one per slow path that found no room in the heap's own
+    /// pages of the class.
+    pub pages_taken: u64,
     /// 4 KiB runs of memory inside pages that still hold live blocks,
     /// covered only by free blocks, given back to the kernel by their
     /// thread's decay or `purge` (ever).
@@ -131,6 +137,7 @@ pub fn stats() -> AllocStats {
         heaps,
         pages_reclaimed: heap::PAGES_RECLAIMED.load(Relaxed),
         pages_handed_over: heap::PAGES_HANDED_OVER.load(Relaxed),
+        pages_taken: segment::PAGES_TAKEN.load(Relaxed),
         page_runs_purged: heap::PAGE_RUNS_PURGED.load(Relaxed),
         remote_collected,
         remote_batches,
@@ -151,7 +158,7 @@ impl AllocStats {
     }
 
     /// The allocator's own figures with their names, in print order.
-    fn rows(&self) -> [(u64, &'static str); 24] {
+    fn rows(&self) -> [(u64, &'static str); 25] {
         [
             (self.allocated, "bytes_allocated"),
             (self.active, "bytes_active"),
@@ -171,6 +178,7 @@ impl AllocStats {
             (self.heaps, "heaps"),
             (self.pages_reclaimed, "pages_reclaimed"),
             (self.pages_handed_over, "pages_handed_over"),
+            (self.pages_taken, "pages_taken"),
             (self.page_runs_purged, "page_runs_purged"),
             (self.remote_collected, "remote_collected"),
             (self.remote_batches, "remote_batches"),

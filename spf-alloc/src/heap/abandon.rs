@@ -199,12 +199,30 @@ pub(super) unsafe fn free_abandoned(p: &Page, block: *mut Block) -> bool {
     true
 }
 
-/// Adopts an abandoned page of `class` (it holds live blocks).
+/// Pages of an abandoned list `adopt` looks at for one with room.
+const ADOPT_SCAN: usize = 8;
+
+/// Adopts an abandoned page of `class` (it holds live blocks) that has
+/// room for a block, among the first `ADOPT_SCAN` of its list: a page with
+/// every block out cannot serve the allocation, and taking it would only
+/// move it to our queue (a medium page of one block is always full while
+/// abandoned: its last free gives it back).
 pub(super) fn adopt(h: &Heap, class: usize) -> Option<*mut Page> {
     let page = {
         let mut lists = ABANDONED.lock();
         let list = &mut lists.0[class];
-        let p = list.first;
+        let mut p = list.first;
+        let mut looked = 0;
+        // SAFETY: listed pages, under the lists' lock, which guards an
+        // abandoned page's `used` (`free_abandoned`) and `next`.
+        while !p.is_null() && unsafe { (*p).used.load(Ordering::Relaxed) >= (*p).reserved.get() } {
+            looked += 1;
+            if looked == ADOPT_SCAN {
+                return None;
+            }
+            // SAFETY: as above.
+            p = unsafe { (*p).next.get() };
+        }
         if p.is_null() {
             return None;
         }

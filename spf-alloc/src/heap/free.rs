@@ -130,8 +130,15 @@ unsafe fn dealloc_remote(p: &Page, block: *mut Block, heap: *mut Heap) {
 /// could not get one).
 pub static FALLBACK_FREED: AtomicI64 = AtomicI64::new(0);
 
-/// A page of ours became empty and is not the only page of its class:
-/// give it back to the pool.
+/// A page of ours became empty and is not the only page of its class: a
+/// heap keeps one empty page a class, at the front of its queue, where the
+/// next allocation of the class finds it on the fast path; a second goes
+/// back to the pool. A medium page holds as few as one block, so without
+/// the kept page every free of a class whose blocks fill several pages
+/// would go to the pool and every allocation come back through the slow
+/// path and the pool's lock (200 KiB blocks, 8 live: 21 → 111 ns a
+/// replacement). Decay and `spf::purge()` take the kept page back
+/// (`sweep` with `Keep::None`).
 ///
 /// # Safety
 /// `h` is this thread's heap, and `page` one of its pages (S1), in its
@@ -140,6 +147,23 @@ pub static FALLBACK_FREED: AtomicI64 = AtomicI64::new(0);
 unsafe fn page_empty(h: &Heap, page: *mut Page) {
     let doomed = {
         let _locked = h.lock.lock();
+        // SAFETY: the caller's contract: our page.
+        let q = h.queue(unsafe { (*page).class.get() } as usize);
+        let mut list = q.get();
+        // SAFETY: the queue's pages are ours (S1); the first is not null
+        // (`page` is in the queue).
+        let first_empty = unsafe { (*list.first).used.load(Ordering::Relaxed) } == 0;
+        if list.first == page || !first_empty {
+            if list.first != page {
+                // SAFETY: `page` is in this queue, which we hold the lock of.
+                unsafe {
+                    list.remove(page);
+                    list.push_front(page);
+                }
+                q.set(list);
+            }
+            return;
+        }
         // SAFETY: the caller's contract; we hold the heap's lock.
         unsafe { unqueue_and_free(h, page) }
     };
