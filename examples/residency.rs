@@ -13,9 +13,16 @@
 //! ```
 
 use spf::residency::{residency, Residency, PLACES};
-use std::alloc::{alloc, dealloc, realloc, Layout};
+
+// The torture's sizes, touch and random numbers are the benchmark's own.
+#[path = "../benches/workloads/mod.rs"]
+mod workloads;
+use std::alloc::{alloc, dealloc, realloc};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Barrier, Mutex};
+use workloads::{
+    layout, torture_size, torture_touch, Rng, TORTURE_OPS, TORTURE_SHARED, TORTURE_SLOTS,
+};
 
 #[global_allocator]
 static GLOBAL: spf::SpfAlloc = spf::SpfAlloc::new();
@@ -28,20 +35,6 @@ fn checks() -> usize {
     } else {
         8
     }
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
-fn layout(size: usize) -> Layout {
-    Layout::from_size_align(size, 8).unwrap()
 }
 
 fn snapshot(best: &Mutex<Option<(String, Residency)>>, at: String) {
@@ -152,35 +145,9 @@ fn larson_free(threads: usize, best: &Mutex<Option<(String, Residency)>>) {
 /// resized by `realloc`, a quarter handed to other threads through a
 /// lock-free table, threads made afresh each wave), without its `fork`.
 fn torture(threads: usize, best: &Mutex<Option<(String, Residency)>>) {
-    const SLOTS: usize = 256;
-    const SHARED: usize = 1024;
-    const OPS: usize = 20_000;
-    fn size_of(rng: &mut Rng) -> usize {
-        let r = rng.next();
-        let span = |lo: usize, hi: usize, x: u64| lo + (x as usize % (hi - lo));
-        match r % 4096 {
-            0 => span(4 << 20, 32 << 20, r >> 12),
-            1..=16 => span(256 << 10, 4 << 20, r >> 12),
-            17..=272 => span(1 << 10, 256 << 10, r >> 12),
-            _ => span(1, 1 << 10, r >> 12),
-        }
-    }
-    /// Writes one byte per 4 KiB page of `[p + from, p + to)` and the last.
-    ///
-    /// # Safety
-    /// `p` is a live block of at least `to` bytes.
-    unsafe fn touch(p: *mut u8, from: usize, to: usize) {
-        let mut off = from;
-        while off < to {
-            // SAFETY: inside the block (the caller's contract).
-            unsafe { p.add(off).write_volatile(1) };
-            off += 4096;
-        }
-        if to > from {
-            // SAFETY: as above.
-            unsafe { p.add(to - 1).write_volatile(1) };
-        }
-    }
+    const SLOTS: usize = TORTURE_SLOTS;
+    const SHARED: usize = TORTURE_SHARED;
+    const OPS: usize = TORTURE_OPS;
     let free_sized = |p: usize| {
         if p != 0 {
             // SAFETY: a block put in the table with its size in its first
@@ -204,13 +171,13 @@ fn torture(threads: usize, best: &Mutex<Option<(String, Residency)>>) {
                         if p != 0 {
                             match rng.next() % 4 {
                                 0 => {
-                                    let new = size_of(&mut rng);
+                                    let new = torture_size(&mut rng);
                                     // SAFETY: a live block of this layout;
                                     // `new` is at least 1.
                                     let q = unsafe { realloc(p as *mut u8, layout(size), new) };
                                     assert!(!q.is_null());
                                     // SAFETY: q holds `new` bytes.
-                                    unsafe { touch(q, size.min(new), new) };
+                                    unsafe { torture_touch(q, size.min(new), new) };
                                     held[i] = (q as usize, new);
                                     replace = false;
                                 }
@@ -225,12 +192,12 @@ fn torture(threads: usize, best: &Mutex<Option<(String, Residency)>>) {
                             }
                         }
                         if replace {
-                            let size = size_of(&mut rng);
+                            let size = torture_size(&mut rng);
                             // SAFETY: a layout of at least 1 byte.
                             let q = unsafe { alloc(layout(size)) };
                             assert!(!q.is_null());
                             // SAFETY: a fresh block of `size` bytes.
-                            unsafe { touch(q, 0, size) };
+                            unsafe { torture_touch(q, 0, size) };
                             held[i] = (q as usize, size);
                         }
                         if (op + 1) % (OPS / checks()) == 0 {

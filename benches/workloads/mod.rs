@@ -465,14 +465,14 @@ pub const TORTURE_WAVES: usize = 4;
 /// Operations per thread per wave.
 pub const TORTURE_OPS: usize = 20_000;
 /// Blocks each thread holds at once.
-const TORTURE_SLOTS: usize = 256;
+pub const TORTURE_SLOTS: usize = 256;
 /// Slots of the table through which blocks change threads.
-const TORTURE_SHARED: usize = 1024;
+pub const TORTURE_SHARED: usize = 1024;
 
 /// A size for the torture workload, 1 B – 32 MiB, most of them small: 1 in
 /// 4,096 in 4–32 MiB, 1 in 256 in 256 KiB–4 MiB, 1 in 16 in 1–256 KiB,
 /// the rest 1 B–1 KiB.
-fn torture_size(rng: &mut Rng) -> usize {
+pub fn torture_size(rng: &mut Rng) -> usize {
     let r = rng.next();
     let span = |lo: usize, hi: usize, x: u64| lo + (x as usize % (hi - lo));
     match r % 4096 {
@@ -487,7 +487,7 @@ fn torture_size(rng: &mut Rng) -> usize {
 ///
 /// # Safety
 /// `p` is a live block of at least `to` bytes.
-unsafe fn torture_touch(p: *mut u8, from: usize, to: usize) {
+pub unsafe fn torture_touch(p: *mut u8, from: usize, to: usize) {
     let mut off = from;
     while off < to {
         // SAFETY: inside the block (the caller's contract).
