@@ -61,8 +61,8 @@ pub struct AllocStats {
     /// memory, whatever their owner was doing (ever).
     pub pages_handed_over: u64,
     /// Pages thread heaps took from the page pool or from new segments
-    /// (ever): one per slow path that found no room in the heap's own
-    /// pages of the class.
+    /// (ever), when neither their own pages of the class nor an abandoned
+    /// page had room (adopted pages are not counted).
     pub pages_taken: u64,
     /// 4 KiB runs of memory inside pages that still hold live blocks,
     /// covered only by free blocks, given back to the kernel by their
