@@ -2,7 +2,9 @@
 //! cached block is shrunk in place, its tail kept as a cached block of its
 //! own), keeps every large block's region exactly as long as its rounded
 //! size, keeps reused memory usable by system calls, and caps the resident
-//! bytes it holds, yielding them to live blocks.
+//! bytes it holds, yielding them to live blocks: it purges only the bytes
+//! over the cap, counts a merged block's resident bytes part by part, and
+//! serves requests from resident blocks first.
 //!
 //! The tests of this file run one at a time (`SERIAL`): they read the
 //! cache's global counters and expect their own frees to be what is cached.
@@ -429,8 +431,8 @@ fn the_cache_yields_its_resident_bytes_to_live_blocks() {
     spf::set_decay_ms(60_000);
     let (l, gap) = (layout(32 * MIB), layout(2 * MIB));
     // Ten blocks of 32 MiB, each followed by a live 2 MiB block where the
-    // address space allows, so that freed ones do not merge (a merged
-    // block is purged whole). Where two blocks still lie side by side (a
+    // address space allows, so that freed ones do not merge (each is
+    // then checked on its own). Where two blocks still lie side by side (a
     // gap block placed in alignment padding elsewhere), only one of them
     // is freed while the others are live.
     let mut gaps = Vec::new();
@@ -487,11 +489,12 @@ fn the_cache_yields_its_resident_bytes_to_live_blocks() {
         dirty >> 20
     );
     for &p in &cached {
+        // A block may have been split where the bytes over the cap were
+        // purged from its end, never merged with another.
         let r = spf::region_at(p).expect("a freed block stays cached");
-        assert_eq!(
-            (r.start, r.len),
-            (p as usize, l.size()),
-            "freed blocks merged: the gaps did not separate them"
+        assert!(
+            r.start == p as usize && r.len <= l.size(),
+            "freed blocks merged: the gaps did not separate them ({r:?})"
         );
     }
     // ...until a block no cached one can serve is made: with 116 + 150
@@ -522,4 +525,207 @@ fn the_cache_yields_its_resident_bytes_to_live_blocks() {
     }
     let after = spf::alloc_stats();
     assert!(after.large_purged_over_cap > before.large_purged_over_cap);
+}
+
+/// A large block: its start and length.
+type Block = (*mut u8, usize);
+
+/// Allocates blocks of `sizes`, no two side by side (so that freed ones do
+/// not merge), whatever the address space's layout: each try is followed
+/// by a live 2 MiB block, and a block lying beside one already chosen is
+/// kept live and another tried. Returns the chosen blocks, in the order of
+/// `sizes`, and every other block allocated, which the test keeps live and
+/// frees at its end. Nothing is touched.
+///
+/// # Safety
+/// Allocates with the global allocator; the caller frees every block.
+unsafe fn blocks_apart(sizes: &[usize]) -> (Vec<*mut u8>, Vec<Block>) {
+    let (mut chosen, mut others): (Vec<Block>, Vec<Block>) = (Vec::new(), Vec::new());
+    for &size in sizes {
+        let found = (0..8).find_map(|_| {
+            // SAFETY: valid layouts (the caller's contract for the rest).
+            let (p, gap) = unsafe { (alloc(layout(size)), alloc(layout(2 * MIB))) };
+            assert!(!p.is_null() && !gap.is_null());
+            others.push((gap, 2 * MIB));
+            let beside = |&(q, len): &Block| {
+                q as usize + len == p as usize || p as usize + size == q as usize
+            };
+            if chosen.iter().any(beside) {
+                others.push((p, size));
+                None
+            } else {
+                Some(p)
+            }
+        });
+        chosen.push((
+            found.expect("no block apart from the others in 8 tries"),
+            size,
+        ));
+    }
+    (chosen.into_iter().map(|(p, _)| p).collect(), others)
+}
+
+/// Frees the blocks `blocks_apart` kept live.
+///
+/// # Safety
+/// Each a live block of that length, freed once.
+unsafe fn free_all(blocks: Vec<Block>) {
+    for (p, len) in blocks {
+        // SAFETY: the caller's contract.
+        unsafe { dealloc(p, layout(len)) };
+    }
+}
+
+/// A live block, never touched, that brings the live large bytes to
+/// `total` with `others` (it counts toward the resident budget at its
+/// length).
+///
+/// # Safety
+/// As `alloc`; the caller frees it with a layout of the returned length.
+unsafe fn live_filler(total: usize, others: &[Block]) -> Block {
+    let len = total - others.iter().map(|&(_, len)| len).sum::<usize>();
+    assert!(
+        len >= MIB,
+        "the other live blocks already hold {total} bytes"
+    );
+    // `black_box`: the compiler may drop an allocation that is never used.
+    // SAFETY: a valid layout.
+    let p = std::hint::black_box(unsafe { alloc(layout(len)) });
+    assert!(!p.is_null());
+    (p, len)
+}
+
+fn resident_bytes(p: *mut u8, len: usize) -> usize {
+    common::large::resident_pages(p, len) * 4096
+}
+
+/// Past the cap only the bytes over it are purged, from the end of the
+/// oldest dirty block. With 176 MiB of live blocks the cache keeps 80 MiB
+/// dirty; freeing three 32 MiB blocks puts it 16 MiB over, and the first
+/// block keeps 16 MiB resident, split from its purged tail. Purging whole
+/// blocks gave all of the first block's pages back, and a request taking
+/// it again faulted them in.
+#[test]
+fn only_the_bytes_over_the_cap_are_purged() {
+    if common::ran_alone("only_the_bytes_over_the_cap_are_purged") {
+        return;
+    }
+    spf::set_decay_ms(60_000);
+    let l32 = layout(32 * MIB);
+    // SAFETY: valid layouts; fills stay inside the blocks, each block is
+    // freed once with its layout.
+    unsafe {
+        let (blocks, mut others) = blocks_apart(&[32 * MIB; 3]);
+        others.push(live_filler(176 * MIB, &others));
+        for &p in &blocks {
+            fill(p, 0, 32 * MIB, 5);
+        }
+        let before = spf::alloc_stats();
+        for &p in &blocks {
+            dealloc(p, l32);
+        }
+        let resident: Vec<usize> = blocks
+            .iter()
+            .map(|&p| resident_bytes(p, 32 * MIB))
+            .collect();
+        let after = spf::alloc_stats();
+        assert!(
+            after.large_purged_over_cap > before.large_purged_over_cap,
+            "nothing purged over the cap: {resident:?} resident"
+        );
+        assert_eq!(
+            resident,
+            [16 * MIB, 32 * MIB, 32 * MIB],
+            "resident bytes of the three freed blocks, oldest first"
+        );
+        let head = spf::region_at(blocks[0]).expect("the first block stays cached");
+        assert_eq!(
+            (head.start, head.len),
+            (blocks[0] as usize, 16 * MIB),
+            "the purged 16 MiB are split off the first block"
+        );
+        free_all(others);
+    }
+}
+
+/// A freed block merged with a purged cached neighbour counts only its own
+/// pages as dirty. With 200 MiB of live blocks (a cap of 64 MiB), a 32 MiB
+/// block freed next to its purged 32 MiB tail, and another 32 MiB block
+/// freed apart, hold 64 MiB dirty: both stay resident. Counting the merged
+/// block dirty whole put the cache 32 MiB over the cap, and the other
+/// block was purged.
+#[test]
+fn a_block_merged_with_a_purged_neighbour_counts_only_its_own_pages() {
+    if common::ran_alone("a_block_merged_with_a_purged_neighbour_counts_only_its_own_pages") {
+        return;
+    }
+    spf::set_decay_ms(60_000);
+    let (l32, l64) = (layout(32 * MIB), layout(64 * MIB));
+    // SAFETY: valid layouts; fills stay inside the blocks, each block is
+    // freed once with its layout.
+    unsafe {
+        let (blocks, mut others) = blocks_apart(&[64 * MIB, 32 * MIB]);
+        others.push(live_filler(200 * MIB, &others));
+        let (x, c) = (blocks[0], blocks[1]);
+        fill(x, 0, 64 * MIB, 6);
+        fill(c, 0, 32 * MIB, 7);
+        // `x` shrunk to 32 MiB: its tail is cached beside it, then purged.
+        assert_eq!(realloc(x, l64, 32 * MIB), x, "shrunk in place");
+        assert_eq!(region_len(x), 32 * MIB);
+        spf::purge();
+        assert_eq!(
+            resident_bytes(x.add(32 * MIB), 32 * MIB),
+            0,
+            "the tail is purged"
+        );
+        dealloc(c, l32);
+        dealloc(x, l32);
+        let merged = spf::region_at(x).expect("x cached");
+        assert_eq!(
+            (merged.start, merged.len),
+            (x as usize, 64 * MIB),
+            "x merged with its purged tail"
+        );
+        assert_eq!(
+            resident_bytes(c, 32 * MIB),
+            32 * MIB,
+            "the block freed apart was purged: the merged block was counted dirty whole"
+        );
+        assert_eq!(resident_bytes(x, 32 * MIB), 32 * MIB);
+        free_all(others);
+    }
+}
+
+/// A request takes a cached block whose pages are resident before a
+/// smaller purged one: the larger block's tail stays cached and dirty,
+/// while the purged block would fault in again page by page.
+#[test]
+fn a_request_takes_a_dirty_block_before_a_smaller_purged_one() {
+    if common::ran_alone("a_request_takes_a_dirty_block_before_a_smaller_purged_one") {
+        return;
+    }
+    spf::set_decay_ms(60_000);
+    let (l8, l16) = (layout(8 * MIB), layout(16 * MIB));
+    // SAFETY: valid layouts; fills stay inside the blocks, each block is
+    // freed once with its layout.
+    unsafe {
+        let (blocks, others) = blocks_apart(&[8 * MIB, 16 * MIB]);
+        let (clean, dirty) = (blocks[0], blocks[1]);
+        fill(clean, 0, 8 * MIB, 8);
+        fill(dirty, 0, 16 * MIB, 9);
+        dealloc(clean, l8);
+        spf::purge();
+        dealloc(dirty, l16);
+        let p = alloc(l8);
+        assert_eq!(p, dirty, "the request took the purged block ({clean:p})");
+        assert_eq!(
+            resident_bytes(p, 8 * MIB),
+            8 * MIB,
+            "the request's pages are resident"
+        );
+        fill(p, 0, 8 * MIB, 10);
+        check_pages(p, 8 * MIB, 10);
+        dealloc(p, l8);
+        free_all(others);
+    }
 }
