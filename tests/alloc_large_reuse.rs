@@ -3,7 +3,7 @@
 //! own), keeps every large block's region exactly as long as its rounded
 //! size, keeps reused memory usable by system calls, and caps the resident
 //! bytes it holds, yielding them to live blocks: it purges only the bytes
-//! over the cap, counts a merged block's resident bytes part by part, and
+//! over the cap, keeps a merged block's purged parts out of its count, and
 //! serves requests from resident blocks first.
 //!
 //! The tests of this file run one at a time (`SERIAL`): they read the
@@ -432,7 +432,7 @@ fn the_cache_yields_its_resident_bytes_to_live_blocks() {
     let (l, gap) = (layout(32 * MIB), layout(2 * MIB));
     // Ten blocks of 32 MiB, each followed by a live 2 MiB block where the
     // address space allows, so that freed ones do not merge (each is
-    // then checked on its own). Where two blocks still lie side by side (a
+    // checked on its own). Where two blocks still lie side by side (a
     // gap block placed in alignment padding elsewhere), only one of them
     // is freed while the others are live.
     let mut gaps = Vec::new();
@@ -489,12 +489,11 @@ fn the_cache_yields_its_resident_bytes_to_live_blocks() {
         dirty >> 20
     );
     for &p in &cached {
-        // A block may have been split where the bytes over the cap were
-        // purged from its end, never merged with another.
         let r = spf::region_at(p).expect("a freed block stays cached");
-        assert!(
-            r.start == p as usize && r.len <= l.size(),
-            "freed blocks merged: the gaps did not separate them ({r:?})"
+        assert_eq!(
+            (r.start, r.len),
+            (p as usize, l.size()),
+            "freed blocks merged: the gaps did not separate them"
         );
     }
     // ...until a block no cached one can serve is made: with 116 + 150
@@ -602,9 +601,11 @@ fn resident_bytes(p: *mut u8, len: usize) -> usize {
 /// Past the cap only the bytes over it are purged, from the end of the
 /// oldest dirty block. With 176 MiB of live blocks the cache keeps 80 MiB
 /// dirty; freeing three 32 MiB blocks puts it 16 MiB over, and the first
-/// block keeps 16 MiB resident, split from its purged tail. Purging whole
-/// blocks gave all of the first block's pages back, and a request taking
-/// it again faulted them in.
+/// block keeps 16 MiB resident (its purge starts at a 2 MiB boundary).
+/// Purging whole blocks gave all of the first block's pages back, and a
+/// request taking it again faulted them in. The block stays whole: once
+/// the two others are taken, a third 32 MiB request takes it, not a new
+/// region.
 #[test]
 fn only_the_bytes_over_the_cap_are_purged() {
     if common::ran_alone("only_the_bytes_over_the_cap_are_purged") {
@@ -633,42 +634,56 @@ fn only_the_bytes_over_the_cap_are_purged() {
             after.large_purged_over_cap > before.large_purged_over_cap,
             "nothing purged over the cap: {resident:?} resident"
         );
+        // 16 MiB with huge pages (2 MiB-aligned blocks); down to 14 MiB
+        // for a block aligned to 64 KiB only (`SPF_THP=off`).
+        let from = (blocks[0] as usize + 16 * MIB) & !(2 * MIB - 1);
         assert_eq!(
             resident,
-            [16 * MIB, 32 * MIB, 32 * MIB],
+            [from - blocks[0] as usize, 32 * MIB, 32 * MIB],
             "resident bytes of the three freed blocks, oldest first"
         );
-        let head = spf::region_at(blocks[0]).expect("the first block stays cached");
-        assert_eq!(
-            (head.start, head.len),
-            (blocks[0] as usize, 16 * MIB),
-            "the purged 16 MiB are split off the first block"
+        let first = spf::region_at(blocks[0]).expect("the first block stays cached");
+        assert_eq!((first.start, first.len), (blocks[0] as usize, 32 * MIB));
+        let taken: Vec<*mut u8> = (0..3).map(|_| alloc(l32)).collect();
+        let mut resident_first = taken[..2].to_vec();
+        resident_first.sort();
+        let mut expected = blocks[1..].to_vec();
+        expected.sort();
+        assert!(
+            resident_first == expected && taken[2] == blocks[0],
+            "taken {taken:?}: not the resident blocks {expected:?} first, then the partly purged {:p}",
+            blocks[0]
         );
+        for p in taken {
+            fill(p, 0, 32 * MIB, 11);
+            check_pages(p, 32 * MIB, 11);
+            dealloc(p, l32);
+        }
         free_all(others);
     }
 }
 
 /// A freed block merged with a purged cached neighbour counts only its own
 /// pages as dirty. With 200 MiB of live blocks (a cap of 64 MiB), a 32 MiB
-/// block freed next to its purged 32 MiB tail, and another 32 MiB block
-/// freed apart, hold 64 MiB dirty: both stay resident. Counting the merged
-/// block dirty whole put the cache 32 MiB over the cap, and the other
-/// block was purged.
+/// block freed next to its purged 32 MiB tail, and a 24 MiB block freed
+/// apart, hold 56 MiB dirty: both stay resident. Counting the merged block
+/// dirty whole put the cache 24 MiB over the cap, and the other block was
+/// purged.
 #[test]
 fn a_block_merged_with_a_purged_neighbour_counts_only_its_own_pages() {
     if common::ran_alone("a_block_merged_with_a_purged_neighbour_counts_only_its_own_pages") {
         return;
     }
     spf::set_decay_ms(60_000);
-    let (l32, l64) = (layout(32 * MIB), layout(64 * MIB));
+    let (l24, l32, l64) = (layout(24 * MIB), layout(32 * MIB), layout(64 * MIB));
     // SAFETY: valid layouts; fills stay inside the blocks, each block is
     // freed once with its layout.
     unsafe {
-        let (blocks, mut others) = blocks_apart(&[64 * MIB, 32 * MIB]);
+        let (blocks, mut others) = blocks_apart(&[64 * MIB, 24 * MIB]);
         others.push(live_filler(200 * MIB, &others));
         let (x, c) = (blocks[0], blocks[1]);
         fill(x, 0, 64 * MIB, 6);
-        fill(c, 0, 32 * MIB, 7);
+        fill(c, 0, 24 * MIB, 7);
         // `x` shrunk to 32 MiB: its tail is cached beside it, then purged.
         assert_eq!(realloc(x, l64, 32 * MIB), x, "shrunk in place");
         assert_eq!(region_len(x), 32 * MIB);
@@ -678,7 +693,7 @@ fn a_block_merged_with_a_purged_neighbour_counts_only_its_own_pages() {
             0,
             "the tail is purged"
         );
-        dealloc(c, l32);
+        dealloc(c, l24);
         dealloc(x, l32);
         let merged = spf::region_at(x).expect("x cached");
         assert_eq!(
@@ -687,8 +702,8 @@ fn a_block_merged_with_a_purged_neighbour_counts_only_its_own_pages() {
             "x merged with its purged tail"
         );
         assert_eq!(
-            resident_bytes(c, 32 * MIB),
-            32 * MIB,
+            resident_bytes(c, 24 * MIB),
+            24 * MIB,
             "the block freed apart was purged: the merged block was counted dirty whole"
         );
         assert_eq!(resident_bytes(x, 32 * MIB), 32 * MIB);

@@ -57,21 +57,22 @@
 //! cached ones hold at most 256 MiB together (`LARGE_RESIDENT_BUDGET`),
 //! the cache keeping at least 64 MiB (`DIRTY_MIN_BYTES`). Past the cap the
 //! bytes over it are purged at once instead of after the decay time, from
-//! the end of the oldest dirty block (split off it, rounded up to 2 MiB)
-//! — when a block is freed, when one is made without taking a cached
-//! block, and when `realloc` resizes one in place — so the cache bounds
+//! the end of the oldest dirty block (from a 2 MiB boundary; the block
+//! stays whole) — when a block is freed, when one is allocated, and when
+//! `realloc` resizes one in place — so the cache bounds
 //! resident memory as well as address space, and yields it to live blocks
 //! when those peak (on the mixed torture, 14 cold runs: a fixed 256 MiB
 //! cap gave a peak of 406 MiB median, 443 at worst; the budget 383 and
 //! 412, at the same wall time, with 82k page faults against 79k). Each
-//! cached block counts the bytes of it that may be resident (C1), so that
-//! a freed block merged with a purged neighbour does not count the
-//! neighbour dirty again. Purging whole blocks, with merged blocks counted
-//! dirty whole, purged 0.9–1.2 GiB a repetition of the mixed torture (warm,
-//! in runs where the cap bound) under a cap of 64–256 MiB; the requests
-//! that took those blocks again faulted them in as 2 MiB pages, and the
-//! kernel zeroing them took 37 % of the process's cycles. A request also
-//! prefers a block whose pages are resident to a smaller purged one.
+//! cached block keeps the range of it that may be resident (C1), so that a
+//! freed block merged with a purged neighbour does not count the neighbour
+//! dirty again, and a request takes the block whose resident pages cover
+//! most of it before a smaller purged one. Purging whole blocks, with
+//! merged blocks counted dirty whole, purged 0.9–1.2 GiB a repetition of
+//! the mixed torture (warm, in runs where the cap bound) under a cap of
+//! 64–256 MiB; the requests that took those blocks again faulted them in
+//! as 2 MiB pages, and the kernel zeroing them took 37 % of the process's
+//! cycles.
 //!
 //! `realloc` resizes in place where it can: it grows into free address
 //! space after the block or into the cached block there (a tail split off
@@ -90,9 +91,12 @@
 //! - L2: a cached block is reachable only through the cache; taking it out
 //!   (under the lock) gives the taker sole ownership — purging happens on
 //!   blocks taken out, never on listed ones.
-//! - C1: a cached block's `dirty` is at least the bytes of it that are
-//!   resident, and at most its length; the cache's `dirty_bytes` is the
-//!   sum over listed blocks, and the cap applies to it.
+//! - C1: a cached block's pages outside its `dirty` range are not
+//!   resident, and the range lies inside the block; the cache's
+//!   `dirty_bytes` is the sum of the listed blocks' range lengths, and the
+//!   cap applies to it. (One exception the allocator does not cause: with
+//!   THP, `khugepaged` may collapse a 2 MiB range that straddles a range's
+//!   end, making up to 2 MiB beyond it resident.)
 
 use crate::lock::SpinLock;
 use crate::options;
@@ -144,27 +148,85 @@ struct Cached {
     len: usize,
     /// When it was freed, on the decay clock (`decay::now`).
     freed_at: u64,
-    /// Bytes of it that may be resident (dirty): its length when freed,
-    /// the sum of its parts' when merged, 0 once purged. An upper bound:
-    /// a part split off a partly dirty block is counted dirty up to the
-    /// whole block's count, since which part was touched is not known.
-    dirty: usize,
+    /// The range of it whose pages may be resident (C1).
+    dirty: Dirty,
     lazy: bool,
+}
+
+/// The part of a cached block whose pages may be resident: `[start, end)`
+/// (addresses), the whole block when freed, empty once purged. Parts
+/// merged keep their ranges, joined into one: the purged bytes between
+/// two dirty ranges are counted too, an overestimate that the cap errs on
+/// the side of. A range, not a count, so that a request is served from
+/// the part it covers and a purge takes exactly the bytes it names.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Dirty {
+    start: usize,
+    end: usize,
+}
+
+impl Dirty {
+    const NONE: Dirty = Dirty { start: 0, end: 0 };
+
+    fn whole(ptr: usize, len: usize) -> Dirty {
+        Dirty {
+            start: ptr,
+            end: ptr + len,
+        }
+    }
+
+    fn len(self) -> usize {
+        self.end - self.start
+    }
+
+    fn is_empty(self) -> bool {
+        self.start == self.end
+    }
+
+    /// One range holding both (for two blocks merged).
+    fn join(self, other: Dirty) -> Dirty {
+        if self.is_empty() {
+            other
+        } else if other.is_empty() {
+            self
+        } else {
+            Dirty {
+                start: self.start.min(other.start),
+                end: self.end.max(other.end),
+            }
+        }
+    }
+
+    /// Its part within `[start, end)`.
+    fn within(self, start: usize, end: usize) -> Dirty {
+        let (s, e) = (self.start.max(start), self.end.min(end));
+        if s < e {
+            Dirty { start: s, end: e }
+        } else {
+            Dirty::NONE
+        }
+    }
 }
 
 impl Cached {
     fn is_dirty(&self) -> bool {
-        self.dirty > 0
+        !self.dirty.is_empty()
     }
 
-    /// A part `len` bytes long split off this block (either side).
+    /// The part `[ptr, ptr + len)` of this block, split off it.
     fn part(&self, ptr: usize, len: usize) -> Cached {
         Cached {
             ptr,
             len,
-            dirty: self.dirty.min(len),
+            dirty: self.dirty.within(ptr, ptr + len),
             ..*self
         }
+    }
+
+    /// The dirty part of its first `len` bytes: what a request of `len`
+    /// bytes taking it finds resident.
+    fn dirty_head(&self, len: usize) -> Dirty {
+        self.dirty.within(self.ptr, self.ptr + len)
     }
 }
 
@@ -172,7 +234,7 @@ const EMPTY: Cached = Cached {
     ptr: 0,
     len: 0,
     freed_at: 0,
-    dirty: 0,
+    dirty: Dirty::NONE,
     lazy: false,
 };
 
@@ -181,7 +243,8 @@ struct Cache {
     n: usize,
     /// Bytes of all listed blocks.
     bytes: usize,
-    /// Bytes of listed blocks that are dirty (resident until purged).
+    /// The sum of listed blocks' dirty ranges: at least their resident
+    /// bytes (C1).
     dirty_bytes: usize,
 }
 
@@ -207,7 +270,8 @@ pub static MERGED: AtomicU64 = AtomicU64::new(0);
 pub static SPLIT_TAILS: AtomicU64 = AtomicU64::new(0);
 /// Of `REUSED`, served by growing a smaller cached block in place.
 pub static REUSED_GROWN: AtomicU64 = AtomicU64::new(0);
-/// Cached blocks purged early because dirty cached bytes passed the cap.
+/// Purges because dirty cached bytes passed the cap (each of a block's
+/// dirty range, or the end of it).
 pub static PURGED_OVER_CAP: AtomicU64 = AtomicU64::new(0);
 
 /// The region length of a large block of `size` bytes (L1).
@@ -221,10 +285,22 @@ impl Cache {
         if self.n == CACHE_ENTRIES || self.bytes + c.len > CACHE_MAX_BYTES {
             return false;
         }
+        debug_assert!(
+            c.dirty.is_empty() || (c.dirty.start >= c.ptr && c.dirty.end <= c.ptr + c.len),
+            "C1: a dirty range outside its block"
+        );
         self.entries[self.n] = c;
         self.n += 1;
         self.bytes += c.len;
-        self.dirty_bytes += c.dirty;
+        self.dirty_bytes += c.dirty.len();
+        debug_assert_eq!(
+            self.dirty_bytes,
+            self.entries[..self.n]
+                .iter()
+                .map(|e| e.dirty.len())
+                .sum::<usize>(),
+            "C1: dirty_bytes is the sum of the listed blocks' dirty ranges"
+        );
         CACHED_BYTES.store(self.bytes as u64, Relaxed);
         true
     }
@@ -234,7 +310,7 @@ impl Cache {
         self.n -= 1;
         self.entries[i] = self.entries[self.n];
         self.bytes -= c.len;
-        self.dirty_bytes -= c.dirty;
+        self.dirty_bytes -= c.dirty.len();
         CACHED_BYTES.store(self.bytes as u64, Relaxed);
         c
     }
@@ -260,9 +336,11 @@ enum Fit {
     Near,
 }
 
-/// The smallest cached block of `len` bytes or more that `fit` allows, with
-/// the right alignment and commit mode (a dirty one first among equals: its
-/// pages are resident).
+/// The cached block of `len` bytes or more that `fit` allows, with the
+/// right alignment and commit mode, whose dirty range covers most of the
+/// request's bytes (taking a larger dirty block leaves its tail dirty in
+/// the cache, while a purged block faults in again), the smallest among
+/// equals.
 fn take_cached(len: usize, align: usize, lazy: bool, zeroed: bool, fit: Fit) -> Option<Cached> {
     let max_len = match fit {
         Fit::Shrink => len.saturating_mul(FIT_MAX_RATIO),
@@ -275,18 +353,25 @@ fn take_cached(len: usize, align: usize, lazy: bool, zeroed: bool, fit: Fit) -> 
         let fits = c.len >= len && c.len <= max_len && c.ptr % align == 0 && c.lazy == lazy;
         // A dirty lazy block would need zeroing by touch, committing it all.
         let ok = fits && !(zeroed && lazy && c.is_dirty());
-        // Most of the request served by resident pages first (taking a
-        // larger dirty block leaves its tail dirty in the cache, while a
-        // clean block faults in again), then the smallest.
-        let better = |b: &Cached| (b.dirty.min(len), c.len) < (c.dirty.min(len), b.len);
+        let covered = c.dirty_head(len).len();
+        let better = |b: &Cached| (b.dirty_head(len).len(), c.len) < (covered, b.len);
         if ok && best.is_none_or(|b| better(&cache.entries[b])) {
             best = Some(i);
-            if c.len == len && c.dirty == c.len {
+            if c.len == len && covered == len {
                 break;
             }
         }
     }
     best.map(|i| cache.remove(i))
+}
+
+/// Writes zeros over `d`.
+///
+/// # Safety
+/// `d` lies in a committed block the caller holds alone.
+unsafe fn zero(d: Dirty) {
+    // SAFETY: the caller's contract.
+    unsafe { core::ptr::write_bytes(d.start as *mut u8, 0, d.len()) };
 }
 
 /// For a request no cached block holds: the largest dirty cached block of
@@ -322,9 +407,9 @@ fn grow_cached(len: usize, align: usize, lazy: bool, zeroed: bool) -> Option<usi
         REUSED.fetch_add(1, Relaxed);
         REUSED_GROWN.fetch_add(1, Relaxed);
         if zeroed {
-            // SAFETY: the dirty head of a committed block we hold alone; the
-            // grown part is fresh and reads as zero.
-            unsafe { core::ptr::write_bytes(c.ptr as *mut u8, 0, c.len) };
+            // SAFETY: inside a committed block we hold alone; the grown
+            // part is fresh and the rest purged: both read as zero.
+            unsafe { zero(c.dirty) };
         }
         return Some(c.ptr);
     }
@@ -431,7 +516,6 @@ fn alloc_fit(size: usize, align: usize, lazy: bool, zeroed: bool, fit: Fit) -> *
     };
     let align = align.max(GRANULE);
     let cached = take_cached(len, align, lazy, zeroed, fit);
-    let from_cache = cached.is_some();
     let ptr = match cached {
         Some(c) => {
             REUSED.fetch_add(1, Relaxed);
@@ -443,9 +527,10 @@ fn alloc_fit(size: usize, align: usize, lazy: bool, zeroed: bool, fit: Fit) -> *
                     r.into_raw();
                 }
             }
-            if zeroed && c.is_dirty() {
-                // SAFETY: a committed block of at least `size` bytes, ours.
-                unsafe { core::ptr::write_bytes(c.ptr as *mut u8, 0, size) };
+            if zeroed {
+                // SAFETY: inside a committed block of at least `size` bytes,
+                // ours; its purged pages read as zero.
+                unsafe { zero(c.dirty_head(size)) };
             }
             c.ptr as *mut u8
         }
@@ -482,10 +567,9 @@ fn alloc_fit(size: usize, align: usize, lazy: bool, zeroed: bool, fit: Fit) -> *
     }
     LIVE_BYTES.fetch_add(len as u64, Relaxed);
     LIVE_BLOCKS.fetch_add(1, Relaxed);
-    if !from_cache {
-        // Live bytes grew without a cached block leaving: the cap shrank.
-        purge_over_cap();
-    }
+    // Live bytes grew: the cap shrank, by more than the dirty bytes of a
+    // cached block taken, if it was not all dirty.
+    purge_over_cap();
     ptr
 }
 
@@ -502,7 +586,7 @@ pub fn dealloc(ptr: *mut u8, size: usize, lazy: bool) {
         ptr: ptr as usize,
         len,
         freed_at: now,
-        dirty: len,
+        dirty: Dirty::whole(ptr as usize, len),
         lazy,
     };
     coalesce(&mut entry);
@@ -638,10 +722,10 @@ fn put_back(blocks: [Option<Cached>; 2]) {
 }
 
 /// `entry` took in the cached block `c` (L1: the lengths add up, as the
-/// regions did): resident if either part was.
+/// regions did); its dirty range spans both parts' (C1).
 fn absorb(entry: &mut Cached, c: &Cached) {
     entry.len += c.len;
-    entry.dirty += c.dirty;
+    entry.dirty = entry.dirty.join(c.dirty);
 }
 
 /// Purges cached blocks past their decay time; called from allocation slow
@@ -698,10 +782,23 @@ pub fn is_cached(ptr: *const u8) -> bool {
         .any(|c| c.ptr == ptr as usize)
 }
 
+/// Purges a block's dirty range (its other pages are not resident).
 fn purge(c: &mut Cached) {
-    // SAFETY: a freed block we hold alone (L2): nothing in it will be read.
-    if unsafe { spf_core::purge_pages(c.ptr as *mut u8, c.len) }.is_ok() {
-        c.dirty = 0;
+    purge_from(c, c.dirty.start);
+}
+
+/// Purges the end of a block's dirty range, from `at` (a page boundary in
+/// it): the range then ends at `at` (C1).
+fn purge_from(c: &mut Cached, at: usize) {
+    let d = c.dirty;
+    if d.is_empty() {
+        return;
+    }
+    debug_assert!(d.start <= at && at < d.end && at % spf_core::PAGE_SIZE == 0);
+    // SAFETY: pages of a freed block we hold alone (L2): nothing in it will
+    // be read; a block's range and `at` lie on page boundaries.
+    if unsafe { spf_core::purge_pages(at as *mut u8, d.end - at) }.is_ok() {
+        c.dirty = d.within(d.start, at);
     }
 }
 
@@ -742,11 +839,15 @@ fn unadvise_huge(ptr: usize, len: usize, lazy: bool) {
     unsafe { libc::madvise(ptr as *mut libc::c_void, len, libc::MADV_NOHUGEPAGE) };
 }
 
-/// Purges the oldest dirty cached blocks while the cache holds more dirty
-/// bytes than its cap (16 blocks at most — the oldest are often small kept
-/// tails — the next call goes on). Called when live bytes grow without a
-/// cached block leaving (a block made, or grown in place by `realloc`),
-/// which shrinks the cap, and when a free or a `realloc` caches a block.
+/// Purges the bytes over the cap while the cache holds more dirty bytes
+/// than its cap: the end of the oldest dirty block's dirty range, from a
+/// 2 MiB boundary (so no huge page is cut) at least that many bytes before
+/// its end, or the whole range where that boundary falls before it (16
+/// purges at most — the oldest are often small kept tails — the next call
+/// goes on). The block stays whole, so it still serves a request of its
+/// length, resident pages first. Called when live bytes grow (a block made
+/// or taken from the cache, or grown in place by `realloc`), which shrinks
+/// the cap, and when a free or a `realloc` caches a block.
 fn purge_over_cap() {
     for _ in 0..16 {
         let (mut c, over) = {
@@ -765,49 +866,17 @@ fn purge_over_cap() {
             }
         };
         PURGED_OVER_CAP.fetch_add(1, Relaxed);
-        let tail = split_for_purge(&mut c, over);
-        let (head, mut purged) = match tail {
-            Some(t) => (Some(c), t),
-            None => (None, c),
-        };
-        purge(&mut purged); // taken out: ours alone (L2)
-        for b in [head, Some(purged)].into_iter().flatten() {
-            if !CACHE.lock().insert(b) {
-                destroy(&b);
-            }
+        let d = c.dirty;
+        let at = d.end.saturating_sub(over) & !(HUGE_PAGE - 1);
+        purge_from(&mut c, at.max(d.start)); // taken out: ours alone (L2)
+        if !CACHE.lock().insert(c) {
+            destroy(&c);
         }
-        if purged.is_dirty() {
+        if c.dirty == d {
             // Could not be purged: not tried again in this call.
             return;
         }
     }
-}
-
-/// For a dirty block `c` taken out of the cache to purge `over` bytes over
-/// the cap: splits off and returns the tail to purge, `over` rounded up to
-/// the huge-page boundary (so no huge page is cut), leaving `c` the dirty
-/// head. `None` when the tail would be all or most of the block: then the
-/// whole block is purged. Purging a whole 32 MiB block for 2 MiB over the
-/// cap gave back pages that the next request taking it faulted in again.
-fn split_for_purge(c: &mut Cached, over: usize) -> Option<Cached> {
-    if c.dirty < c.len {
-        // Partly purged: which part is resident is not known.
-        return None;
-    }
-    let end = c.ptr + c.len;
-    let at = end.checked_sub(over)? & !(HUGE_PAGE - 1);
-    if at < c.ptr + HUGE_PAGE {
-        return None;
-    }
-    // SAFETY: taken out of the cache: the only handle (L2).
-    let mut r = unsafe { Region::from_raw(c.ptr as *mut u8) }?;
-    let tail = r.split_off(at - c.ptr);
-    r.into_raw();
-    let tail = tail.ok()?;
-    SPLIT_TAILS.fetch_add(1, Relaxed);
-    let tail = c.part(tail.into_raw() as usize, end - at);
-    *c = c.part(c.ptr, at - c.ptr);
-    Some(tail)
 }
 
 /// Purges every cached block now, whatever its age.
@@ -863,7 +932,7 @@ pub fn realloc(
             ptr: ptr as usize,
             len: old_len,
             freed_at: crate::decay::now(),
-            dirty: old_len,
+            dirty: Dirty::whole(ptr as usize, old_len),
             lazy,
         };
         shrink_keeping_tail(&mut region, new_len, &like, Tails::Usable);
@@ -961,5 +1030,52 @@ fn set_wipe_on_fork(cache: &Cache, wipe: bool) {
         // copies. It may fail (a kernel before 4.14): then the fork copies
         // the block as before.
         unsafe { libc::madvise(c.ptr as *mut libc::c_void, c.len, advice) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Cached, Dirty, EMPTY};
+
+    const MIB: usize = 1 << 20;
+
+    fn dirty(start: usize, end: usize) -> Dirty {
+        Dirty { start, end }
+    }
+
+    #[test]
+    fn merged_blocks_keep_their_dirty_parts_apart_from_purged_ones() {
+        // [purged 32 MiB | dirty 32 MiB]: 32 MiB dirty, not 64.
+        let purged = Dirty::NONE;
+        let freed = Dirty::whole(32 * MIB, 32 * MIB);
+        assert_eq!(purged.join(freed), dirty(32 * MIB, 64 * MIB));
+        assert_eq!(freed.join(purged).len(), 32 * MIB);
+        // Two dirty parts with a purged one between: the hull, an
+        // overestimate (C1 holds).
+        let far = Dirty::whole(96 * MIB, 8 * MIB);
+        assert_eq!(freed.join(far), dirty(32 * MIB, 104 * MIB));
+    }
+
+    #[test]
+    fn a_part_keeps_only_its_own_dirty_range() {
+        let block = Cached {
+            ptr: 0,
+            len: 64 * MIB,
+            dirty: dirty(32 * MIB, 64 * MIB),
+            ..EMPTY
+        };
+        // The head, split off for a request, is clean; the tail dirty.
+        assert!(!block.part(0, 32 * MIB).is_dirty());
+        assert_eq!(
+            block.part(16 * MIB, 48 * MIB).dirty,
+            dirty(32 * MIB, 64 * MIB)
+        );
+        assert_eq!(
+            block.part(40 * MIB, 8 * MIB).dirty,
+            dirty(40 * MIB, 48 * MIB)
+        );
+        // A request of 40 MiB finds 8 MiB of it resident, of 32 MiB none.
+        assert_eq!(block.dirty_head(40 * MIB).len(), 8 * MIB);
+        assert!(block.dirty_head(32 * MIB).is_empty());
     }
 }

@@ -42,8 +42,9 @@ pub struct AllocStats {
     pub large_realloc_into_cached: u64,
     /// Of `large_reused`, served by a smaller cached block grown in place.
     pub large_reused_grown: u64,
-    /// Cached large blocks purged before their decay time because the
-    /// cache's resident bytes passed its cap (ever).
+    /// Purges of cached large blocks before their decay time because the
+    /// cache's resident bytes passed its cap, each of a block's resident
+    /// range or of the end of it (ever).
     pub large_purged_over_cap: u64,
     /// Idle stretches (more than 100 ms between two readings of the decay
     /// clock) that decay did not count past 100 ms (ever): memory freed
