@@ -6,7 +6,7 @@
 //! against the kernel's demand paging.
 //!
 //! ```text
-//! cargo run --release --example alloc_bench -- [--runs 5] [--mib 256] [--threads 1,2,4] [--threshold] [--only TEXT]
+//! cargo run --release --example alloc_bench -- [--runs 5] [--mib 256] [--threads 1,2,4] [--threshold] [--only TEXT] [--alone ALLOCATOR]
 //! ```
 //!
 //! Times are medians of `--runs` runs, the allocators interleaved run by run
@@ -16,7 +16,11 @@
 //! pages never count against another. `--threshold` adds where spf's
 //! large-block threshold sits (medium pages against regions of their own).
 //! `--only TEXT` runs just the allocator rows whose name contains `TEXT`
-//! (their time and peak RSS), without the first-touch table.
+//! (their time and peak RSS), without the first-touch table. `--alone
+//! ALLOCATOR` runs the rows for that allocator only, `--runs` repetitions
+//! in this one process, and prints each repetition's time and page faults
+//! and the median of all but the first (cold) one: how the allocator does
+//! warm, with no other allocator's memory use in between.
 
 #[path = "../benches/workloads/mod.rs"]
 mod workloads;
@@ -34,6 +38,7 @@ struct Args {
     threshold: bool,
     only: Option<String>,
     child: Option<(String, String)>,
+    alone: Option<String>,
 }
 
 fn parse_args() -> Args {
@@ -44,6 +49,7 @@ fn parse_args() -> Args {
         threshold: false,
         only: None,
         child: None,
+        alone: None,
     };
     let mut it = std::env::args().skip(1);
     let number = |it: &mut dyn Iterator<Item = String>, flag: &str| -> usize {
@@ -75,6 +81,12 @@ fn parse_args() -> Args {
                         .unwrap_or_else(|| usage("--only needs a row name")),
                 )
             }
+            "--alone" => {
+                a.alone = Some(
+                    it.next()
+                        .unwrap_or_else(|| usage("--alone needs an allocator")),
+                )
+            }
             "--child" => match (it.next(), it.next()) {
                 (Some(row), Some(subject)) => a.child = Some((row, subject)),
                 _ => usage("--child needs a workload and an allocator"),
@@ -86,7 +98,7 @@ fn parse_args() -> Args {
 }
 
 fn usage(msg: &str) -> ! {
-    eprintln!("alloc_bench: {msg}\nusage: alloc_bench [--runs N] [--mib MIB] [--threads 1,2,4] [--threshold] [--only TEXT]");
+    eprintln!("alloc_bench: {msg}\nusage: alloc_bench [--runs N] [--mib MIB] [--threads 1,2,4] [--threshold] [--only TEXT] [--alone ALLOCATOR]");
     std::process::exit(2)
 }
 
@@ -306,6 +318,44 @@ fn child(row_key: &str, subject: &str) {
     println!("peak_rss_kib={}", peak_rss_kib());
 }
 
+/// Minor page faults of this process so far.
+fn page_faults() -> i64 {
+    // SAFETY: a plain struct that getrusage fills.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to it.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    u.ru_minflt
+}
+
+/// `--alone`: the selected rows for one allocator, `runs` repetitions each
+/// in this process (at least two: the first is cold).
+fn alone(subject: &str, runs: usize, only: Option<&str>) {
+    let s = subject_named(subject).unwrap_or_else(|| usage(&format!("no allocator {subject}")));
+    for row in selected(only).into_iter().filter(|r| measured(r, s)) {
+        let mut warm = Vec::new();
+        for i in 0..runs.max(2) {
+            let faults = page_faults();
+            let t = s.run(|a| (row.work)(a, row.n)).as_nanos() as f64 / row.n as f64 / row.per;
+            let faults = page_faults() - faults;
+            println!(
+                "{} alone, repetition {i}: {t:.1} {}, {faults} page faults",
+                s.name, row.unit
+            );
+            if i > 0 {
+                warm.push(t);
+            }
+        }
+        println!(
+            "| {} | {} alone | {:.1} {} (median of {} after the first) |",
+            row.key,
+            s.name,
+            median(warm.clone()),
+            row.unit,
+            warm.len()
+        );
+    }
+}
+
 fn child_rss_mib(row_key: &str, subject: &str) -> String {
     let out = Command::new(std::env::current_exe().expect("the running binary"))
         .args(["--child", row_key, subject])
@@ -482,6 +532,10 @@ fn main() {
         spf::backend().map_or("none", |b| b.name())
     );
     let only = args.only.as_deref();
+    if let Some(subject) = &args.alone {
+        alone(subject, args.runs, only);
+        return;
+    }
     allocator_table(args.runs, only);
     rss_table(only);
     if only.is_none() {
