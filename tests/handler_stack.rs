@@ -3,8 +3,10 @@
 //! 3.4 KiB with AVX-512, more with AMX). These tests run faults on a painted alternate
 //! stack and measure how much of it each path used: the fault paths that
 //! commit, the fatal report (in a child whose stack is a shared file
-//! mapping, read back after the child died), and chaining to the program's
-//! handler for a fault and for a raised signal (up to that handler's frame).
+//! mapping, read back after the child died), chaining to the program's
+//! handler for a fault and for a raised signal (up to that handler's frame),
+//! and a handler installed after spf that chains back into it (spf's
+//! handler then runs nested in it, and puts itself back in front).
 
 mod common;
 
@@ -164,8 +166,31 @@ extern "C" fn program_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut l
     };
 }
 
+/// The saved action a handler installed after spf chains back to.
+static SAVED: AtomicUsize = AtomicUsize::new(0);
+
+/// Installed after spf, as crash reporters are: calls the action it
+/// replaced (spf's) as a function, on the same stack.
+extern "C" fn chaining_back(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    // SAFETY: SAVED holds spf's SA_SIGINFO handler, stored before this
+    // handler was installed.
+    let h: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
+        unsafe { std::mem::transmute(SAVED.load(Ordering::Relaxed)) };
+    h(sig, info, ctx);
+}
+
+/// Std's alternate signal stack on x86-64: `SIGSTKSZ`, unless the CPU's
+/// `AT_MINSIGSTKSZ` is larger.
+const STD_ALTSTACK: usize = 8 << 10;
+/// What a program's handler chaining back into spf may use of it beyond
+/// this test's minimal one (a crash reporter logs, copies the saved
+/// action, calls through a pointer).
+const CHAINING_HANDLER_ROOM: usize = 512;
+
 /// The child side: `fatal` dies on a destroyed region with its alternate
-/// stack in the file `SPF_TEST_STACK`; `chain` prints what chaining used.
+/// stack in the file `SPF_TEST_STACK`; `chain` prints what chaining used;
+/// `chain_back` what a raised signal used through a handler that chains
+/// back into spf's.
 #[test]
 #[ignore = "child-process entry point, run by the other tests of this file"]
 fn child_entry() {
@@ -231,8 +256,66 @@ fn child_entry() {
             println!("chained raise: {raised} bytes");
             println!("baseline: {} bytes", baseline().1);
         }
+        "chain_back" => {
+            spf::init().unwrap();
+            // SAFETY: a zeroed sigaction filled in with a valid handler; the
+            // old action is read back whole.
+            unsafe {
+                let mut act: libc::sigaction = std::mem::zeroed();
+                act.sa_sigaction = chaining_back as *const () as usize;
+                act.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+                let mut old: libc::sigaction = std::mem::zeroed();
+                assert_eq!(libc::sigaction(libc::SIGSEGV, &act, &mut old), 0);
+                assert_ne!(old.sa_flags & libc::SA_SIGINFO, 0, "spf's handler");
+                SAVED.store(old.sa_sigaction, Ordering::Relaxed);
+            }
+            // SAFETY: raise has no preconditions; the handlers return (std's,
+            // at the end of spf's chain, resets the default and returns).
+            let used = altstack_bytes_used(|| unsafe {
+                libc::raise(libc::SIGSEGV);
+            });
+            println!("chained back: {used} bytes");
+            println!("baseline: {} bytes", baseline().0);
+            // SAFETY: getauxval has no preconditions (0 when unknown).
+            let min = unsafe { libc::getauxval(libc::AT_MINSIGSTKSZ) };
+            println!("minsigstksz: {min} bytes");
+        }
         other => panic!("unknown scenario {other}"),
     }
+}
+
+/// A handler installed after spf that chains back into it, on a raised
+/// signal: spf's handler runs nested in it, delivers to the rest of the
+/// chain (std's handler, which resets the default action) and puts itself
+/// back in front. All of it, with the kernel's largest signal frame for
+/// this CPU (`AT_MINSIGSTKSZ`) and room for a real chaining handler's
+/// frame, must fit std's 8 KiB alternate stack. In a debug build on a CPU
+/// with a 3.4 KiB frame it did not (the `sigaction` structures of the
+/// reinstall and their copies took 2.2 KiB): `tests/signal_chain.rs`'s
+/// chaining handler died of a fault on the alternate stack's guard page,
+/// and this test measured 7,856 bytes needed, over 7,680.
+#[test]
+fn a_handler_chaining_back_into_spf_fits_stds_alternate_stack() {
+    let out = run_child_with_env("child_entry", "chain_back", &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let used = printed_number(&stdout, "chained back: ");
+    let base = printed_number(&stdout, "baseline: ");
+    let frame = printed_number(&stdout, "minsigstksz: ").max(base);
+    let need = used - base + frame;
+    eprintln!(
+        "chained back: {used} bytes written (baseline {base}): {need} bytes with a {frame}-byte signal frame"
+    );
+    assert!(
+        used > base,
+        "the handlers did not run on the alternate stack"
+    );
+    assert!(
+        need + CHAINING_HANDLER_ROOM <= STD_ALTSTACK,
+        "spf nested in a handler chaining back to it needs {need} bytes of std's {STD_ALTSTACK}, \
+         which leaves less than {CHAINING_HANDLER_ROOM} for that handler"
+    );
 }
 
 #[test]

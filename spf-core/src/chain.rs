@@ -147,7 +147,7 @@ pub(crate) enum Displaced {
 pub(crate) fn record(
     _lock: &InstallLock,
     sig: libc::c_int,
-    action: SigAction,
+    action: &SigAction,
     how: Displaced,
     replaced_ours: usize,
 ) {
@@ -159,7 +159,7 @@ pub(crate) fn record(
             chain.replaced.copy_within(2.., 1);
             chain.len -= 1;
         }
-        chain.actions[chain.len] = action;
+        chain.actions[chain.len] = *action;
         chain.replaced[chain.len] = replaced_ours;
         chain.len += 1;
     });

@@ -45,6 +45,7 @@ use crate::handler_guard::HandlerScope;
 use crate::report::report;
 use crate::space::Space;
 use crate::sys;
+use core::mem::MaybeUninit;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 /// Whether the `SIGBUS` handler is in (userfaultfd backend only).
@@ -124,11 +125,21 @@ fn install_one(lock: &InstallLock, sig: libc::c_int, how: Displaced) -> Result<(
     } else {
         entry_a
     };
-    let old = sys::install_handler(sig, entry).map_err(|errno| Error::System {
-        call: "sigaction",
-        errno,
-    })?;
-    chain::record(lock, sig, old, how, replaced_ours);
+    let mut old = MaybeUninit::uninit();
+    if let Err(errno) = sys::install_handler(sig, entry, &mut old) {
+        return Err(Error::System {
+            call: "sigaction",
+            errno,
+        });
+    }
+    // SAFETY: the call succeeded: the kernel wrote the replaced action.
+    chain::record(
+        lock,
+        sig,
+        unsafe { old.assume_init_ref() },
+        how,
+        replaced_ours,
+    );
     latest(sig).store(entry as usize, Ordering::Relaxed);
     Ok(())
 }

@@ -16,6 +16,7 @@
 use crate::inject::{self, Call};
 use core::ffi::CStr;
 use core::fmt;
+use core::mem::MaybeUninit;
 use core::ptr;
 
 /// The base page size spf is built for. Checked against the kernel at start.
@@ -658,8 +659,8 @@ pub type SigAction = libc::sigaction;
 /// The signature of an `SA_SIGINFO` handler.
 pub type SigInfoHandler = extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void);
 
-/// Installs `handler` for `sig` (`SIGSEGV` or `SIGBUS`) and returns the
-/// action it replaced.
+/// Installs `handler` for `sig` (`SIGSEGV` or `SIGBUS`) and writes the
+/// action it replaced to `old`.
 ///
 /// Flags:
 /// - `SA_SIGINFO`: the handler needs `si_addr` and the register context.
@@ -668,20 +669,32 @@ pub type SigInfoHandler = extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut 
 /// - `SA_NODEFER`: a fault raised while the handler runs (inside a chained
 ///   handler, say) must be delivered rather than blocked: a blocked
 ///   synchronous `SIGSEGV` makes the kernel kill the process silently.
-pub fn install_handler(sig: libc::c_int, handler: SigInfoHandler) -> Result<SigAction, Errno> {
-    // SAFETY: a zeroed sigaction is a valid value to fill in; sigemptyset and
-    // sigaction are given valid pointers.
+///
+/// Small frames, debug builds included: this runs inside spf's handler when
+/// a handler it chained to chains back into it, nested on std's 8 KiB
+/// alternate stack. The old action goes to the caller's slot, and the new
+/// one is built in place: returning the old one and `mem::zeroed` copies
+/// made this frame 1.2 KiB in a debug build, and the alternate stack
+/// overflowed on a CPU whose signal frame takes 3.4 KiB of it.
+pub fn install_handler(
+    sig: libc::c_int,
+    handler: SigInfoHandler,
+    old: &mut MaybeUninit<SigAction>,
+) -> Result<(), Errno> {
+    let mut new = MaybeUninit::<SigAction>::zeroed();
+    let p = new.as_mut_ptr();
+    // SAFETY: an all-zero sigaction is valid (no handler, no flags, an empty
+    // mask); sigemptyset and sigaction are given valid pointers, and the
+    // kernel fills `old` whole when the call succeeds.
     unsafe {
-        let mut new: libc::sigaction = core::mem::zeroed();
-        new.sa_sigaction = handler as usize;
-        new.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_NODEFER;
-        libc::sigemptyset(&mut new.sa_mask);
-        let mut old: libc::sigaction = core::mem::zeroed();
-        if libc::sigaction(sig, &new, &mut old) != 0 {
+        (*p).sa_sigaction = handler as usize;
+        (*p).sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_NODEFER;
+        libc::sigemptyset(&mut (*p).sa_mask);
+        if libc::sigaction(sig, p, old.as_mut_ptr()) != 0 {
             return Err(Errno::last());
         }
-        Ok(old)
     }
+    Ok(())
 }
 
 /// The handler address installed for `sig` now.
