@@ -739,11 +739,7 @@ pub fn maybe_decay() {
     loop {
         let mut c = {
             let mut cache = CACHE.lock();
-            let stale = (0..cache.n).find(|&i| {
-                let e = &cache.entries[i];
-                e.is_dirty() && now.saturating_sub(e.freed_at) >= decay
-            });
-            match stale {
+            match cache.decayed(now, decay) {
                 Some(i) => cache.remove(i),
                 None => return,
             }
