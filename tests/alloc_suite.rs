@@ -38,3 +38,56 @@ fn impossible_requests_return_null_not_a_crash() {
     v.extend_from_slice(&[1, 2, 3]);
     assert_eq!(v, [1, 2, 3]);
 }
+
+#[test]
+fn a_threads_own_frees_are_reused_before_new_memory() {
+    use std::alloc::{alloc, dealloc, Layout};
+    use std::collections::{BTreeMap, BTreeSet};
+    // A fresh thread (a heap of its own) and a class nothing else here
+    // uses much: blocks spread over several 64 KiB pages.
+    std::thread::spawn(|| {
+        let layout = Layout::from_size_align(2_500, 8).unwrap();
+        // SAFETY: valid layouts; every block is freed once, with its layout.
+        let blocks: Vec<*mut u8> = (0..200)
+            .map(|_| unsafe { alloc(std::hint::black_box(layout)) })
+            .collect();
+        assert!(blocks.iter().all(|p| !p.is_null()));
+        let first: BTreeSet<usize> = blocks.iter().map(|&p| p as usize).collect();
+        let mut by_page: BTreeMap<usize, Vec<*mut u8>> = BTreeMap::new();
+        for &p in &blocks {
+            by_page.entry(p as usize & !0xffff).or_default().push(p);
+        }
+        assert!(by_page.len() >= 4, "the blocks should span several pages");
+        // Free all but one block of each page, on this thread: every page
+        // keeps a live block (so none goes back to the pool) and holds
+        // the rest as its own frees.
+        let mut kept = Vec::new();
+        let mut freed = 0;
+        for page in by_page.values() {
+            kept.push(page[0]);
+            for &p in &page[1..] {
+                // SAFETY: allocated above with `layout`, freed once.
+                unsafe { dealloc(p, layout) };
+                freed += 1;
+            }
+        }
+        // As many allocations again take those blocks back, from every
+        // page (not only the page allocated from first): no block of
+        // memory not handed out before.
+        // SAFETY: as above.
+        let again: Vec<*mut u8> = (0..freed)
+            .map(|_| unsafe { alloc(std::hint::black_box(layout)) })
+            .collect();
+        let fresh = again
+            .iter()
+            .filter(|&&p| !first.contains(&(p as usize)))
+            .count();
+        assert_eq!(fresh, 0, "{fresh} of {freed} blocks came from new memory");
+        for p in again.into_iter().chain(kept) {
+            // SAFETY: live blocks of `layout`, freed once.
+            unsafe { dealloc(p, layout) };
+        }
+    })
+    .join()
+    .unwrap();
+}

@@ -158,7 +158,7 @@ pub unsafe fn residency() -> Residency {
         e.live += (used - remote) * size;
         e.remote += remote * size;
         e.free += carved - used * size;
-        if p.free.get().is_null() && remote == 0 && p.capacity.get() == p.reserved.get() {
+        if !p.has_listed_free() && remote == 0 && p.capacity.get() == p.reserved.get() {
             e.full += 1;
         }
         r.idle_by_class[p.class.get() as usize] += res.saturating_sub((used - remote) * size);

@@ -242,11 +242,21 @@ pub struct Block {
 #[repr(C, align(64))]
 pub struct Page {
     /// Free blocks the owner allocates from, linked through their first
-    /// word (its own frees go here too). Written by the owner: `pop`, local
-    /// frees, `collect`, `extend`; by a remote freer under the abandoned
-    /// lists' lock while the page is abandoned (`free_abandoned`); reset
-    /// by `init`, `page_free` and a reclaimer under S5.
+    /// word. Written by the owner: `pop`, `take_local_frees`, `collect`,
+    /// `extend`, `fill_holes`; by a remote freer under the abandoned lists'
+    /// lock while the page is abandoned (`free_abandoned`); reset by
+    /// `init`, `page_free` and a reclaimer under S5.
     pub free: Cell<*mut Block>,
+    /// The owner's own frees, linked as `free` is, until `free` runs dry
+    /// and they become the new `free` (`take_local_frees`, O(1)), as in
+    /// mimalloc. Kept apart so that an allocation does not take back the
+    /// block freed just before it: on one list, a free/alloc loop runs
+    /// through two store-to-load round trips a pair (the list head, then
+    /// the block's link), which made a 16 B pair 1.5× slower on an AMD
+    /// Zen 4 core. Written by the owner's local frees; gathered onto
+    /// `free` by `purge_free_runs`; reset with `free`. Code that asks
+    /// whether the owner holds free blocks asks `has_listed_free`.
+    pub local_free: Cell<*mut Block>,
     /// Blocks out: handed out minus freed locally minus remote frees
     /// collected (S2). Written by the owner only; an atomic so that another
     /// thread reclaiming the page (`reclaim_if_free`, under the heap's
@@ -402,7 +412,10 @@ pub enum Pushed {
 }
 
 const _: () = assert!(
-    core::mem::offset_of!(Page, thread_free) >= 64
+    core::mem::offset_of!(Page, local_free) < 64
+        && core::mem::offset_of!(Page, used) < 64
+        && core::mem::offset_of!(Page, size) < 64
+        && core::mem::offset_of!(Page, thread_free) >= 64
         && core::mem::offset_of!(Page, heap) >= 64
         && core::mem::offset_of!(Page, remote_size) >= 64
         && core::mem::offset_of!(Page, remote_size) < 128
@@ -486,6 +499,7 @@ impl Page {
         let size = block_size(class);
         let len = PageKind::of_class(class).page_size();
         self.free.set(null_mut());
+        self.local_free.set(null_mut());
         self.used.store(0, Ordering::Relaxed);
         self.capacity.set(0);
         #[cfg(debug_assertions)]
@@ -525,6 +539,41 @@ impl Page {
         }
         self.free.set(head);
         self.capacity.set((start + n) as u32);
+    }
+
+    /// When `free` is empty, makes the owner's local frees the new `free`
+    /// list (O(1)). True if `free` then holds a block. By the owner.
+    #[inline]
+    pub fn take_local_frees(&self) -> bool {
+        if self.free.get().is_null() {
+            self.free.set(self.local_free.replace(null_mut()));
+        }
+        !self.free.get().is_null()
+    }
+
+    /// Whether the owner has free blocks of the page on its lists (`free`
+    /// or `local_free`), not counting remote frees and holes.
+    pub fn has_listed_free(&self) -> bool {
+        !self.free.get().is_null() || !self.local_free.get().is_null()
+    }
+
+    /// Puts the local frees on `free` whatever it holds, walking them to
+    /// their tail: for code that walks every free block (`purge_free_runs`).
+    /// By the owner.
+    fn gather_local_frees(&self) {
+        let local = self.local_free.replace(null_mut());
+        if local.is_null() {
+            return;
+        }
+        let mut tail = local;
+        // SAFETY: blocks on our page's local list, linked through `next`
+        // and ending in null; we own the page (the caller is its owner).
+        while let Some(next) = unsafe { (*tail).next.as_mut() } {
+            tail = next;
+        }
+        // SAFETY: as above: we relink the list's last block.
+        unsafe { (*tail).next = self.free.get() };
+        self.free.set(local);
     }
 
     /// Whether the page has holes (`holes`) to fill.
@@ -567,7 +616,8 @@ impl Page {
     }
 
     /// Gives the kernel back every 4 KiB run of the page covered only by
-    /// free blocks on `free` (or by blocks already in holes), with the page
+    /// free blocks on `free` or `local_free` (gathered onto `free` first),
+    /// or by blocks already in holes, with the page
     /// still in use: the blocks that start in such a run leave `free` and
     /// the run becomes a hole (`holes`) for `fill_holes` to refill. Runs
     /// already holes are not purged again. Returns the runs purged.
@@ -577,6 +627,7 @@ impl Page {
     /// the page is abandoned and the caller holds the abandoned lists'
     /// lock; no other code walks `free` meanwhile.
     pub unsafe fn purge_free_runs(&self) -> usize {
+        self.gather_local_frees();
         if self.free.get().is_null() {
             return 0;
         }
@@ -899,6 +950,7 @@ impl Page {
             .next_multiple_of(4096)
             .min(self.bytes());
         self.free.set(null_mut());
+        self.local_free.set(null_mut());
         self.capacity.set(0);
         for word in &self.holes {
             word.set(0);
@@ -1198,6 +1250,7 @@ unsafe fn page_free_with(page: *mut Page, run_decay: bool) -> Option<*mut Segmen
     p.purged.set(false);
     p.heap.store(null_mut(), Ordering::Relaxed);
     p.free.set(null_mut());
+    p.local_free.set(null_mut());
     p.kind().in_use().fetch_sub(1, Ordering::Relaxed);
     let now = spf_core::monotonic_ns();
     let decay = options::decay_ns();

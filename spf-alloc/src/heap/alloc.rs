@@ -6,7 +6,9 @@
 //!
 //! Fast path budget: `alloc` is a thread-local load, two loads to reach the
 //! class queue's first page, a pop from its `free` list and two stores; no
-//! atomic RMW, one well-predicted branch per step. Everything else —
+//! atomic RMW, one well-predicted branch per step. When `free` runs dry,
+//! the page's `local_free` (the owner's own frees) becomes the new `free`
+//! list, inline too. Everything else —
 //! collecting frees, carving new blocks, taking a page — is `#[cold]`.
 //!
 //! The fast path touches only the first page of a class queue, without the
@@ -51,6 +53,10 @@ unsafe fn alloc_from(h: &Heap, class: usize) -> *mut u8 {
         // SAFETY: pages in the heap's queues are the heap's (S1).
         let p = unsafe { &*page };
         if !p.free.get().is_null() {
+            return pop(h, p);
+        }
+        // `free` ran dry: our own frees since the last time refill it.
+        if p.take_local_frees() {
             return pop(h, p);
         }
     }
@@ -158,6 +164,8 @@ fn alloc_slow(h: &Heap, class: usize) -> *mut u8 {
         // SAFETY: the page is now ours and first in its queue: no other
         // thread touches it (S5), we need not hold our lock.
         let p = unsafe { &*page };
+        // An adopted page may hold its last owner's local frees.
+        p.take_local_frees();
         if p.free.get().is_null() && p.has_holes() {
             p.fill_holes();
         }
@@ -183,7 +191,7 @@ fn alloc_from_queue(h: &Heap, class: usize) -> Option<*mut u8> {
         // SAFETY: pages in our queue are ours (S1).
         let p = unsafe { &*page };
         let next = p.next.get();
-        if p.free.get().is_null() {
+        if !p.take_local_frees() {
             h.count_collected(p.collect());
         }
         // Holes before new blocks: both fault memory in as they are used.

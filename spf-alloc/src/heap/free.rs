@@ -1,4 +1,4 @@
-//! Frees: local frees (onto the page's `free` list, no atomics), remote
+//! Frees: local frees (onto the page's `local_free` list, no atomics), remote
 //! frees (onto its `thread_free`), pages that empty going back to the
 //! pool, and sweeping — collecting remote frees on every page of a heap.
 //!
@@ -46,8 +46,8 @@ pub unsafe fn dealloc(ptr: *mut u8) {
         // (S5) and a third re-`init` it for another class.
         let (size, class) = (p.size.get(), p.class.get());
         // SAFETY: the block is being freed: we may link it.
-        unsafe { (*block).next = p.free.get() };
-        p.free.set(block);
+        unsafe { (*block).next = p.local_free.get() };
+        p.local_free.set(block);
         let used = p.used.load(Ordering::Relaxed) - 1;
         // Release pairs with the Acquire load of `Page::reset_if_free`:
         // the link above is written before a reclaimer that sees this
@@ -254,7 +254,7 @@ pub(super) fn sweep(h: &Heap, keep: Keep) -> bool {
                         break 'classes;
                     }
                 }
-            } else if p.free.get().is_null() || keep == Keep::None {
+            } else if !p.has_listed_free() || keep == Keep::None {
                 h.count_collected(p.collect());
             }
             page = next;
