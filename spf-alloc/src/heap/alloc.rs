@@ -1,6 +1,6 @@
-//! Allocation: the fast path (pop the first page's free list), the slow
-//! path (hand out a kept block of another thread's page, collect remote
-//! frees, carve new blocks, sweep, adopt an abandoned page or take one
+//! Allocation: the fast path (pop the first page's free list, else hand
+//! out a kept block of another thread's page), the slow path (collect
+//! remote frees, carve new blocks, sweep, adopt an abandoned page or take one
 //! from the pool), and the fallback heap of threads whose own heap is
 //! gone.
 //!
@@ -8,8 +8,9 @@
 //! class queue's first page, a pop from its `free` list and two stores; no
 //! atomic RMW, one well-predicted branch per step. When `free` runs dry,
 //! the page's `local_free` (the owner's own frees) becomes the new `free`
-//! list, inline too. Everything else —
-//! collecting frees, carving new blocks, taking a page — is `#[cold]`.
+//! list, inline too, and when the page has no free block, a foreign block
+//! this thread kept (`foreign`) is handed out, inline as well. Everything
+//! else — collecting frees, carving new blocks, taking a page — is `#[cold]`.
 //!
 //! The fast path touches only the first page of a class queue, without the
 //! heap's lock (S5 in `segment`); every other use of the heap's pages and
@@ -41,7 +42,8 @@ pub unsafe fn alloc(class: usize) -> *mut u8 {
     unsafe { alloc_without_heap(heap, class) }
 }
 
-/// The fast path: pop the first page's free list, else the slow path.
+/// The fast path: pop the first page's free list (refilled from its own
+/// frees when it runs dry), else a kept foreign block, else the slow path.
 ///
 /// # Safety
 /// `class < CLASSES`.
@@ -59,6 +61,15 @@ unsafe fn alloc_from(h: &Heap, class: usize) -> *mut u8 {
         if p.take_local_frees() {
             return pop(h, p);
         }
+    }
+    // Then a block of another thread's page that we freed and kept: under
+    // churn between threads, half the allocations come from there
+    // (lock-free larson), and through the slow path each paid its
+    // bookkeeping and a call.
+    // SAFETY: `h` is this thread's live heap (the caller's contract).
+    let b = unsafe { foreign::take(h, class) };
+    if !b.is_null() {
+        return b;
     }
     alloc_slow(h, class)
 }
@@ -97,10 +108,8 @@ unsafe fn alloc_without_heap(heap: *mut Heap, class: usize) -> *mut u8 {
     unsafe { alloc_from(h, class) }
 }
 
-/// Hands out a block of another thread's page that this thread freed and
-/// kept (`foreign`), or finds a page with a free block: collect frees on
-/// the first pages of the queue, carve new blocks, sweep when remote frees
-/// piled up, adopt an
+/// Finds a page with a free block: collect frees on the first pages of
+/// the queue, carve new blocks, sweep when remote frees piled up, adopt an
 /// abandoned page, or take a page from the pool — after handing other
 /// heaps' pages whose blocks were all freed remotely to the pool, if it
 /// holds no resident page of the kind.
@@ -130,13 +139,8 @@ fn alloc_slow(h: &Heap, class: usize) -> *mut u8 {
             large::maybe_decay();
         }
     }
-    // Blocks of other threads' pages we freed, before our own pages'
-    // remote frees: they are here, and their owners may not come back soon.
-    // SAFETY: `h` is this thread's heap, or the fallback heap under its lock.
-    let b = unsafe { foreign::take(h, class) };
-    if !b.is_null() {
-        return b;
-    }
+    // Kept blocks of other threads' pages were looked for on the fast path
+    // (a fresh heap and the fallback heap keep none).
     if let Some(b) = alloc_from_queue(h, class) {
         return b;
     }
