@@ -10,7 +10,9 @@
 //! freer a push and its owner a collection. jemalloc's freeing thread keeps
 //! such a block in its thread cache and hands it out again; this module is
 //! that idea for remote frees only: a thread's own frees still go to its
-//! own pages' `free` lists, where the fast path finds them.
+//! own pages' `local_free` lists, where the fast path finds them. The
+//! fast path hands kept blocks out once the first page of the class has no
+//! free block of its own.
 //!
 //! What it owns: one stack per small class (blocks linked through their
 //! first word, with their count and the lowest count since the last trim),

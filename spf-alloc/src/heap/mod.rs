@@ -2,20 +2,18 @@
 //! part of the heap shares (the list of all heaps, the fallback heap).
 //!
 //! Each thread has a [`Heap`] with one queue of pages per size class. The
-//! design follows mimalloc's free-list sharding: each page has two free
-//! lists — `free` (the owner allocates from it and pushes its own frees on
-//! it, so a freed block is reused while it is still in cache) and
-//! `thread_free` (other threads' frees, an atomic stack) — so the owner
-//! allocates and frees with no atomic operation and no lock, and other
-//! threads free with one CAS per page for a batch of frees (`remote`).
-//! Before that, a thread freeing another thread's small block keeps it to
-//! hand out to its own next allocation of the class, as jemalloc's thread
-//! cache does (`foreign`): under churn the owner is often descheduled, and
-//! a block waiting for it is memory nobody can use.
-//! (mimalloc keeps a third, `local_free`, so that the owner's fast path
-//! runs dry now and then and collects; here the collection happens when
-//! `free` runs dry, and remote frees waiting in a page are bounded by the
-//! page's size.)
+//! design follows mimalloc's free-list sharding: each page has three free
+//! lists — `free` (the owner allocates from it), `local_free` (the owner's
+//! own frees, which become `free` when it runs dry, so that a block freed
+//! is not taken back at once through the same two words) and
+//! `thread_free` (other threads' frees, an atomic stack, collected when
+//! `free` runs dry) — so the owner allocates and frees with no atomic
+//! operation and no lock, and other threads free with one CAS per page for
+//! a batch of frees (`remote`). Before that, a thread freeing another
+//! thread's small block keeps it to hand out to its own next allocation of
+//! the class, as jemalloc's thread cache does (`foreign`): under churn the
+//! owner is often descheduled, and a block waiting for it is memory nobody
+//! can use.
 //!
 //! The work on a heap is split by concern, as mimalloc splits it:
 //! - `alloc`: the allocation fast path and slow path (collecting, carving,
