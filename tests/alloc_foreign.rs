@@ -8,7 +8,8 @@
 //!   addresses for its next allocations of the class, and gives the ones
 //!   it still keeps back to their owner when it exits;
 //! - a thread that keeps blocks it no longer needs gives them back on its
-//!   decay ticks (after two decay periods: the first sees them as needed);
+//!   decay ticks (after two decay periods: the first sees them as needed),
+//!   also while all its allocations are served by kept blocks;
 //! - a thread that freed one block of each of many pages of an owner that
 //!   then exited, and went idle, keeps only the 4 KiB runs of those blocks
 //!   resident once `spf::purge()` ran (it purges the free runs of
@@ -242,6 +243,48 @@ fn kept_blocks_not_needed_go_back_on_decay_ticks() {
         "after several decay periods the owner got {hit} of the {N} blocks the idle freer kept back"
     );
     assert!(back.iter().all(|b| b.iter().all(|&x| x == 6)));
+}
+
+#[test]
+fn a_thread_living_on_kept_blocks_still_gives_back_those_it_does_not_need() {
+    let _serial = serial();
+    let (mine, addrs) = blocks(7, N);
+    // One block of a second class, which the freer keeps too and then
+    // lives on: each of its allocations takes it back, each free keeps it
+    // again, and no allocation reaches the page slow path.
+    let one = Box::new([0u8; 40]);
+    let state = Arc::new(AtomicUsize::new(0));
+    let s = state.clone();
+    spf::set_decay_ms(50);
+    let freer = std::thread::spawn(move || {
+        drop(mine);
+        drop(one);
+        let before = spf::alloc_stats().foreign_reused;
+        let start = std::time::Instant::now();
+        while start.elapsed() < std::time::Duration::from_millis(500) {
+            for i in 0..1000u32 {
+                let b = std::hint::black_box(Box::new([i as u8; 40]));
+                assert_eq!(b[39], i as u8);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        // The path under test ran: its allocations were kept blocks.
+        let reused = spf::alloc_stats().foreign_reused - before;
+        assert!(reused >= 100_000, "only {reused} kept blocks handed out");
+        s.store(1, SeqCst);
+        wait(&s, 2);
+    });
+    wait(&state, 1);
+    spf::set_decay_ms(1000);
+    let (back, back_addrs) = blocks(8, 2 * N);
+    let hit = back_addrs.intersection(&addrs).count();
+    state.store(2, SeqCst);
+    freer.join().unwrap();
+    assert!(
+        hit >= N / 2,
+        "a freer busy on kept blocks gave back {hit} of the {N} blocks of a class it no longer needs"
+    );
+    assert!(back.iter().all(|b| b.iter().all(|&x| x == 8)));
 }
 
 /// Block sizes of small classes whose stacks keep 64 blocks each (none a

@@ -44,11 +44,12 @@ fn a_threads_own_frees_are_reused_before_new_memory() {
     use std::alloc::{alloc, dealloc, Layout};
     use std::collections::{BTreeMap, BTreeSet};
     // A fresh thread (a heap of its own) and a class nothing else here
-    // uses much: blocks spread over several 64 KiB pages.
+    // uses much: blocks spread over four 64 KiB pages (fewer than the
+    // slow path looks through before it takes a new page).
     std::thread::spawn(|| {
         let layout = Layout::from_size_align(2_500, 8).unwrap();
         // SAFETY: valid layouts; every block is freed once, with its layout.
-        let blocks: Vec<*mut u8> = (0..200)
+        let blocks: Vec<*mut u8> = (0..100)
             .map(|_| unsafe { alloc(std::hint::black_box(layout)) })
             .collect();
         assert!(blocks.iter().all(|p| !p.is_null()));
@@ -57,7 +58,7 @@ fn a_threads_own_frees_are_reused_before_new_memory() {
         for &p in &blocks {
             by_page.entry(p as usize & !0xffff).or_default().push(p);
         }
-        assert!(by_page.len() >= 4, "the blocks should span several pages");
+        assert!(by_page.len() >= 3, "the blocks should span several pages");
         // Free all but one block of each page, on this thread: every page
         // keeps a live block (so none goes back to the pool) and holds
         // the rest as its own frees.

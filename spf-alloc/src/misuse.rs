@@ -15,8 +15,9 @@
 //! The block ledger (debug builds): one bit per block of a page, set when
 //! the block is handed out and cleared when it is freed, with atomic
 //! read-modify-writes because remote frees clear bits from other threads.
-//! Invariant: bit set ⟺ the block is allocated (neither on `free` nor on
-//! `thread_free`).
+//! Invariant: bit set ⟺ the block is allocated (not on its page's `free`,
+//! `local_free` or `thread_free`, nor kept or buffered by a thread that
+//! freed it).
 
 use crate::segment::Page;
 #[cfg(debug_assertions)]

@@ -242,10 +242,11 @@ pub struct Block {
 #[repr(C, align(64))]
 pub struct Page {
     /// Free blocks the owner allocates from, linked through their first
-    /// word. Written by the owner: `pop`, `take_local_frees`, `collect`,
-    /// `extend`, `fill_holes`; by a remote freer under the abandoned lists'
-    /// lock while the page is abandoned (`free_abandoned`); reset by
-    /// `init`, `page_free` and a reclaimer under S5.
+    /// word. Written by the owner: `pop`, `take_local_frees`, `collect`
+    /// (`link_remote`), `extend`, `fill_holes`, `purge_free_runs`; by a
+    /// remote freer under the abandoned lists' lock while the page is
+    /// abandoned (`free_abandoned`); reset by `init`, `page_free` and a
+    /// reclaimer under S5.
     pub free: Cell<*mut Block>,
     /// The owner's own frees, linked as `free` is, until `free` runs dry
     /// and they become the new `free` (`take_local_frees`, O(1)), as in
@@ -253,9 +254,10 @@ pub struct Page {
     /// block freed just before it: on one list, a free/alloc loop runs
     /// through two store-to-load round trips a pair (the list head, then
     /// the block's link), which made a 16 B pair 1.5× slower on an AMD
-    /// Zen 4 core. Written by the owner's local frees; gathered onto
-    /// `free` by `purge_free_runs`; reset with `free`. Code that asks
-    /// whether the owner holds free blocks asks `has_listed_free`.
+    /// Zen 4 core. Written by the owner's local frees and emptied by
+    /// `take_local_frees`; gathered onto `free` by `purge_free_runs`; reset
+    /// with `free`. Code that asks whether the owner holds free blocks asks
+    /// `has_listed_free`.
     pub local_free: Cell<*mut Block>,
     /// Blocks out: handed out minus freed locally minus remote frees
     /// collected (S2). Written by the owner only; an atomic so that another

@@ -77,9 +77,47 @@ fn alloc_kept_or_slow(h: &Heap, class: usize) -> *mut u8 {
     // lock (`alloc_from`'s callers).
     let b = unsafe { foreign::take(h, class) };
     if !b.is_null() {
+        // Still counted as a slow path: a thread that lives on kept blocks
+        // decays, trims what it keeps (F4 in `foreign`) and sends what it
+        // buffered (B2) as a thread living on its pages' slow paths does.
+        count_slow_path(h);
         return b;
     }
     alloc_slow(h, class)
+}
+
+/// Counts a slow path (a kept block handed out, or `alloc_slow`): marks
+/// the heap active for reclaim ticks, and every 64th runs the periodic
+/// work.
+#[inline]
+fn count_slow_path(h: &Heap) {
+    // Relaxed: a hint for reclaim ticks; a load first keeps the line shared.
+    if !h.active.load(Ordering::Relaxed) {
+        h.active.store(true, Ordering::Relaxed);
+    }
+    let n = h.slow_paths.get().wrapping_add(1);
+    h.slow_paths.set(n);
+    if n % 64 == 0 {
+        periodic(h);
+    }
+}
+
+/// The periodic work of slow paths: remote-free buffer, decay of the
+/// heap's own pages and kept blocks, the process's decay and reclaim ticks.
+#[cold]
+#[inline(never)]
+fn periodic(h: &Heap) {
+    // A thread that allocates but no longer frees remotely still sends
+    // what it buffered (B2 in `remote`).
+    remote::flush(h);
+    release_on_decay(h);
+    segment::maybe_decay();
+    reclaim_tick(h);
+    if !segment::deferring() {
+        // May destroy regions, which may allocate (R1): not under the
+        // fallback lock.
+        large::maybe_decay();
+    }
 }
 
 /// # Safety
@@ -124,28 +162,10 @@ unsafe fn alloc_without_heap(heap: *mut Heap, class: usize) -> *mut u8 {
 #[cold]
 #[inline(never)]
 fn alloc_slow(h: &Heap, class: usize) -> *mut u8 {
-    // Relaxed: a hint for reclaim ticks; a load first keeps the line shared.
-    if !h.active.load(Ordering::Relaxed) {
-        h.active.store(true, Ordering::Relaxed);
-    }
+    count_slow_path(h);
     if sweep_due(h) {
         h.sweep_requested.store(false, Ordering::Relaxed);
         sweep(h, Keep::FirstOfClass);
-    }
-    let n = h.slow_paths.get().wrapping_add(1);
-    h.slow_paths.set(n);
-    if n % 64 == 0 {
-        // A thread that allocates but no longer frees remotely still sends
-        // what it buffered (B2 in `remote`).
-        remote::flush(h);
-        release_on_decay(h);
-        segment::maybe_decay();
-        reclaim_tick(h);
-        if !segment::deferring() {
-            // May destroy regions, which may allocate (R1): not under the
-            // fallback lock.
-            large::maybe_decay();
-        }
     }
     // Kept blocks of other threads' pages were looked for on the fast path
     // (a fresh heap and the fallback heap keep none).

@@ -5,14 +5,15 @@
 //! A cross-thread free of a small block is kept by the freeing thread to
 //! serve its own allocations of the class (`foreign`); what its stacks have
 //! no room for, and medium blocks, go to the page's owner: into the
-//! freeing thread's remote-free buffer
-//! (`remote`), which pushes them onto the page's `thread_free` as a chain,
-//! with one CAS per page — the last access to the page (S4 in `segment`),
-//! after reading the owner from the same line; the push that finds the
-//! page without remote frees also bumps the owning heap's `remote_frees`. The owner collects a page's remote frees in O(1)
-//! when its `free` list runs dry (the chain's word holds its length), and
-//! sweeps all its pages once more of them newly hold remote frees than it
-//! owns pages (`sweep_due`), so memory freed by consumers returns to a
+//! freeing thread's remote-free buffer (`remote`), which pushes them onto
+//! the page's `thread_free` as a chain, with one CAS per page — the last
+//! access to the page (S4 in `segment`), after reading the owner from the
+//! same line; the push that finds the page without remote frees also
+//! bumps the owning heap's `remote_frees`. The owner collects a page's
+//! remote frees in O(1) when its `free` and `local_free` lists are both
+//! empty (the chain's word holds its length), and sweeps all its pages
+//! once more of them newly hold remote frees than it owns pages
+//! (`sweep_due`), so memory freed by consumers returns to a
 //! producer's pages with amortised O(1) work.
 
 use super::{foreign, remote, Heap};
@@ -217,8 +218,8 @@ pub(super) fn sweep_due(h: &Heap) -> bool {
 
 /// Returns the heap's empty pages to the pool (pages whose every block out
 /// waits on `thread_free` count as empty), keeping what `keep` says, and
-/// collects the remote frees of every page whose `free` list is empty (of
-/// every page, with `Keep::None`). False if it stopped early (it
+/// collects the remote frees of every page whose `free` and `local_free`
+/// lists are empty (of every page, with `Keep::None`). False if it stopped early (it
 /// frees at most a few segments at a time); the rest waits for the next.
 #[cold]
 pub(super) fn sweep(h: &Heap, keep: Keep) -> bool {
@@ -236,9 +237,9 @@ pub(super) fn sweep(h: &Heap, keep: Keep) -> bool {
             let kept = keep == Keep::FirstOfClass && page == q.get().first;
             // Only O(1) work per page on the allocation path's sweeps: an
             // empty page goes to the pool with its remote chain unwalked, a
-            // page whose `free` list is empty takes its chain whole; a page
-            // with local free blocks keeps its chain until that list runs
-            // dry (walking chains here was most of the sweep's time on
+            // page with no block on `free` or `local_free` takes its chain
+            // whole; a page with such blocks keeps its chain until they run
+            // out (walking chains here was most of the sweep's time on
             // lock-free larson). Decay and `spf::purge()` (`Keep::None`,
             // rare) collect every chain, so that decay's `purge_free_runs` finds
             // every free block on the `free` lists.
