@@ -2,7 +2,9 @@
 //! its empty pages in the pool with their memory (for the decay time), and
 //! the threads after it reuse that memory instead of faulting in fresh
 //! pages — a page goes back to the class it last served where one is
-//! pooled, and a wholly free segment stays until its memory has decayed.
+//! pooled, and a wholly free segment stays until its memory has decayed;
+//! the free blocks of an exited thread's abandoned pages are handed out by
+//! the thread that adopts them.
 
 mod common;
 
@@ -289,4 +291,60 @@ fn a_full_abandoned_page_is_not_adopted() {
         "the full abandoned page holding the kept block was adopted by a thread that could not use it"
     );
     assert!(kept.iter().all(|&x| x == 7));
+}
+
+/// A thread that exits leaves its own frees on its abandoned pages' lists
+/// (`local_free`); the thread that adopts such a page hands them out,
+/// rather than new memory.
+#[test]
+fn an_exited_threads_own_frees_are_handed_out_by_the_adopter() {
+    if ran_alone("an_exited_threads_own_frees_are_handed_out_by_the_adopter") {
+        return;
+    }
+    use std::alloc::{alloc, dealloc, Layout};
+    use std::collections::HashSet;
+    // The 2,048 B class: 32 blocks a 64 KiB page, so 64 blocks fill two
+    // pages with nothing carved left over.
+    let layout = Layout::from_size_align(1_900, 8).unwrap();
+    let (live, freed): (Vec<usize>, Vec<usize>) = std::thread::spawn(move || {
+        // SAFETY: a valid layout; each block is freed once, with it.
+        let blocks: Vec<usize> = (0..64)
+            .map(|_| unsafe { alloc(std::hint::black_box(layout)) } as usize)
+            .collect();
+        assert!(blocks.iter().all(|&p| p != 0));
+        let (mut live, mut freed) = (Vec::new(), Vec::new());
+        for (i, &p) in blocks.iter().enumerate() {
+            if i % 2 == 1 {
+                // SAFETY: as above: a local free, onto its page's own list.
+                unsafe { dealloc(p as *mut u8, layout) };
+                freed.push(p);
+            } else {
+                live.push(p);
+            }
+        }
+        // Exits with half of each page live: both pages are abandoned.
+        (live, freed)
+    })
+    .join()
+    .unwrap();
+    let n = freed.len();
+    let got: Vec<usize> = std::thread::spawn(move || {
+        // SAFETY: as above.
+        (0..n)
+            .map(|_| unsafe { alloc(std::hint::black_box(layout)) } as usize)
+            .collect()
+    })
+    .join()
+    .unwrap();
+    let freed: HashSet<usize> = freed.into_iter().collect();
+    let fresh = got.iter().filter(|p| !freed.contains(p)).count();
+    for p in got.into_iter().chain(live) {
+        // SAFETY: live blocks of `layout`, freed once (remote frees into
+        // abandoned pages).
+        unsafe { dealloc(p as *mut u8, layout) };
+    }
+    assert_eq!(
+        fresh, 0,
+        "{fresh} of the adopter's {n} blocks were not the exited thread's own frees"
+    );
 }
