@@ -3,7 +3,8 @@
 //! ticks of the threads still working reclaim them (S5 in spf-alloc's
 //! `segment`), and so does `spf::purge()`. And the reclaim never races the
 //! owner: owners allocating and freeing while other threads free their
-//! blocks and purge keep every byte.
+//! blocks and purge keep every byte, and a page reclaimed while its
+//! owner's own frees wait on it hands none of them out twice.
 
 mod common;
 
@@ -269,4 +270,80 @@ fn reclaim_races_owners_and_remote_freers() {
     let reclaimed = spf::alloc_stats().pages_reclaimed - reclaimed_before;
     eprintln!("{reclaimed} pages reclaimed while the owners ran");
     assert!(reclaimed > 0, "the reclaim path never ran");
+}
+
+/// A page reclaimed while its owner's own frees sit on its `local_free`
+/// list: the reclaim empties that list too, so the owner never hands out
+/// a block twice (once from the stale list, once carved afresh).
+#[test]
+fn a_reclaimed_page_keeps_none_of_its_owners_own_frees() {
+    use std::alloc::{alloc, dealloc, Layout};
+    use std::collections::HashSet;
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // No decay during the test: only `purge` gives the page back.
+    spf::set_decay_ms(600_000);
+    // The 2,048 B class: 32 blocks a 64 KiB page.
+    let layout = Layout::from_size_align(1_900, 8).unwrap();
+    let new_block = move || {
+        // SAFETY: a valid layout; every block is freed once, with it.
+        let p = unsafe { alloc(std::hint::black_box(layout)) };
+        assert!(!p.is_null());
+        p as usize
+    };
+    let (to_freer, freer_gets) = channel::<Vec<usize>>();
+    let (ready, owner_ready) = channel::<()>();
+    let (go, owner_goes) = channel::<()>();
+    let before = given_back();
+    std::thread::scope(|s| {
+        let owner = s.spawn(move || {
+            // Page P, full; then page Q, which goes in front of P in the
+            // class queue (the first page is never reclaimed, S5).
+            let p: Vec<usize> = (0..32).map(|_| new_block()).collect();
+            let q: Vec<usize> = (0..32).map(|_| new_block()).collect();
+            // Half of P freed here (onto P's `local_free`), half by
+            // another thread.
+            let (mine, theirs): (Vec<usize>, Vec<usize>) =
+                p.iter().partition(|&&b| (b / 2048) % 2 == 1);
+            for &b in &mine {
+                // SAFETY: a live block of `layout`, freed once.
+                unsafe { dealloc(b as *mut u8, layout) };
+            }
+            to_freer.send(theirs).unwrap();
+            ready.send(()).unwrap();
+            owner_goes.recv().unwrap();
+            // P was reclaimed: every block handed out now is one no live
+            // block holds.
+            let again: Vec<usize> = (0..64).map(|_| new_block()).collect();
+            let mut seen: HashSet<usize> = q.iter().copied().collect();
+            let twice = again.iter().filter(|&&b| !seen.insert(b)).count();
+            for b in again.into_iter().chain(q) {
+                // SAFETY: as above.
+                unsafe { dealloc(b as *mut u8, layout) };
+            }
+            twice
+        });
+        // The freer frees the other half and exits: what it kept goes back
+        // to P as one remote chain, so every block P still counts waits on
+        // its `thread_free`.
+        let theirs = freer_gets.recv().unwrap();
+        s.spawn(move || {
+            for b in theirs {
+                // SAFETY: a live block of `layout`, freed once.
+                unsafe { dealloc(b as *mut u8, layout) };
+            }
+        })
+        .join()
+        .unwrap();
+        owner_ready.recv().unwrap();
+        spf::purge();
+        let reclaimed = given_back() - before;
+        go.send(()).unwrap();
+        let twice = owner.join().unwrap();
+        spf::set_decay_ms(1000);
+        assert!(
+            reclaimed >= 1,
+            "no page was reclaimed: the path under test did not run"
+        );
+        assert_eq!(twice, 0, "{twice} blocks were handed out while live");
+    });
 }
