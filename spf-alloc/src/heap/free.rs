@@ -219,8 +219,9 @@ pub(super) fn sweep_due(h: &Heap) -> bool {
 /// Returns the heap's empty pages to the pool (pages whose every block out
 /// waits on `thread_free` count as empty), keeping what `keep` says, and
 /// collects the remote frees of every page whose `free` and `local_free`
-/// lists are empty (of every page, with `Keep::None`). False if it stopped early (it
-/// frees at most a few segments at a time); the rest waits for the next.
+/// lists are empty (of every page, with `Keep::None`). False if it stopped
+/// early (it frees at most a few segments at a time); the rest waits for
+/// the next.
 #[cold]
 pub(super) fn sweep(h: &Heap, keep: Keep) -> bool {
     h.remote_frees.0.store(0, Ordering::Relaxed);

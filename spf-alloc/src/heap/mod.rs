@@ -7,13 +7,13 @@
 //! own frees, which become `free` when it runs dry, so that a block freed
 //! is not taken back at once through the same two words) and
 //! `thread_free` (other threads' frees, an atomic stack, collected when
-//! `free` runs dry) — so the owner allocates and frees with no atomic
-//! operation and no lock, and other threads free with one CAS per page for
-//! a batch of frees (`remote`). Before that, a thread freeing another
-//! thread's small block keeps it to hand out to its own next allocation of
-//! the class, as jemalloc's thread cache does (`foreign`): under churn the
-//! owner is often descheduled, and a block waiting for it is memory nobody
-//! can use.
+//! `free` and `local_free` are both empty) — so the owner allocates and
+//! frees with no atomic operation and no lock, and other threads free with
+//! one CAS per page for a batch of frees (`remote`). Before that, a thread
+//! freeing another thread's small block keeps it to hand out to its own
+//! next allocation of the class, as jemalloc's thread cache does
+//! (`foreign`): under churn the owner is often descheduled, and a block
+//! waiting for it is memory nobody can use.
 //!
 //! The work on a heap is split by concern, as mimalloc splits it:
 //! - `alloc`: the allocation fast path and slow path (collecting, carving,
