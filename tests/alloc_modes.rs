@@ -58,7 +58,7 @@ fn run(mode: &str, commit: &str) -> (Counts, Counts) {
     );
     // The table's last row: the table is not cut short.
     assert!(
-        stderr.contains("foreign_reused\n"),
+        stderr.contains("cache_given_back\n"),
         "SPF_STATS=1 printed the allocator's table cut short: {stderr}"
     );
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -300,6 +300,13 @@ fn a_reclaimed_page_keeps_none_of_its_owners_own_frees() {
             // class queue (the first page is never reclaimed, S5).
             let p: Vec<usize> = (0..32).map(|_| new_block()).collect();
             let q: Vec<usize> = (0..32).map(|_| new_block()).collect();
+            // Fill this thread's cache of the class first (it keeps at
+            // most 64 blocks a class): P's frees below then reach P.
+            let filler: Vec<usize> = (0..64).map(|_| new_block()).collect();
+            for b in filler {
+                // SAFETY: a live block of `layout`, freed once.
+                unsafe { dealloc(b as *mut u8, layout) };
+            }
             // Half of P freed here (onto P's `local_free`), half by
             // another thread.
             let (mine, theirs): (Vec<usize>, Vec<usize>) =
@@ -313,7 +320,8 @@ fn a_reclaimed_page_keeps_none_of_its_owners_own_frees() {
             owner_goes.recv().unwrap();
             // P was reclaimed: every block handed out now is one no live
             // block holds.
-            let again: Vec<usize> = (0..64).map(|_| new_block()).collect();
+            // (Past the filler blocks, in the cache and on their pages.)
+            let again: Vec<usize> = (0..256).map(|_| new_block()).collect();
             let mut seen: HashSet<usize> = q.iter().copied().collect();
             let twice = again.iter().filter(|&&b| !seen.insert(b)).count();
             for b in again.into_iter().chain(q) {

@@ -8,7 +8,7 @@
 //! pages are abandoned while blocks of them sit in the table) and others
 //! take their place. Every block's bytes are checked when it is freed;
 //! at the end nothing stays allocated, the owners did collect remote frees
-//! (`remote_collected`: those their freers did not keep to reuse), and
+//! (`remote_collected`: those their freers' caches did not keep), and
 //! every page emptied went back (`active`): a
 //! wrong chain length keeps pages "used" forever, or frees them early.
 
@@ -129,12 +129,14 @@ fn remote_frees_race_collection_sweeps_and_exits() {
     eprintln!("before:\n{before}\nafter:\n{after}");
     let leaked = after.allocated.saturating_sub(before.allocated);
     assert!(leaked < 1 << 20, "{leaked} bytes still allocated");
-    // Most remote frees are handed out again by their freer (`foreign`);
-    // those its stacks had no room for go to their pages in chains, and
-    // their owners collect them (82k in a run of this test).
+    // Most remote frees are handed out again by their freer (its thread
+    // cache); those its cache had no room for, and those it gave back at
+    // exit, go to their pages in chains, and their owners collect them
+    // (21.6k in a release run of this test, 82k before the cache took own
+    // frees too and so had less room for others').
     let collected = after.remote_collected - before.remote_collected;
     assert!(
-        collected >= OPS as u64 / 4,
+        collected >= OPS as u64 / 10,
         "only {collected} remote frees collected by their owners: the remote-free path did not run"
     );
     // Every page the workers used is empty now; their heaps are gone.

@@ -3,7 +3,7 @@
 //! same `Layout` comes back to `dealloc` and `realloc`, so classifying
 //! again finds the same place without any lookup.
 
-use crate::size_class::{block_size, class_for, is_large};
+use crate::size_class::{block_size, class_for, is_small};
 use crate::{heap, large, options};
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::null_mut;
@@ -121,13 +121,16 @@ unsafe impl GlobalAlloc for SpfAlloc {
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         self.guard();
-        // The page knows its class: only small-or-large is decided here.
-        if is_large(layout.size(), layout.align()) {
-            self.dealloc_large(ptr, layout)
-        } else {
+        // The layout gives the class the block was allocated in (`realloc`
+        // keeps a block only within its class): a small block goes to the
+        // thread cache without its page being read.
+        match class_for(layout.size(), layout.align()) {
             // SAFETY: the GlobalAlloc contract: `ptr` is a live block we
-            // handed out for `layout`, so a small or medium one.
-            unsafe { heap::dealloc(ptr) }
+            // handed out for `layout`, so a block of class `c`.
+            Some(c) if is_small(c) => unsafe { heap::dealloc_small(ptr, c) },
+            // SAFETY: as above: a medium block.
+            Some(_) => unsafe { heap::dealloc(ptr) },
+            None => self.dealloc_large(ptr, layout),
         }
     }
 

@@ -55,21 +55,21 @@ pub use stats::{stats, AllocStats};
 /// 4 KiB run of its partly used pages and of abandoned pages (pages of
 /// exited threads still holding blocks) that only free blocks cover, and
 /// every page of another thread's heap whose blocks were all freed by
-/// other threads. Before that, the blocks of other threads' pages that the
-/// calling thread freed and holds — kept to serve its own allocations (at
-/// most 512 KiB) or waiting in its remote-free buffer (less than 64 KiB) —
-/// go back to those pages.
+/// other threads. Before that, the small blocks the calling thread freed
+/// and holds — in its thread cache, to serve its own allocations (at most
+/// 512 KiB), or waiting in its remote-free buffer (less than 64 KiB) — go
+/// back to their pages.
 ///
 /// What it does not reach: in another thread's heap, the first page of
 /// each class queue (its owner allocates from it without a lock — the
 /// empty page a class keeps for reuse is one); free memory inside other
 /// threads' partly used pages; 4 KiB runs that a live block, or a block
 /// freed by another thread and not yet collected by the page's owner,
-/// overlaps; the blocks of small pages that other threads freed and hold
-/// (each thread keeps at most 512 KiB of them for its own allocations and
-/// buffers less than 64 KiB, which keeps those pages from being given back;
-/// it gives them back on its own allocation slow path — the kept ones it
-/// did not need, on its decay ticks — its own `purge()`, or its exit).
+/// overlaps; the small blocks that other threads freed and hold (each
+/// thread caches at most 512 KiB of them for its own allocations and
+/// buffers less than 64 KiB, which keeps their pages from being given
+/// back; it gives them back on its decay ticks — the cached ones it did
+/// not need since the last — on its own `purge()`, or at its exit).
 /// Each thread gives those back itself, from its allocation slow path,
 /// once a decay time has passed. Decay otherwise runs only when the
 /// allocator is used, so an idle program can call this to shed freed

@@ -16,7 +16,7 @@
 //! the block is handed out and cleared when it is freed, with atomic
 //! read-modify-writes because remote frees clear bits from other threads.
 //! Invariant: bit set ⟺ the block is allocated (not on its page's `free`,
-//! `local_free` or `thread_free`, nor kept or buffered by a thread that
+//! `local_free` or `thread_free`, nor cached or buffered by a thread that
 //! freed it).
 
 use crate::segment::Page;

@@ -21,9 +21,9 @@ pub struct PageBytes {
     /// Resident bytes of those pages (`mincore`).
     pub resident: u64,
     /// Bytes of live blocks (class size × blocks counted in `used` and
-    /// not on `thread_free`: this includes blocks another thread freed and
-    /// holds, kept for its own allocations or in its remote-free buffer,
-    /// under 576 KiB a thread).
+    /// not on `thread_free`: this includes blocks a thread freed and holds
+    /// in its thread cache or its remote-free buffer, under 576 KiB a
+    /// thread).
     pub live: u64,
     /// Bytes of blocks freed by other threads, waiting on `thread_free`.
     pub remote: u64,

@@ -94,8 +94,9 @@
 //!   CAS that pushes the block on `thread_free` — or a chain of blocks of
 //!   the page that the thread freed and buffered (`heap::remote`), every
 //!   one of them counted in `used` until that CAS. A freed block that the
-//!   freeing thread keeps to hand out again (`heap::foreign`) stays
-//!   counted too, and reaches the page only through such a push. Whether the page is
+//!   freeing thread caches to hand out again (`heap::cache`) stays
+//!   counted too, and reaches the page only through such a push (or a
+//!   local free, when the thread owns the page). Whether the page is
 //!   abandoned is read from that same word (the `ABANDONED` tag): a freer
 //!   that sees the tag does not push but frees under the abandoned lists'
 //!   lock, still holding its block. So no freer can be reading a page that

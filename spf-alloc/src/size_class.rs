@@ -30,8 +30,10 @@ pub const MEDIUM_MAX: usize = 256 << 10;
 pub const MAX_PAGE_ALIGN: usize = 64 << 10;
 
 /// Block sizes by class, and classes by `size.div_ceil(16)` up to 1 KiB:
-/// one load each on the fast path.
-static BLOCK_SIZES: [u32; CLASSES] = {
+/// one load each on the fast path. `const`s, not `static`s: code inlined
+/// into other crates reaches a `static` of this crate through the GOT, one
+/// more load on every allocation and free.
+const BLOCK_SIZES: [u32; CLASSES] = {
     let mut t = [0u32; CLASSES];
     let mut c = 0;
     while c < CLASSES {
@@ -40,7 +42,7 @@ static BLOCK_SIZES: [u32; CLASSES] = {
     }
     t
 };
-static SMALL_CLASS_OF: [u8; 65] = {
+const SMALL_CLASS_OF: [u8; 65] = {
     let mut t = [0u8; 65];
     let mut i = 1;
     while i <= 64 {
@@ -114,14 +116,6 @@ pub fn class_for(size: usize, align: usize) -> Option<usize> {
     (c < CLASSES).then_some(c)
 }
 
-/// Whether a request is large (`class_for` is `None`), without finding
-/// its class: every alignment up to `MAX_PAGE_ALIGN` divides `MEDIUM_MAX`,
-/// the last class's block size, so any size up to `MEDIUM_MAX` has a class.
-#[inline]
-pub fn is_large(size: usize, align: usize) -> bool {
-    size > MEDIUM_MAX || align > MAX_PAGE_ALIGN
-}
-
 /// Whether class `c` lives in small (64 KiB) pages.
 #[inline]
 pub const fn is_small(c: usize) -> bool {
@@ -165,24 +159,6 @@ mod tests {
     }
 
     #[test]
-    fn is_large_agrees_with_class_for() {
-        let mut align = 1;
-        while align <= 4 * MAX_PAGE_ALIGN {
-            for size in (0..=MEDIUM_MAX + 4096)
-                .step_by(61)
-                .chain([MEDIUM_MAX, MEDIUM_MAX + 1])
-            {
-                assert_eq!(
-                    is_large(size, align),
-                    class_for(size, align).is_none(),
-                    "size {size} align {align}"
-                );
-            }
-            align *= 2;
-        }
-    }
-
-    #[test]
     fn aligned_requests_get_aligned_block_sizes() {
         let mut align = 1;
         while align <= MAX_PAGE_ALIGN {
@@ -202,7 +178,6 @@ mod tests {
             align *= 2;
         }
         assert_eq!(class_for(10, 128 << 10), None);
-        assert!(is_large(10, 128 << 10));
         assert_eq!(class_for(MEDIUM_MAX + 1, 8), None);
     }
 }

@@ -82,13 +82,15 @@ pub struct AllocStats {
     /// Blocks in those chains (ever): over `remote_batches`, the blocks
     /// pushed per CAS.
     pub remote_batched: u64,
-    /// Small blocks of other threads' pages that the thread freeing them
-    /// kept for its own allocations instead of sending them back (ever).
-    pub foreign_kept: u64,
-    /// Kept blocks handed out again by the thread that kept them (ever);
-    /// the rest went back to their pages (on a decay trim, `spf::purge()`
-    /// or the thread's exit) or are still kept.
-    pub foreign_reused: u64,
+    /// Allocations served by thread caches (ever): small blocks a thread
+    /// freed and handed out again to its own allocations. Counted 256 at a
+    /// time, so a live thread's last (fewer than 256) may not be in yet,
+    /// except the calling thread's, which are.
+    pub cache_hits: u64,
+    /// Blocks thread caches gave back to their pages (ever): on decay
+    /// trims (the blocks not needed since the last), `spf::purge()` and
+    /// thread exits.
+    pub cache_given_back: u64,
     /// spf-core's fault counters.
     pub core: spf_core::Stats,
 }
@@ -100,7 +102,7 @@ pub fn stats() -> AllocStats {
     let mut heaps = 0;
     let mut remote_collected = 0u64;
     let (mut remote_batches, mut remote_batched) = (0u64, 0u64);
-    let (mut foreign_kept, mut foreign_reused) = (0u64, 0u64);
+    let (mut cache_hits, mut cache_given_back) = (0u64, 0u64);
     let mut h = ALL_HEAPS.load(core::sync::atomic::Ordering::Acquire);
     while !h.is_null() {
         // SAFETY: heaps are never freed.
@@ -109,8 +111,8 @@ pub fn stats() -> AllocStats {
             remote_collected = remote_collected.wrapping_add((*h).remote_collected.load(Relaxed));
             remote_batches = remote_batches.wrapping_add((*h).remote_batches.load(Relaxed));
             remote_batched = remote_batched.wrapping_add((*h).remote_batched.load(Relaxed));
-            foreign_kept = foreign_kept.wrapping_add((*h).foreign_kept.load(Relaxed));
-            foreign_reused = foreign_reused.wrapping_add((*h).foreign_reused.load(Relaxed));
+            cache_hits = cache_hits.wrapping_add((*h).cache_hits.load(Relaxed));
+            cache_given_back = cache_given_back.wrapping_add((*h).cache_given_back.load(Relaxed));
             h = (*h).next_all.load(Relaxed);
         }
         heaps += 1;
@@ -143,8 +145,8 @@ pub fn stats() -> AllocStats {
         remote_collected,
         remote_batches,
         remote_batched,
-        foreign_kept,
-        foreign_reused,
+        cache_hits: cache_hits.wrapping_add(heap::own_cache_hits_pending()),
+        cache_given_back,
         core,
     }
 }
@@ -184,8 +186,8 @@ impl AllocStats {
             (self.remote_collected, "remote_collected"),
             (self.remote_batches, "remote_batches"),
             (self.remote_batched, "remote_batched"),
-            (self.foreign_kept, "foreign_kept"),
-            (self.foreign_reused, "foreign_reused"),
+            (self.cache_hits, "cache_hits"),
+            (self.cache_given_back, "cache_given_back"),
         ]
     }
 }

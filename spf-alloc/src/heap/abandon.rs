@@ -8,8 +8,8 @@
 //! fallback heap under a lock (`alloc`).
 //!
 //! Abandoned pages always hold blocks counted in `used` (live, or freed by
-//! a thread that keeps them to reuse or buffers them and has not given
-//! them back yet, `foreign` F1, `remote` B1),
+//! a thread that caches them to reuse or buffers them and has not given
+//! them back yet, `cache` C1, `remote` B1),
 //! are tagged `ABANDONED` in
 //! their `thread_free` exactly while they are listed, and are changed only
 //! under the abandoned lists' lock (S1, S4 in `segment`; the protocol is
@@ -32,10 +32,11 @@ static ABANDONED: SpinLock<AbandonedLists> =
 
 /// A thread is exiting: give its pages to the pool or the abandoned lists.
 pub fn abandon(h: &Heap) {
-    // Blocks of other threads' pages this thread kept or buffered go to
-    // them first: the heap is recycled with its stacks and buffer empty
-    // (F4 in `foreign`, B2 in `remote`).
-    super::foreign::release_all(h);
+    // Blocks this thread cached or buffered go to their pages first: the
+    // heap is recycled with its cache and buffer empty, and its own pages'
+    // blocks are back on them before they are abandoned (C4 in `cache`,
+    // B2 in `remote`).
+    super::cache::release_all(h);
     for class in 0..CLASSES {
         // Detach the class's pages under the lock: from then on no
         // reclaimer can reach them (S5), and they are ours to hand on with
@@ -118,8 +119,8 @@ pub(super) const PURGE_ABANDONED_BUDGET: usize = 64;
 /// at least `min_age_ns` ago, at 4 KiB granularity, as an owner's decay
 /// does for its own pages (`purge_free_runs`): no owner's decay reaches
 /// them, and one may hold a single block for a long time — a block of an
-/// exited thread still in use, or one another thread freed and keeps to
-/// reuse (`foreign`) or buffers — while its other 60 KiB stay resident.
+/// exited thread still in use, or one another thread freed and caches to
+/// reuse (`cache`) or buffers — while its other 60 KiB stay resident.
 /// Looks at `budget` pages at most; each page it looks at goes to the back
 /// of its list, so the next call starts with others (and an adopter takes
 /// the pages purged last). Returns the runs purged.

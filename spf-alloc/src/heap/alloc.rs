@@ -1,17 +1,16 @@
-//! Allocation: the fast path (pop the first page's free list, else hand
-//! out a kept block of another thread's page), the slow path (collect
-//! remote frees, carve new blocks, sweep, adopt an abandoned page or take one
-//! from the pool), and the fallback heap of threads whose own heap is
-//! gone.
+//! Allocation: the fast path (a block of the thread cache, else pop the
+//! first page's free list), the slow path (collect remote frees, carve new
+//! blocks, sweep, adopt an abandoned page or take one from the pool), and
+//! the fallback heap of threads whose own heap is gone.
 //!
-//! Fast path budget: `alloc` is a thread-local load, two loads to reach the
+//! Fast path budget: `alloc` is a thread-local load; for a small class, a
+//! pop off the class's cache stack (three loads, two stores, the low water
+//! mark) and a decrement of the cache tick; else two loads to reach the
 //! class queue's first page, a pop from its `free` list and two stores; no
 //! atomic RMW, one well-predicted branch per step. When `free` runs dry,
 //! the page's `local_free` (the owner's own frees) becomes the new `free`
-//! list, inline too; when the page has no free block, a foreign block
-//! this thread kept (`foreign`) is handed out before the slow path's
-//! bookkeeping (`alloc_kept_or_slow`, out of line). Everything
-//! else — collecting frees, carving new blocks, taking a page — is `#[cold]`.
+//! list, inline too. Everything else — collecting frees, carving new
+//! blocks, taking a page, the periodic work — is `#[cold]`.
 //!
 //! The fast path touches only the first page of a class queue, without the
 //! heap's lock (S5 in `segment`); every other use of the heap's pages and
@@ -19,9 +18,9 @@
 
 use super::free::{sweep, sweep_due, Keep};
 use super::reclaim::{hand_over_free_pages, reclaim_tick, release_on_decay};
-use super::{abandon::adopt, foreign, link, remote, Heap, FALLBACK, FALLBACK_HEAP};
+use super::{abandon::adopt, cache, link, remote, Heap, FALLBACK, FALLBACK_HEAP};
 use crate::segment::{self, Page, PageKind};
-use crate::size_class::CLASSES;
+use crate::size_class::{CLASSES, SMALL_CLASSES};
 use crate::{large, misuse, thread};
 use core::ptr::null_mut;
 use core::sync::atomic::Ordering;
@@ -43,13 +42,21 @@ pub unsafe fn alloc(class: usize) -> *mut u8 {
     unsafe { alloc_without_heap(heap, class) }
 }
 
-/// The fast path: pop the first page's free list (refilled from its own
-/// frees when it runs dry), else a kept foreign block, else the slow path.
+/// The fast path: a block of the thread cache, else pop the first page's
+/// free list (refilled from its own frees when it runs dry), else the slow
+/// path.
 ///
 /// # Safety
 /// `class < CLASSES`.
 #[inline(always)]
 unsafe fn alloc_from(h: &Heap, class: usize) -> *mut u8 {
+    if class < SMALL_CLASSES {
+        // SAFETY: `h` is this thread's heap (or the fallback's, locked);
+        // `class` is a small class.
+        if let Some(b) = unsafe { cache::take(h, class) } {
+            return h.count_cache_hit(b);
+        }
+    }
     // SAFETY: the caller's contract.
     let page = unsafe { h.queues.get_unchecked(class) }.get().first;
     if !page.is_null() {
@@ -63,31 +70,28 @@ unsafe fn alloc_from(h: &Heap, class: usize) -> *mut u8 {
             return pop(h, p);
         }
     }
-    alloc_kept_or_slow(h, class)
-}
-
-/// A block of another thread's page that we freed and kept, else the slow
-/// path. Under churn between threads half the allocations come from there
-/// (lock-free larson), and behind the slow path's bookkeeping each paid
-/// for it. Not inlined: the fast path stays a leaf that saves no register
-/// (inlined, this took `alloc` from 83 to 88 instructions a pair).
-#[inline(never)]
-fn alloc_kept_or_slow(h: &Heap, class: usize) -> *mut u8 {
-    // SAFETY: `h` is this thread's heap, or the fallback heap under its
-    // lock (`alloc_from`'s callers).
-    let b = unsafe { foreign::take(h, class) };
-    if !b.is_null() {
-        // Still counted as a slow path: a thread that lives on kept blocks
-        // decays, trims what it keeps (F4 in `foreign`) and sends what it
-        // buffered (B2) as a thread living on its pages' slow paths does.
-        count_slow_path(h);
-        return b;
-    }
     alloc_slow(h, class)
 }
 
-/// Counts a slow path (a kept block handed out, or `alloc_slow`): marks
-/// the heap active for reclaim ticks, and every 64th runs the periodic
+/// Every `cache::TICK`th allocation the thread cache served: counts them,
+/// and runs the periodic work as a slow path would, so that a thread whose
+/// allocations all come from its cache still decays, trims its cache (C4
+/// in `cache`) and sends what it buffered (B2 in `remote`).
+/// Returns `b`, the block being handed out: a tail call, so that the
+/// fast path keeps nothing across it.
+#[cold]
+#[inline(never)]
+pub(super) fn cache_tick(h: &Heap, b: *mut u8) -> *mut u8 {
+    h.settle_cache_hits();
+    // Relaxed: a hint for reclaim ticks; a load first keeps the line shared.
+    if !h.active.load(Ordering::Relaxed) {
+        h.active.store(true, Ordering::Relaxed);
+    }
+    periodic(h);
+    b
+}
+
+/// Counts a slow path: marks the heap active for reclaim ticks, and every 64th runs the periodic
 /// work.
 #[inline]
 fn count_slow_path(h: &Heap) {
@@ -103,13 +107,14 @@ fn count_slow_path(h: &Heap) {
 }
 
 /// The periodic work of slow paths: remote-free buffer, decay of the
-/// heap's own pages and kept blocks, the process's decay and reclaim ticks.
+/// heap's own pages and its cache, the process's decay and reclaim ticks.
 #[cold]
 #[inline(never)]
 fn periodic(h: &Heap) {
     // A thread that allocates but no longer frees remotely still sends
     // what it buffered (B2 in `remote`).
     remote::flush(h);
+    cache::trim_next(h);
     release_on_decay(h);
     segment::maybe_decay();
     reclaim_tick(h);
@@ -167,15 +172,15 @@ fn alloc_slow(h: &Heap, class: usize) -> *mut u8 {
         h.sweep_requested.store(false, Ordering::Relaxed);
         sweep(h, Keep::FirstOfClass);
     }
-    // Kept blocks of other threads' pages were looked for on the fast path
-    // (a fresh heap and the fallback heap keep none).
+    // The thread cache was looked at on the fast path (a fresh heap keeps
+    // nothing there).
     if let Some(b) = alloc_from_queue(h, class) {
         return b;
     }
     // About to adopt or take a page: first send the blocks of other
     // threads' pages waiting in our buffer, which may spare them a fresh
-    // page in turn (kept blocks stay: none is of this class, or we would
-    // have taken it).
+    // page in turn (cached blocks stay: none is of this class, or the fast
+    // path would have taken it).
     remote::flush(h);
     loop {
         let page = match adopt(h, class) {

@@ -1,29 +1,33 @@
-//! Frees: local frees (onto the page's `local_free` list, no atomics), remote
-//! frees (onto its `thread_free`), pages that empty going back to the
-//! pool, and sweeping — collecting remote frees on every page of a heap.
+//! Frees: small blocks into the thread cache (`cache`), local frees (onto
+//! the page's `local_free` list, no atomics), remote frees (onto its
+//! `thread_free`), pages that empty going back to the pool, and sweeping —
+//! collecting remote frees on every page of a heap.
 //!
-//! A cross-thread free of a small block is kept by the freeing thread to
-//! serve its own allocations of the class (`foreign`); what its stacks have
-//! no room for, and medium blocks, go to the page's owner: into the
-//! freeing thread's remote-free buffer (`remote`), which pushes them onto
-//! the page's `thread_free` as a chain, with one CAS per page — the last
-//! access to the page (S4 in `segment`), after reading the owner from the
-//! same line; the push that finds the page without remote frees also
-//! bumps the owning heap's `remote_frees`. The owner collects a page's
-//! remote frees in O(1) when its `free` and `local_free` lists are both
-//! empty (the chain's word holds its length), and sweeps all its pages
-//! once more of them newly hold remote frees than it owns pages
-//! (`sweep_due`), so memory freed by consumers returns to a
-//! producer's pages with amortised O(1) work.
+//! A small block's free (its class from the layout) goes into the freeing
+//! thread's cache, whoever owns its page, without reading the page; what
+//! the cache has no room for, medium blocks, and the blocks the cache gives
+//! back go to their page: onto its `local_free` if the freeing thread owns
+//! it, else into the freeing thread's remote-free buffer (`remote`), which
+//! pushes them onto the page's `thread_free` as a chain, with one CAS per
+//! page — the last access to the page (S4 in `segment`), after reading the
+//! owner from the same line; the push that finds the page without remote
+//! frees also bumps the owning heap's `remote_frees`. The owner collects a
+//! page's remote frees in O(1) when its `free` and `local_free` lists are
+//! both empty (the chain's word holds its length), and sweeps all its
+//! pages once more of them newly hold remote frees than it owns pages
+//! (`sweep_due`), so memory freed by consumers returns to a producer's
+//! pages with amortised O(1) work.
 
-use super::{foreign, remote, Heap};
+use super::{cache, remote, Heap};
 use crate::segment::{self, Block, Page, Segment, ABANDONED};
-use crate::size_class::{class_of, CLASSES, SMALL_MAX};
+use crate::size_class::{block_size, CLASSES, SMALL_MAX};
 use crate::{misuse, thread};
 use core::ptr::null_mut;
 use core::sync::atomic::{AtomicI64, Ordering};
 
-/// Frees a small or medium block; its page says which class.
+/// Frees a small or medium block by its page (which says its class),
+/// without the thread cache: the free of a medium block (a small one goes
+/// through `dealloc_small`).
 ///
 /// # Safety
 /// `ptr` is a live small or medium block spf handed out, freed once.
@@ -33,40 +37,29 @@ pub unsafe fn dealloc(ptr: *mut u8) {
     // SAFETY: the caller's contract (checked above in debug builds).
     let page = unsafe { segment::page_of(ptr) };
     // SAFETY: a live page (it holds our block).
+    misuse::on_free(unsafe { &*page }, ptr);
+    // SAFETY: the caller's contract; the ledger saw the free.
+    unsafe { free_at(page, ptr as *mut Block, thread::heap()) }
+}
+
+/// The page's way of freeing a block: onto its `local_free` if the page
+/// is ours, else as a remote free.
+///
+/// # Safety
+/// `block` is a live block of `page` being freed once (the ledger told),
+/// still counted in `used`; `heap` is `thread::heap()`.
+#[inline]
+unsafe fn free_at(page: *mut Page, block: *mut Block, heap: *mut Heap) {
+    // SAFETY: a live page (it holds our block).
     let p = unsafe { &*page };
-    let heap = thread::heap();
-    let block = ptr as *mut Block;
-    misuse::on_free(p, ptr);
     // A page's heap is null or a live heap, and this thread's pointer is
     // never null (`thread`): equal means ours.
     if p.heap.load(Ordering::Relaxed) == heap {
         // SAFETY: our heap, our page.
         let h = unsafe { &*heap };
-        // Read before the store below: once `used` equals the length of
-        // the page's remote chain, another thread may hand the page over
-        // (S5) and a third re-`init` it for another class.
-        let (size, class) = (p.size.get(), p.class.get());
-        // SAFETY: the block is being freed: we may link it.
-        unsafe { (*block).next = p.local_free.get() };
-        p.local_free.set(block);
-        let used = p.used.load(Ordering::Relaxed) - 1;
-        // Release pairs with the Acquire load of `Page::reset_if_free`:
-        // the link above is written before a reclaimer that sees this
-        // count resets the page. A plain store on x86. After it, the page
-        // is touched again only if it is now empty (no remote chain can
-        // be waiting then, S2, so no reclaimer takes it).
-        p.used.store(used, Ordering::Release);
-        h.add_allocated(-(size as i64));
-        if used == 0 {
-            let list = h.queue(class as usize).get();
-            // The only page of its class stays: an alloc/free loop would
-            // otherwise trade it with the pool every time.
-            if !(list.first == page && list.last == page) {
-                // SAFETY: our page (its heap is ours), in its class queue,
-                // and empty (`used` is 0).
-                unsafe { page_empty(h, page) };
-            }
-        }
+        h.add_allocated(-(p.size.get() as i64));
+        // SAFETY: the caller's contract.
+        unsafe { free_local(h, page, block) };
     } else {
         // SAFETY: the caller's contract: `block` is a block of `p` being
         // freed, still counted in `used`; `heap` is `thread::heap()`.
@@ -74,12 +67,74 @@ pub unsafe fn dealloc(ptr: *mut u8) {
     }
 }
 
-/// Frees a block of a page this thread does not own: a small block into
-/// this thread's foreign-block stack of its class (`foreign`), which its
-/// next allocations of the class take; else into its remote-free buffer
-/// (`remote`), which pushes it onto the page's `thread_free` with others of
-/// the same page; at once if the thread has no heap (it is exiting), the
-/// block is medium, or its page abandoned.
+/// A local free: `block` onto its page's `local_free`, out of `used`, and
+/// the page to the pool if that emptied it (unless it is its class's only
+/// page). Does not count `allocated`.
+///
+/// # Safety
+/// `h` is this thread's heap and owns `page`; `block` is a block of it
+/// being freed once, still counted in `used`.
+#[inline]
+pub(super) unsafe fn free_local(h: &Heap, page: *mut Page, block: *mut Block) {
+    // SAFETY: the caller's contract.
+    let p = unsafe { &*page };
+    // Read before the store below: once `used` equals the length of the
+    // page's remote chain, another thread may hand the page over (S5) and
+    // a third re-`init` it for another class.
+    let class = p.class.get();
+    // SAFETY: the block is being freed: we may link it.
+    unsafe { (*block).next = p.local_free.get() };
+    p.local_free.set(block);
+    let used = p.used.load(Ordering::Relaxed) - 1;
+    // Release pairs with the Acquire load of `Page::reset_if_free`: the
+    // link above is written before a reclaimer that sees this count resets
+    // the page. A plain store on x86. After it, the page is touched again
+    // only if it is now empty (no remote chain can be waiting then, S2, so
+    // no reclaimer takes it).
+    p.used.store(used, Ordering::Release);
+    if used == 0 {
+        let list = h.queue(class as usize).get();
+        // The only page of its class stays: an alloc/free loop would
+        // otherwise trade it with the pool every time.
+        if !(list.first == page && list.last == page) {
+            // SAFETY: our page (its heap is ours), in its class queue, and
+            // empty (`used` is 0).
+            unsafe { page_empty(h, page) };
+        }
+    }
+}
+
+/// Frees a small block of `class` (from its layout): into this thread's
+/// cache if its class's stack has room, else by its page (`free_at`).
+///
+/// # Safety
+/// As `dealloc`; `class < SMALL_CLASSES` is the block's class.
+#[inline(always)]
+pub unsafe fn dealloc_small(ptr: *mut u8, class: usize) {
+    misuse::check_in_segment(ptr);
+    // The ledger of debug builds sees every free (release builds read
+    // nothing of the page here).
+    #[cfg(debug_assertions)]
+    // SAFETY: the caller's contract (checked above).
+    misuse::on_free(unsafe { &*segment::page_of(ptr) }, ptr);
+    let heap = thread::heap();
+    if thread::is_live(heap) {
+        // SAFETY: our live heap.
+        let h = unsafe { &*heap };
+        // SAFETY: a small block of `class` being freed once, counted in
+        // its page's `used`.
+        if unsafe { cache::keep(h, ptr as *mut Block, class) } {
+            h.add_allocated(-(block_size(class) as i64));
+            return;
+        }
+    }
+    // SAFETY: the caller's contract; the ledger saw the free (debug).
+    unsafe { free_at(segment::page_of(ptr), ptr as *mut Block, heap) }
+}
+
+/// Frees a block of a page this thread does not own, counting it out of
+/// this thread's `allocated`: see `free_remote_counted`; at once if the
+/// thread has no heap (it is exiting).
 ///
 /// # Safety
 /// `block` is a block of `p` that the caller is freeing, once, still
@@ -87,9 +142,6 @@ pub unsafe fn dealloc(ptr: *mut u8) {
 #[cold]
 #[inline(never)]
 unsafe fn dealloc_remote(p: &Page, block: *mut Block, heap: *mut Heap) {
-    // Read now, from the line a push writes, not the owner's: the block may
-    // be pushed below, after which the page may empty (S4).
-    let size = p.remote_size.get();
     let mut heap = heap;
     if thread::is_unset(heap) {
         // A thread that frees before it ever allocated (a consumer of
@@ -100,30 +152,44 @@ unsafe fn dealloc_remote(p: &Page, block: *mut Block, heap: *mut Heap) {
         // it would have no buffer to batch its frees in.
         heap = thread::heap_init().unwrap_or(heap);
     }
+    // Read now, from the line a push writes, not the owner's: the block may
+    // be pushed below, after which the page may empty (S4).
+    let size = p.remote_size.get();
     if thread::is_live(heap) {
         // SAFETY: this thread's heap.
         let h = unsafe { &*heap };
         h.add_allocated(-(size as i64));
-        // Relaxed: a hint; a page abandoned after this read still takes a
-        // chain (`remote::push` frees it under the lists' lock).
-        if size as usize <= SMALL_MAX && p.thread_free.load(Ordering::Relaxed) != ABANDONED {
-            let size = size as usize;
-            // SAFETY: the caller's contract; `h` is this thread's live
-            // heap; a small page's class is a small class.
-            if unsafe { !foreign::keep(h, block, class_of(size), size) } {
-                // SAFETY: as above.
-                unsafe { remote::buffer(h, p, block, size) };
-            }
-        } else {
-            // B4 in `remote`: a medium block, or a block of an abandoned
-            // page, goes at once.
-            // SAFETY: the caller's contract.
-            unsafe { remote::push_one(p, block) };
-        }
+        // SAFETY: the caller's contract; `h` is this thread's live heap.
+        unsafe { free_remote_counted(h, p, block) };
     } else {
         // SAFETY: the caller's contract.
         unsafe { remote::push_one(p, block) };
         FALLBACK_FREED.fetch_add(size as i64, Ordering::Relaxed);
+    }
+}
+
+/// Frees a block of a page this thread does not own, already counted out
+/// of `allocated` (a block the cache gives back, C1 in `cache`, or
+/// `dealloc_remote`'s): a small block into the remote-free buffer
+/// (`remote`), which pushes it onto the page's `thread_free` with others
+/// of the same page; a medium block, or one whose page is abandoned, at
+/// once (B4 in `remote`).
+///
+/// # Safety
+/// `block` is a block of `p`, a page `h` does not own, being freed once,
+/// still counted in `p.used` (S4); `h` is this thread's live heap.
+pub(super) unsafe fn free_remote_counted(h: &Heap, p: &Page, block: *mut Block) {
+    // Read now, from the line a push writes, not the owner's: the block may
+    // be pushed below, after which the page may empty (S4).
+    let size = p.remote_size.get() as usize;
+    // Relaxed: a hint; a page abandoned after this read still takes a
+    // chain (`remote::push` frees it under the lists' lock).
+    if size <= SMALL_MAX && p.thread_free.load(Ordering::Relaxed) != ABANDONED {
+        // SAFETY: the caller's contract.
+        unsafe { remote::buffer(h, p, block, size) };
+    } else {
+        // SAFETY: the caller's contract.
+        unsafe { remote::push_one(p, block) };
     }
 }
 

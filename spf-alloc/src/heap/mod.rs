@@ -9,18 +9,20 @@
 //! `thread_free` (other threads' frees, an atomic stack, collected when
 //! `free` and `local_free` are both empty) — so the owner allocates and
 //! frees with no atomic operation and no lock, and other threads free with
-//! one CAS per page for a batch of frees (`remote`). Before that, a thread
-//! freeing another thread's small block keeps it to hand out to its own
-//! next allocation of the class, as jemalloc's thread cache does
-//! (`foreign`): under churn the owner is often descheduled, and a block
-//! waiting for it is memory nobody can use.
+//! one CAS per page for a batch of frees (`remote`). In front of the pages,
+//! each thread caches the small blocks it frees — its own or other
+//! threads' — per class, to hand out to its own next allocations of the
+//! class, as jemalloc's thread cache does (`cache`): such a free reads
+//! nothing of the block's page, and under churn, where the owner is often
+//! descheduled, a block waiting for it would be memory nobody can use.
 //!
 //! The work on a heap is split by concern, as mimalloc splits it:
 //! - `alloc`: the allocation fast path and slow path (collecting, carving,
 //!   taking pages from the pool), and the fallback heap's use;
 //! - `free`: local and remote frees, pages that empty, sweeping;
-//! - `foreign`: blocks of other threads' pages this thread freed and
-//!   keeps to serve its own allocations of their class;
+//! - `cache`: the thread cache, the small blocks this thread freed, kept
+//!   per class to serve its own next allocations (and given back on decay
+//!   ticks, `spf::purge()` and exit);
 //! - `remote`: each thread's remote-free buffer, which pushes its frees
 //!   into other threads' pages as one chain per page;
 //! - `abandon`: thread exit (abandoning pages) and adopting abandoned pages;
@@ -36,19 +38,20 @@
 
 mod abandon;
 mod alloc;
-mod foreign;
+mod cache;
 mod free;
 mod reclaim;
 mod remote;
 
 pub use abandon::{abandon, fork_lock_abandoned, fork_unlock_abandoned};
 pub use alloc::alloc;
-pub use free::{dealloc, FALLBACK_FREED};
+pub use free::{dealloc, dealloc_small, FALLBACK_FREED};
 pub use reclaim::{reclaim_all, release_own, PAGES_HANDED_OVER, PAGES_RECLAIMED, PAGE_RUNS_PURGED};
 
 use crate::lock::SpinLock;
 use crate::segment::PageList;
 use crate::size_class::CLASSES;
+use crate::thread;
 use core::cell::Cell;
 use core::ptr::null_mut;
 use core::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
@@ -76,6 +79,11 @@ pub struct Heap {
     /// the owner only, with a plain load and store (`add_allocated`: its
     /// allocations, and its frees, local or remote); read by `stats`.
     pub allocated: AtomicI64,
+    /// Allocations the thread cache may still serve before the next run
+    /// of the periodic work (C4 in `cache`): counts down from `cache::TICK`
+    /// on each cache hit (owner only). Beside `allocated`, which every
+    /// allocation writes too.
+    cache_tick: Cell<u32>,
     /// Remote frees the owner collected off its pages' `thread_free` (the
     /// blocks of the chains it took whole or linked): written by the owner
     /// only, with a plain load and store; read by `stats`.
@@ -85,11 +93,12 @@ pub struct Heap {
     /// store; read by `stats`.
     pub remote_batches: AtomicU64,
     pub remote_batched: AtomicU64,
-    /// Other threads' blocks this thread freed and kept (`foreign`), and
-    /// those it handed out again: written by the owner only, with a plain
-    /// load and store; read by `stats`.
-    pub foreign_kept: AtomicU64,
-    pub foreign_reused: AtomicU64,
+    /// Allocations the thread cache served, counted `cache::TICK` at a
+    /// time (the rest is `TICK - cache_tick`, added at exit and purge),
+    /// and blocks the cache gave back to their pages: written by the owner
+    /// only, with a plain load and store; read by `stats`.
+    pub cache_hits: AtomicU64,
+    pub cache_given_back: AtomicU64,
     /// Pages in `queues`: written under `lock`, by the owner (`take`,
     /// `unqueue_and_free`, `abandon` after detaching every queue) and by a
     /// thread handing one of its free pages over (`hand_over_free_pages`);
@@ -125,9 +134,9 @@ pub struct Heap {
     /// This thread's frees into other threads' pages, waiting to be pushed
     /// per page (`remote`). Owner-only.
     remote: remote::RemoteBuffer,
-    /// Blocks of other threads' pages this thread freed and keeps for its
-    /// own allocations (`foreign`). Owner-only.
-    foreign: foreign::ForeignBlocks,
+    /// Small blocks this thread freed, kept per class for its own next
+    /// allocations (`cache`). Owner-only.
+    cache: cache::ThreadCache,
     /// Pages of this heap that newly hold remote frees since the last
     /// sweep: incremented by the freer whose push finds a page's
     /// `thread_free` empty (a hint; one RMW per page and collection, not
@@ -135,6 +144,17 @@ pub struct Heap {
     /// read by reclaim ticks. On a line of its own (and of its neighbour,
     /// which the processor prefetches in pairs).
     remote_frees: OwnLine<AtomicUsize>,
+}
+
+/// The calling thread's cache hits not yet counted in its heap's
+/// `cache_hits` (fewer than `cache::TICK`), for `stats`.
+pub fn own_cache_hits_pending() -> u64 {
+    let heap = thread::heap();
+    if !thread::is_live(heap) {
+        return 0;
+    }
+    // SAFETY: this thread's live heap; `cache_tick` is ours to read.
+    (cache::TICK - unsafe { (*heap).cache_tick.get() }) as u64
 }
 
 /// A value alone on a 128-byte pair of cache lines.
@@ -183,6 +203,8 @@ impl Heap {
         // SAFETY: zeroed memory is a valid Heap (null lists, zero counters);
         // the caller gives us exclusive access.
         unsafe { core::ptr::write_bytes(mem, 0, 1) };
+        // SAFETY: as above.
+        unsafe { (*mem).cache_tick.set(cache::TICK) };
         // SAFETY: a heap just made in memory the caller gave us alone.
         unsafe { link(mem) };
         mem
@@ -192,11 +214,12 @@ impl Heap {
         Heap {
             queues: [const { Cell::new(PageList::new()) }; CLASSES],
             allocated: AtomicI64::new(0),
+            cache_tick: Cell::new(cache::TICK),
             remote_collected: AtomicU64::new(0),
             remote_batches: AtomicU64::new(0),
             remote_batched: AtomicU64::new(0),
-            foreign_kept: AtomicU64::new(0),
-            foreign_reused: AtomicU64::new(0),
+            cache_hits: AtomicU64::new(0),
+            cache_given_back: AtomicU64::new(0),
             pages: AtomicUsize::new(0),
             slow_paths: Cell::new(0),
             last_release: Cell::new(0),
@@ -206,7 +229,7 @@ impl Heap {
             active: AtomicBool::new(false),
             sweep_requested: AtomicBool::new(false),
             remote: remote::RemoteBuffer::new(),
-            foreign: foreign::ForeignBlocks::new(),
+            cache: cache::ThreadCache::new(),
             remote_frees: OwnLine(AtomicUsize::new(0)),
         }
     }
@@ -238,20 +261,34 @@ impl Heap {
             .store(v.wrapping_add(n as u64), Ordering::Relaxed);
     }
 
-    /// Counts one block kept by `foreign` (owner only).
-    #[inline]
-    fn count_kept(&self) {
-        let v = self.foreign_kept.load(Ordering::Relaxed);
-        self.foreign_kept
-            .store(v.wrapping_add(1), Ordering::Relaxed);
+    /// Counts one allocation the thread cache served (owner only), and
+    /// returns its block `b`: a decrement and a branch; every
+    /// `cache::TICK`th runs the periodic work (C4 in `cache`).
+    #[inline(always)]
+    fn count_cache_hit(&self, b: *mut u8) -> *mut u8 {
+        let t = self.cache_tick.get().wrapping_sub(1);
+        self.cache_tick.set(t);
+        if t == 0 {
+            return alloc::cache_tick(self, b);
+        }
+        b
     }
 
-    /// Counts one kept block handed out again (owner only).
-    #[inline]
-    fn count_reused(&self) {
-        let v = self.foreign_reused.load(Ordering::Relaxed);
-        self.foreign_reused
-            .store(v.wrapping_add(1), Ordering::Relaxed);
+    /// Moves the cache hits not yet counted into `cache_hits` and restarts
+    /// the tick (owner only).
+    fn settle_cache_hits(&self) {
+        let n = cache::TICK - self.cache_tick.get();
+        self.cache_tick.set(cache::TICK);
+        let v = self.cache_hits.load(Ordering::Relaxed);
+        self.cache_hits
+            .store(v.wrapping_add(n as u64), Ordering::Relaxed);
+    }
+
+    /// Counts `n` blocks the cache gave back to their pages (owner only).
+    fn count_given_back(&self, n: u64) {
+        let v = self.cache_given_back.load(Ordering::Relaxed);
+        self.cache_given_back
+            .store(v.wrapping_add(n), Ordering::Relaxed);
     }
 
     fn queue(&self, class: usize) -> &Cell<PageList> {

@@ -1,7 +1,7 @@
 //! Giving memory back: the owner's decay of its own pages (empty pages to
 //! the pool, every 4 KiB run of a partly used page that only free blocks
-//! cover purged in place as a hole; the blocks of other threads' pages it
-//! keeps and did not need, back to their pages, `foreign`;
+//! cover purged in place as a hole; the blocks its thread cache holds and
+//! its allocations did not need, back to their pages, `cache`;
 //! the calling thread's part of `spf::purge()`), the purge of free runs of
 //! abandoned pages (on decay ticks and by `spf::purge()`), and the reclaim of other
 //! heaps' pages whose blocks were all freed by other threads — by any
@@ -27,9 +27,9 @@ use core::sync::atomic::{AtomicU64, Ordering};
 /// the last run: every empty page goes to the pool — the one kept at the
 /// front of each class queue too — where the pool's decay purges it, and
 /// every 4 KiB run of a partly used page that only free blocks cover is
-/// purged in place (`purge_free_runs`); before that, the kept blocks of
-/// other threads' pages that its allocations did not need since the last
-/// run go back to their pages (`foreign::trim`).
+/// purged in place (`purge_free_runs`); before that, the blocks of its
+/// thread cache that its allocations did not need since the last run go
+/// back to their pages (`cache::trim`).
 /// A thread that stops allocating keeps what it held at its last run.
 pub(super) fn release_on_decay(h: &Heap) {
     let now = spf_core::monotonic_ns();
@@ -37,7 +37,7 @@ pub(super) fn release_on_decay(h: &Heap) {
         return;
     }
     h.last_release.set(now);
-    super::foreign::trim(h);
+    super::cache::trim(h);
     sweep(h, Keep::None);
     purge_free_runs(h);
 }
@@ -52,9 +52,9 @@ pub fn release_own() {
     }
     // SAFETY: this thread's live heap (R2: consistent between calls).
     let h = unsafe { &*heap };
-    // Our kept and buffered frees into other threads' pages go to them, so
-    // that the reclaim pass after us can give back pages they empty.
-    super::foreign::release_all(h);
+    // Our cached and buffered frees go to their pages, so that the sweep
+    // below and the reclaim pass after us can give back pages they empty.
+    super::cache::release_all(h);
     while !sweep(h, Keep::None) {}
     purge_free_runs(h);
     h.last_release.set(spf_core::monotonic_ns());

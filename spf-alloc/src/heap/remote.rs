@@ -1,8 +1,8 @@
 //! The remote-free buffer: a thread's frees into pages it does not own,
 //! gathered per destination page and pushed onto each page's
 //! `thread_free` as one chain with one CAS. Small blocks reach it only
-//! when the thread's foreign-block stacks have no room for them
-//! (`foreign`), or when those stacks give blocks back.
+//! when the thread's cache has no room for them (`cache`), or when the
+//! cache gives blocks back.
 //!
 //! Why: a remote free that pushes at once costs a CAS on the page
 //! descriptor's second line, and every such CAS takes that line away from
@@ -34,7 +34,7 @@
 //!   chain. Only blocks of small pages (8 KiB or less, B4) are buffered,
 //!   so an idle thread holds back less than 64 KiB of other threads'
 //!   blocks here, in at most `SLOTS` (64) small pages of 64 KiB (and what
-//!   its foreign-block stacks keep, F2 in `foreign`). Those pages
+//!   its thread cache holds, C2 in `cache`). Those pages
 //!   cannot go back to the pool meanwhile — neither when their owner
 //!   empties them, nor by another thread's reclaim, hand-over or
 //!   `spf::purge()` — though their owners' decay still purges the free
@@ -63,7 +63,7 @@
 //! The buffer never allocates, and blocks wait in no shared structure: a
 //! page's owner sees buffered blocks only once they are pushed, and a
 //! thread that frees but never allocates again keeps up to `BUDGET` bytes
-//! here (and what its foreign-block stacks keep, F4 in `foreign`) until
+//! here (and what its thread cache holds, C4 in `cache`) until
 //! its exit or its `spf::purge()`.
 
 use super::abandon::free_abandoned;
