@@ -41,9 +41,12 @@
 //!   exits (`abandon`), on its `spf::purge()`, and on its decay ticks the
 //!   blocks its allocations did not need since the last one (each stack's
 //!   low water mark, as jemalloc's cache GC trims). Every `TICK`
-//!   allocations served by the cache run the slow path's periodic work
-//!   (decay ticks among it), so a thread living on its cache still trims
-//!   it. A thread that stops allocating keeps what it holds (at most
+//!   allocations served by the cache send the remote-free buffer and trim
+//!   one class, the classes in turn, by three quarters of its low water
+//!   mark (`trim_next`); every sixteenth time they run the rest of the
+//!   slow path's periodic work too (decay ticks among it), so a thread
+//!   living on its cache still trims it and decays. A thread that stops
+//!   allocating keeps what it holds (at most
 //!   512 KiB, plus the remote-free buffer's 64 KiB) until one of those:
 //!   its blocks keep their pages from the pool meanwhile, including pages
 //!   abandoned by threads that exited (their free 4 KiB runs are still
@@ -74,8 +77,9 @@ const CLASS_BYTES: usize = 20 << 10;
 /// Slots of a stack: the cap of the smallest classes.
 const SLOTS: usize = 64;
 
-/// Allocations served by the cache between two runs of the periodic work
-/// (C4). The count is a decrement and a branch on the fast path.
+/// Allocations served by the cache between two cache ticks (C4,
+/// `alloc::cache_tick`). The count is a decrement and a branch on the fast
+/// path.
 pub(super) const TICK: u32 = 256;
 
 /// The cap of a class whose blocks are `size` bytes: `SLOTS`, or fewer
@@ -310,7 +314,8 @@ mod tests {
             assert!(unsafe { keep(&h, fake(i), class) }, "block {i} refused");
         }
         // SAFETY: as above.
-        assert!(!unsafe { keep(&h, fake(99), class) }, "a full stack kept one more");
+        let kept = unsafe { keep(&h, fake(99), class) };
+        assert!(!kept, "a full stack kept one more");
         for i in (0..CAP[class]).rev() {
             // SAFETY: `class` is small.
             assert_eq!(unsafe { pop(&h.cache, class) }, Some(fake(i)));

@@ -275,13 +275,15 @@ impl Heap {
     }
 
     /// Moves the cache hits not yet counted into `cache_hits` and restarts
-    /// the tick (owner only).
-    fn settle_cache_hits(&self) {
+    /// the tick (owner only). Returns the ticks so far (`cache_hits` over
+    /// `cache::TICK`).
+    fn settle_cache_hits(&self) -> u64 {
         let n = cache::TICK - self.cache_tick.get();
         self.cache_tick.set(cache::TICK);
         let v = self.cache_hits.load(Ordering::Relaxed);
-        self.cache_hits
-            .store(v.wrapping_add(n as u64), Ordering::Relaxed);
+        let v = v.wrapping_add(n as u64);
+        self.cache_hits.store(v, Ordering::Relaxed);
+        v / cache::TICK as u64
     }
 
     /// Counts `n` blocks the cache gave back to their pages (owner only).
