@@ -85,16 +85,12 @@ unsafe fn alloc_from(h: &Heap, class: usize) -> *mut u8 {
 #[cold]
 #[inline(never)]
 pub(super) fn cache_tick(h: &Heap, b: *mut u8) -> *mut u8 {
-    let n = h.settle_cache_hits();
-    remote::flush(h);
-    cache::trim_next(h);
-    if n % 16 == 0 {
-        // Relaxed: a hint for reclaim ticks; a load first keeps the line
-        // shared.
-        if !h.active.load(Ordering::Relaxed) {
-            h.active.store(true, Ordering::Relaxed);
-        }
-        timed_work(h);
+    if h.settle_cache_hits() % 16 == 0 {
+        mark_active(h);
+        periodic(h);
+    } else {
+        remote::flush(h);
+        cache::trim_next(h);
     }
     b
 }
@@ -103,14 +99,21 @@ pub(super) fn cache_tick(h: &Heap, b: *mut u8) -> *mut u8 {
 /// work.
 #[inline]
 fn count_slow_path(h: &Heap) {
-    // Relaxed: a hint for reclaim ticks; a load first keeps the line shared.
-    if !h.active.load(Ordering::Relaxed) {
-        h.active.store(true, Ordering::Relaxed);
-    }
+    mark_active(h);
     let n = h.slow_paths.get().wrapping_add(1);
     h.slow_paths.set(n);
     if n % 64 == 0 {
         periodic(h);
+    }
+}
+
+/// Marks the heap active: its owner allocates, so reclaim ticks leave its
+/// pages to it.
+#[inline]
+fn mark_active(h: &Heap) {
+    // Relaxed: a hint for reclaim ticks; a load first keeps the line shared.
+    if !h.active.load(Ordering::Relaxed) {
+        h.active.store(true, Ordering::Relaxed);
     }
 }
 
@@ -123,12 +126,7 @@ fn periodic(h: &Heap) {
     // what it buffered (B2 in `remote`).
     remote::flush(h);
     cache::trim_next(h);
-    timed_work(h);
-}
-
-/// The part of the periodic work that runs on the clock: the heap's own
-/// decay, the page pool's, other heaps' reclaim, the large cache's decay.
-fn timed_work(h: &Heap) {
+    // The work on the clock.
     release_on_decay(h);
     segment::maybe_decay();
     reclaim_tick(h);
